@@ -1,0 +1,63 @@
+# QSC developer entry points. `make test` and `make demo` work from a fresh clone as root on
+# Debian 12: they install what is missing (Debian packages, .venv, npm tools) first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NPM_DIR := tools/npm
+BUF := $(NPM_DIR)/node_modules/.bin/buf
+STAMP := .stamp
+PYTEST_ARGS ?=
+
+.PHONY: help setup test lint proto demo bench clean
+
+help:
+	@echo "make demo    run QSC on embedded defaults (installs what is missing first)"
+	@echo "make test    lint gates + the whole test suite"
+	@echo "make lint    ruff, mypy, buf lint/format/breaking, generated-code drift"
+	@echo "make proto   regenerate the Python code beside the .proto files"
+	@echo "make bench   benchmarks; they print their figures"
+
+$(STAMP)/system: tools/install-system-deps.sh
+	tools/install-system-deps.sh
+	@mkdir -p $(STAMP) && touch $@
+
+$(STAMP)/venv: pyproject.toml $(STAMP)/system
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[all,dev]'
+	@touch $@
+
+$(STAMP)/npm: $(NPM_DIR)/package.json $(NPM_DIR)/package-lock.json $(STAMP)/system
+	npm ci --prefix $(NPM_DIR) --no-audit --no-fund --loglevel=error
+	@touch $@
+
+setup: $(STAMP)/venv $(STAMP)/npm
+
+proto: setup
+	$(BUF) format -w
+	$(PY) tools/gen_proto.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	$(PY) tools/gen_proto.py --check
+	BUF=$(BUF) tools/buf-breaking.sh
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+demo: setup
+	$(PY) -m mesh.demo
+
+clean:
+	rm -rf $(VENV) $(STAMP) $(NPM_DIR)/node_modules build .mypy_cache .pytest_cache .ruff_cache

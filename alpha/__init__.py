@@ -1,0 +1,1 @@
+"""Alpha: intrusion detection guardian (eBPF, memory forensics, network and auth analysis)."""

@@ -1,0 +1,1 @@
+"""Beta: integrity assurance guardian (FIM, backups, certificates, vault, healing)."""

@@ -1,0 +1,1 @@
+"""Cortex: central correlation, Bayesian confidence, encrypted store and SOAR playbooks."""

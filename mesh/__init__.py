@@ -1,0 +1,1 @@
+"""What every component shares: config, TLS identity, policy, servers, clients, the CLI."""

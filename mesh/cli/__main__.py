@@ -1,0 +1,7 @@
+"""`python -m mesh.cli` runs the `qsc` command."""
+
+import sys
+
+from mesh.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""ML service: Isolation Forest anomaly scores served from ONNX."""

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages that `make` needs, only those missing; apt-get update runs once,
+# and only when something must be installed. Later components add their packages here.
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# Node.js runs buf (from the npm registry) and the non-Python client tests. Any install will do;
+# Debian's nodejs+npm when there is none (a NodeSource nodejs already ships npm).
+if ! have_cmd node; then need+=(nodejs); fi
+if ! have_cmd npm; then need+=(npm); fi
+have_cmd git || need+=(git)
+have_cmd make || need+=(make)
+# The venv is made with python3 -m venv, which Debian splits into python3-venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+have_pkg ca-certificates || need+=(ca-certificates)
+
+if ((${#need[@]} == 0)); then
+    echo "system packages: all present"
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "error: these Debian packages are missing and installing them needs root: ${need[*]}" >&2
+    exit 1
+fi
+echo "system packages: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}"
