@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import shutil
 import socket
 import ssl
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,16 +34,6 @@ def leaf(ca: pki.CertificateAuthority) -> pki.IssuedLeaf:
     return pki.issue_leaf(
         ca, "alpha", "web1.example.org", dns=["web1", "Web1.Internal"], ips=["10.0.0.5", "fd00::5"]
     )
-
-
-@pytest.fixture
-def umask0() -> Iterator[None]:
-    """A permissive umask: files must still come out 0600 because they are created so."""
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName:
