@@ -81,9 +81,13 @@ class SealedSessionOffer(_message.Message):
     private key of its TLS client certificate. The guardian verifies the signature against the
     certificate the subscriber presented in the TLS handshake.
 
-    The signature covers the handshake transcript as the mesh's sealed-session protocol defines it: a
-    fixed, versioned label followed by every field of this message except `signature`, each
-    length-prefixed, in field-number order. Never the protobuf encoding, which is not canonical.
+    The signature covers the offer transcript: the fields "qsc", "v1", "sealed-session-offer", then
+    every field of this message except `signature` in field-number order, then the request context.
+    Each field is encoded as a type tag ('s' string, 'b' bytes, 'i' integer as 8 bytes big-endian),
+    a 2-byte big-endian length and the value; a repeated field is its element count followed by its
+    elements; an enum is its integer value. The request context is bytes both sides derive from the
+    request carrying the offer (empty when the protocol binds none), so a proxy rewriting that
+    request breaks the signature. Never the protobuf encoding, which is not canonical.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -129,10 +133,14 @@ Global___SealedSessionOffer: _TypeAlias = SealedSessionOffer  # noqa: Y015
 @_typing.final
 class SealedSessionAccept(_message.Message):
     """The guardian's answer to a `SealedSessionOffer`: the KEM ciphertexts, its certificate chain and a
-    signature over the whole handshake transcript (the offer's transcript followed by every field of
-    this message except `signature`, each length-prefixed, in field-number order). The subscriber
-    verifies the chain against the deployment CA, the role and host in the leaf's SPIFFE ID, and the
-    signature; both sides then derive per-direction keys with HKDF over the transcript.
+    signature over the whole handshake transcript. That transcript is encoded like the offer's: the
+    fields "qsc", "v1", "sealed-session-accept", the offer's fields and request context (not its
+    signature), the DER SubjectPublicKeyInfo of the subscriber's certificate key (binding the
+    signature to the subscriber the guardian authenticated), then every field of this message except
+    `signature` in field-number order. The subscriber verifies the chain against the deployment CA,
+    the role and host in the leaf's SPIFFE ID, and the signature. Both sides then derive
+    per-direction keys with HKDF-SHA256 from the hybrid KEM shared secret, salted with the SHA3-256
+    hash of the transcript (the key schedule is documented in mesh/stream/sealing.py).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -189,10 +197,15 @@ Global___SealedSessionAccept: _TypeAlias = SealedSessionAccept  # noqa: Y015
 
 @_typing.final
 class SealedBatch(_message.Message):
-    """An AEAD-sealed `qsc.common.v1.EventBatch`. The nonce is derived from `batch_number` and never
-    sent; the associated data binds the session ID, `batch_number`, `first_seq`, `last_seq` and
-    `event_count`. A replayed, reordered, dropped or tampered batch fails to open and ends the
-    stream.
+    """An AEAD-sealed `qsc.common.v1.EventBatch` under the session's guardian-to-subscriber key. The
+    nonce is derived from `batch_number` and never sent: 4-byte big-endian stream ID 1, zero padding
+    and `batch_number` as 8 bytes big-endian (12 bytes for AES-256-GCM, 24 for XChaCha20-Poly1305);
+    keys are fresh per session, so nonces never repeat under a key. The associated data is the fields
+    "qsc", "v1", "sealed-batch", the session ID, `batch_number`, `first_seq`, `last_seq` and
+    `event_count`, encoded like the handshake transcript. A replayed, reordered or tampered batch
+    fails to open and ends the stream; a dropped batch is detected when the next one arrives. The end
+    of the stream is not authenticated: subscribers commit their cursor only to the `last_seq` of
+    batches they opened.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -203,7 +216,9 @@ class SealedBatch(_message.Message):
     EVENT_COUNT_FIELD_NUMBER: _builtins.int
     CIPHERTEXT_FIELD_NUMBER: _builtins.int
     batch_number: _builtins.int
-    """Position of this batch in the session: 1 for the first sealed batch, then increasing by one."""
+    """Position of this batch in the session: 1 for the first sealed batch, then increasing by one;
+    the subscriber accepts only the next number.
+    """
     first_seq: _builtins.int
     """First sequence number of the outbox range covered (as `EventBatch.first_seq`)."""
     last_seq: _builtins.int

@@ -1,0 +1,1 @@
+"""The guardian stream protocol: the durable outbox, Subscribe with resume, batching, sealing."""
