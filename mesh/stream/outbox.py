@@ -10,8 +10,10 @@ Guarantees and the decisions behind them:
   them, whatever the fsync policy. ``fsync="always"`` also ``fdatasync``s before returning (power
   loss loses nothing acknowledged); ``fsync="interval"`` group-commits one ``fdatasync`` at most
   every ``fsync_interval`` from a background thread (power loss can lose the last interval).
-  Readers see a record once it is written, so after a power loss the seqs of a lost interval may
-  be reused; a sealed segment is always synced before the next one is created.
+  Nothing is handed to a reader before it is durable: ``read_after`` first group-commits the
+  records it is about to return (one ``fdatasync`` covers every record written so far), so a seq
+  a subscriber has seen is never reused for another event after a power loss. A sealed segment
+  is always synced before the next one is created.
 * **Torn tail.** On open the last segment is validated record by record (CRC-32 over length, seq
   and payload; see :mod:`mesh.stream.outbox_segment`). Invalid bytes with no valid record after
   them are a torn tail (an append that never returned): they are cut, logged with the byte count
@@ -587,6 +589,16 @@ class Outbox:
             os.fdatasync(self._fd)
             self._durable_seq = self._last_seq
 
+    def _sync_through(self, seq: int) -> None:
+        """Make every record up to ``seq`` durable (group commit with the flush thread)."""
+        with self._sync_lock:
+            # _sync_lock also guards the fd swap of a segment roll, which syncs the old one.
+            if seq <= self._durable_seq or self._fd < 0:
+                return
+            target = self._last_seq
+            os.fdatasync(self._fd)
+            self._durable_seq = max(self._durable_seq, target)
+
     # -- gap events ----------------------------------------------------------------------------
 
     def _gap_event(
@@ -665,6 +677,8 @@ class Outbox:
                 raise OutOfRangeError(firsts[0])
             if seq >= last:
                 return []
+            if last > self._durable_seq:
+                self._sync_through(last)
             start = max(bisect.bisect_right(firsts, seq + 1) - 1, 0)
             out: list[Record] = []
             out_bytes = 0

@@ -612,6 +612,18 @@ def test_fsync_interval_catches_up_in_the_background(tmp_path: Path) -> None:
         assert box.status().durable_seq == 10
 
 
+def test_nothing_reaches_a_reader_before_it_is_durable(tmp_path: Path) -> None:
+    # A long interval: only the reader's own group commit can make the records durable. Were a
+    # reader handed undurable records, a power loss could reuse their seqs for other events.
+    config = OutboxConfig(fsync_interval=timedelta(hours=1))
+    with open_outbox(tmp_path / "outbox", config) as box:
+        box.append_many([make_event(i) for i in range(10)])
+        assert box.status().durable_seq == 0
+        records = box.read_after(0)
+        assert [r.seq for r in records] == list(range(1, 11))
+        assert box.status().durable_seq == 10
+
+
 def test_too_large_events_and_batches_are_refused_whole(tmp_path: Path) -> None:
     with open_outbox(tmp_path / "outbox") as box:
         with pytest.raises(RecordTooLargeError):
