@@ -357,11 +357,29 @@ class SessionSealer(_NoCopy):
     def seal(self, batch: EventBatch) -> SealedBatch:
         if not isinstance(batch, EventBatch):
             raise TypeError("seal() takes a qsc.common.v1.EventBatch")
-        count = len(batch.events)
-        if count >= 2**32:
-            raise ValueError("a sealed batch holds fewer than 2**32 events")
         # Serialize before taking a number: a failure here must not skip a batch number.
         plaintext = batch.SerializeToString()
+        return self.seal_serialized(plaintext, batch.first_seq, batch.last_seq, len(batch.events))
+
+    def seal_serialized(
+        self, batch_bytes: bytes | bytearray | memoryview, first_seq: int, last_seq: int, count: int
+    ) -> SealedBatch:
+        """Seal an already serialized EventBatch whose clear fields the caller states.
+
+        The guardian's hot path builds batch bytes straight from stored events (see
+        `mesh.stream.batching`) and must not parse them back. The caller vouches that
+        ``batch_bytes`` is an EventBatch with these ``first_seq``, ``last_seq`` and ``count``
+        events: a mismatch is not caught here, and the subscriber's opener rejects the batch
+        (and so ends the stream) rather than trust clear fields that disagree with the plaintext.
+        """
+        if not isinstance(batch_bytes, bytes | bytearray | memoryview):
+            raise TypeError("batch_bytes must be bytes")
+        for name, value in (("first_seq", first_seq), ("last_seq", last_seq)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+                raise ValueError(f"{name} must be an unsigned 64-bit integer")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**32:
+            raise ValueError("a sealed batch holds fewer than 2**32 events")
+        plaintext = bytes(batch_bytes)
         with self._lock:
             if os.getpid() != self._pid:
                 # A forked child shares our counter: both would seal under the same nonces.
@@ -370,12 +388,12 @@ class SessionSealer(_NoCopy):
             if number > MAX_BATCHES:
                 raise NonceExhaustedError("sealed session batch limit reached; open a new session")
             self._next = number + 1
-        aad = _batch_aad(self._session_id, number, batch.first_seq, batch.last_seq, count)
+        aad = _batch_aad(self._session_id, number, first_seq, last_seq, count)
         ciphertext = self._cipher.encrypt(self._nonce.for_sequence(number), plaintext, aad)
         return SealedBatch(
             batch_number=number,
-            first_seq=batch.first_seq,
-            last_seq=batch.last_seq,
+            first_seq=first_seq,
+            last_seq=last_seq,
             event_count=count,
             ciphertext=ciphertext,
         )
