@@ -94,7 +94,7 @@ class SubscribeRequest(_message.Message):
 
     @_builtins.property
     def max_batch_delay(self) -> _duration_pb2.Duration:
-        """Hint: the longest the guardian holds a partial batch before sending it (default 50 ms)."""
+        """Hint: the longest the guardian holds a partial batch before sending it (default 10 ms)."""
 
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
@@ -104,7 +104,9 @@ class SubscribeRequest(_message.Message):
     def sealed_session(self) -> _sealed_session_pb2.SealedSessionOffer:
         """Opens a sealed session. When set, the first response is a `SealedSessionAccept` and every
         batch is a `SealedBatch`. When absent, batches are plain `EventBatch` messages, which only roles
-        the guardian's policy allows may receive (PERMISSION_DENIED otherwise).
+        the guardian's policy allows may receive (PERMISSION_DENIED otherwise). The offer's signed
+        `context` is this request with `sealed_session` cleared, serialized deterministically, so a
+        proxy cannot change the resume point or the filter unnoticed.
         """
 
     def __init__(
