@@ -12,7 +12,7 @@ BUF := $(NPM_DIR)/node_modules/.bin/buf
 STAMP := .stamp
 PYTEST_ARGS ?=
 
-.PHONY: help setup test lint proto demo bench clean
+.PHONY: help setup bpf-setup test lint proto demo bench clean
 
 help:
 	@echo "make demo    run QSC on embedded defaults (installs what is missing first)"
@@ -37,6 +37,10 @@ $(STAMP)/npm: $(NPM_DIR)/package.json $(NPM_DIR)/package-lock.json $(STAMP)/syst
 
 setup: $(STAMP)/venv $(STAMP)/npm
 
+# Every run, not behind a stamp: a reboot unmounts tracefs. Idempotent and fast when all is there.
+bpf-setup: $(STAMP)/venv
+	tools/setup-bpf.sh $(VENV)
+
 proto: setup
 	$(BUF) format -w
 	$(PY) tools/gen_proto.py
@@ -50,10 +54,10 @@ lint: setup
 	$(PY) tools/gen_proto.py --check
 	BUF=$(BUF) tools/buf-breaking.sh
 
-test: lint
+test: lint bpf-setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup
+bench: setup bpf-setup
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
 demo: setup

@@ -1,0 +1,207 @@
+/* Ring-buffer record layouts shared by sensor.bpf.c and mirrored by alpha/sensors/decode.py.
+ *
+ * Plain C on purpose: besides bcc, the unit tests compile this header with the host C compiler
+ * and compare every sizeof/offsetof with the Python mirror, so the two cannot drift apart.
+ * Every struct is naturally aligned with explicit padding, so there is no compiler-dependent
+ * layout. Integer types (u8..u64, s32, s64) come from the includer.
+ */
+#ifndef QSC_RECORDS_H
+#define QSC_RECORDS_H
+
+/* Record kinds (rec_hdr.kind). */
+#define KIND_EXEC 1
+#define KIND_FORK 2
+#define KIND_EXIT 3
+#define KIND_OPEN 4
+#define KIND_CHMOD 5
+#define KIND_CHOWN 6
+#define KIND_UNLINK 7
+#define KIND_RENAME 8
+#define KIND_PTRACE 9
+#define KIND_CONNECT 10
+#define KIND_ACCEPT 11
+#define KIND_MEMFD 12
+#define KIND_MODULE 13
+#define KIND_BPF 14
+#define KIND_SETID 15
+#define KIND_MEMPROT 16
+#define KIND_MAX 17
+
+/* Which syscall produced a record (rec_hdr.syscall): our own numbering, so that userspace does
+ * not depend on the architecture's syscall table. */
+#define SC_NONE 0
+#define SC_EXECVE 1
+#define SC_EXECVEAT 2
+#define SC_OPEN 3
+#define SC_OPENAT 4
+#define SC_OPENAT2 5
+#define SC_CREAT 6
+#define SC_CHMOD 7
+#define SC_FCHMOD 8
+#define SC_FCHMODAT 9
+#define SC_FCHMODAT2 10
+#define SC_CHOWN 11
+#define SC_LCHOWN 12
+#define SC_FCHOWN 13
+#define SC_FCHOWNAT 14
+#define SC_UNLINK 15
+#define SC_UNLINKAT 16
+#define SC_RENAME 17
+#define SC_RENAMEAT 18
+#define SC_RENAMEAT2 19
+#define SC_PTRACE 20
+#define SC_CONNECT 21
+#define SC_ACCEPT 22
+#define SC_ACCEPT4 23
+#define SC_MEMFD_CREATE 24
+#define SC_INIT_MODULE 25
+#define SC_FINIT_MODULE 26
+#define SC_BPF 27
+#define SC_SETUID 28
+#define SC_SETGID 29
+#define SC_SETREUID 30
+#define SC_SETREGID 31
+#define SC_SETRESUID 32
+#define SC_SETRESGID 33
+#define SC_SETFSUID 34
+#define SC_SETFSGID 35
+#define SC_MMAP 36
+#define SC_MPROTECT 37
+#define SC_PKEY_MPROTECT 38
+
+/* Per-CPU counters besides the per-kind loss array. */
+#define CNT_FILTERED 0      /* dropped by an in-kernel filter (path, comm, family, request) */
+#define CNT_EXEC_NO_STASH 1 /* exec seen without its execve entry (started before attach) */
+#define CNT_MAX 2
+
+#define PATH_LEN 256
+#define ARGS_LEN 1024 /* argv bytes kept; one more argument of up to ARG_LEN may spill over */
+#define ARG_LEN 256
+#define MAX_ARGS 32
+#define SOCKADDR_LEN 128
+#define BPF_NAME_LEN 16
+#define COMM_LEN 16
+
+#define EXEC_F_ARGS_TRUNCATED 1
+#define EXEC_F_NO_STASH 2
+#define EXIT_F_CODE_KNOWN 1
+
+struct rec_hdr {
+    u64 ts_ns; /* bpf_ktime_get_boot_ns(): CLOCK_BOOTTIME, the clock of /proc/PID/stat */
+    u64 cgroup_id; /* cgroup v2 id: the inode number of the cgroup's directory */
+    s64 ret; /* syscall return value; 0 for sched/task records */
+    u32 kind;
+    u32 syscall;
+    u32 tid;
+    u32 tgid;
+    u32 uid; /* real uid/gid (bpf_get_current_uid_gid) */
+    u32 gid;
+    char comm[COMM_LEN];
+}; /* 64 bytes */
+
+struct rec_exec {
+    struct rec_hdr hdr;
+    u32 old_pid; /* the tid that called execve (differs from tgid for a non-leader thread) */
+    u32 argc; /* arguments kept */
+    u32 args_len; /* bytes used in args: NUL-separated */
+    u32 flags; /* EXEC_F_* */
+    s32 dirfd; /* execveat only */
+    u32 at_flags; /* execveat only, e.g. AT_EMPTY_PATH */
+    char filename[PATH_LEN]; /* bprm->filename, e.g. /dev/fd/3 for fexecve */
+    char args[ARGS_LEN + ARG_LEN];
+}; /* variable length on the wire: ends after args_len bytes of args */
+
+struct rec_fork {
+    struct rec_hdr hdr; /* the parent */
+    u32 child_pid;
+    u32 _pad;
+    u64 clone_flags;
+};
+
+struct rec_exit {
+    struct rec_hdr hdr;
+    s32 exit_code; /* the exit_group() argument when flags has EXIT_F_CODE_KNOWN */
+    u32 flags;
+};
+
+/* open, chmod, chown, unlink, memfd_create (path = name), one path each. */
+struct rec_path {
+    struct rec_hdr hdr;
+    s32 dfd; /* dirfd, or the fd of fchmod/fchown */
+    u32 mode;
+    u64 flags; /* open flags, AT_* flags, memfd flags */
+    u32 uid; /* chown */
+    u32 gid;
+    u32 path_len; /* bytes of path including its NUL, 0 if unreadable */
+    u32 _pad;
+    char path[PATH_LEN];
+}; /* variable length on the wire: ends after path_len bytes of path */
+
+struct rec_rename {
+    struct rec_hdr hdr;
+    s32 olddfd;
+    s32 newdfd;
+    u32 flags;
+    u32 _pad;
+    char oldpath[PATH_LEN];
+    char newpath[PATH_LEN];
+};
+
+struct rec_ptrace {
+    struct rec_hdr hdr;
+    s64 request;
+    s64 target;
+    u64 addr;
+    u64 data;
+};
+
+/* connect and accept: the peer address as the raw sockaddr the caller passed or received. */
+struct rec_sock {
+    struct rec_hdr hdr;
+    s32 fd;
+    u32 addrlen;
+    u64 uaddr; /* accept: user pointers kept from entry to exit; meaningless to userspace */
+    u64 ulen;
+    u8 addr[SOCKADDR_LEN];
+};
+
+struct rec_module {
+    struct rec_hdr hdr;
+    s32 fd; /* finit_module */
+    u32 flags;
+    u64 len; /* init_module image length */
+    u32 params_len;
+    u32 _pad;
+    char params[PATH_LEN];
+};
+
+struct rec_bpf {
+    struct rec_hdr hdr;
+    s32 cmd;
+    u32 size;
+    u32 prog_type; /* BPF_PROG_LOAD only */
+    u32 insn_cnt;
+    u32 prog_flags;
+    u32 _pad;
+    char prog_name[BPF_NAME_LEN];
+};
+
+/* setuid family: a0..a2 are the arguments in order ((u32)-1 means "unchanged"). */
+struct rec_setid {
+    struct rec_hdr hdr;
+    u32 a0;
+    u32 a1;
+    u32 a2;
+    u32 _pad;
+};
+
+struct rec_memprot {
+    struct rec_hdr hdr;
+    u64 addr;
+    u64 len;
+    u64 prot;
+    u64 flags; /* mmap flags */
+    s64 fd; /* mmap fd; pkey for pkey_mprotect */
+};
+
+#endif /* QSC_RECORDS_H */

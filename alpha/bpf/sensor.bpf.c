@@ -1,0 +1,856 @@
+/* QSC Alpha eBPF sensor: syscall, sched and task tracepoints into one ring buffer.
+ *
+ * Not compiled as is: alpha.sensors.ebpf.render_program() prepends the configuration as
+ * #defines (own tgid, enabled probes, tracepoints present on this kernel, path/comm filters
+ * rendered as macros) and inlines records.h. Tracepoints only: the target kernels may have
+ * CONFIG_KPROBES off. No task_struct field is read, because bcc compiles against the packaged
+ * headers, which need not match the running kernel's layout; everything comes from helpers and
+ * tracepoint arguments, and userspace enriches the rest from /proc.
+ *
+ * Syscalls are recorded at entry into a per-thread stash (the arguments, paths read while the
+ * caller's memory is certainly valid) and emitted at exit with the return value, so a denied
+ * open of /etc/shadow and a failed finit_module are visible as such.
+ *
+ * Loss accounting: every failed ring-buffer output or reservation increments lost[kind], a
+ * per-CPU array that userspace sums.
+ */
+
+#include "records.h"
+
+#define QSC_O_WRONLY 01
+#define QSC_O_RDWR 02
+#define QSC_O_CREAT 0100
+#define QSC_O_TRUNC 01000
+#define QSC_O_APPEND 02000
+#define QSC_WRITE_FLAGS (QSC_O_WRONLY | QSC_O_RDWR | QSC_O_CREAT | QSC_O_TRUNC | QSC_O_APPEND)
+#define QSC_S_ISUID 04000
+#define QSC_S_ISGID 02000
+#define QSC_S_IWOTH 00002
+#define QSC_CLONE_THREAD 0x00010000
+#define QSC_PROT_WRITE 0x2
+#define QSC_PROT_EXEC 0x4
+#define QSC_AF_UNIX 1
+#define QSC_AF_INET 2
+#define QSC_AF_INET6 10
+#define QSC_BPF_PROG_LOAD 5
+
+struct inflight {
+    union {
+        struct rec_hdr hdr;
+        struct rec_path path;
+        struct rec_rename rename;
+        struct rec_ptrace ptrace;
+        struct rec_sock sock;
+        struct rec_module module;
+        struct rec_bpf bpf;
+        struct rec_setid setid;
+        struct rec_memprot memprot;
+    };
+};
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(lost, u64, KIND_MAX);
+BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
+/* Records are bigger than the 512-byte BPF stack: build them in per-CPU scratch space. */
+BPF_PERCPU_ARRAY(scratch, struct inflight, 1);
+/* LRU: a thread that never returns from a syscall cannot leak an entry forever. */
+BPF_TABLE("lru_hash", u32, struct inflight, inflight, INFLIGHT_ENTRIES);
+#ifdef PROBE_EXEC
+BPF_PERCPU_ARRAY(exec_scratch, struct rec_exec, 1);
+BPF_TABLE("lru_hash", u32, struct rec_exec, exec_stash, EXEC_ENTRIES);
+BPF_TABLE("lru_hash", u32, s32, exit_codes, EXEC_ENTRIES);
+#endif
+
+static __always_inline void count_lost(u32 kind) {
+    u64 *v = lost.lookup(&kind);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline void count(u32 idx) {
+    u64 *v = counters.lookup(&idx);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline int is_self(void) {
+    return (bpf_get_current_pid_tgid() >> 32) == SELF_TGID;
+}
+
+static __always_inline void fill_hdr(struct rec_hdr *h, u32 kind, u32 sc) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 ug = bpf_get_current_uid_gid();
+    h->ts_ns = bpf_ktime_get_boot_ns();
+    h->cgroup_id = bpf_get_current_cgroup_id();
+    h->ret = 0;
+    h->kind = kind;
+    h->syscall = sc;
+    h->tid = (u32)id;
+    h->tgid = id >> 32;
+    h->uid = (u32)ug;
+    h->gid = ug >> 32;
+    bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+static __always_inline struct inflight *scratch_get(void) {
+    u32 zero = 0;
+    return scratch.lookup(&zero);
+}
+
+/* Header filled last, after the cheap filters, so dropped syscalls cost little. Returns 0. */
+static __always_inline int stash(struct inflight *r, u32 kind, u32 sc, int comm_filter) {
+    fill_hdr(&r->hdr, kind, sc);
+    if (comm_filter && IGNORE_COMM(r->hdr.comm)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    u32 tid = r->hdr.tid;
+    inflight.update(&tid, r);
+    return 0;
+}
+
+static __always_inline int output(struct inflight *r, u32 kind) {
+    u64 size = sizeof(struct rec_hdr);
+    if (kind == KIND_OPEN || kind == KIND_CHMOD || kind == KIND_CHOWN || kind == KIND_UNLINK ||
+        kind == KIND_MEMFD) {
+        /* Variable length: only the used part of the path crosses the ring. */
+        u32 n = r->path.path_len;
+        if (n > PATH_LEN)
+            n = PATH_LEN;
+        size = offsetof(struct rec_path, path) + n;
+    } else if (kind == KIND_RENAME) {
+        size = sizeof(struct rec_rename);
+    } else if (kind == KIND_PTRACE) {
+        size = sizeof(struct rec_ptrace);
+    } else if (kind == KIND_CONNECT || kind == KIND_ACCEPT) {
+        size = sizeof(struct rec_sock);
+    } else if (kind == KIND_MODULE) {
+        size = sizeof(struct rec_module);
+    } else if (kind == KIND_BPF) {
+        size = sizeof(struct rec_bpf);
+    } else if (kind == KIND_SETID) {
+        size = sizeof(struct rec_setid);
+    } else if (kind == KIND_MEMPROT) {
+        size = sizeof(struct rec_memprot);
+    }
+    if (events.ringbuf_output(r, size, 0) != 0)
+        count_lost(kind);
+    return 0;
+}
+
+/* Syscall exit: emit the stashed record with the return value. */
+static __always_inline int finish(s64 ret, u32 kind) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inflight *r = inflight.lookup(&tid);
+    if (!r)
+        return 0;
+    if (r->hdr.kind == kind) {
+        r->hdr.ret = ret;
+        output(r, kind);
+    }
+    inflight.delete(&tid);
+    return 0;
+}
+
+static __always_inline u32 read_user_path(char *dst, const char *src) {
+    int n = bpf_probe_read_user_str(dst, PATH_LEN, src);
+    if (n < 0) {
+        dst[0] = 0;
+        return 0;
+    }
+    return n;
+}
+
+/* Is an access to this path worth an event? Relative paths cannot be resolved here. */
+static __always_inline int path_wanted(const char *p, int write) {
+    if (p[0] != '/')
+        return write ? RELATIVE_WRITES : RELATIVE_READS;
+    if (MATCH_IGNORE_PREFIX(p))
+        return 0;
+    if (write && MATCH_WRITE_PREFIX(p))
+        return 1;
+    return MATCH_READ_PREFIX(p);
+}
+
+/* ---- process lifecycle: exec, fork, exit ------------------------------------------------ */
+#ifdef PROBE_EXEC
+static __always_inline int exec_enter(u32 sc, int dirfd, const char *const *argv, u32 at_flags) {
+    if (is_self())
+        return 0;
+    u32 zero = 0;
+    struct rec_exec *e = exec_scratch.lookup(&zero);
+    if (!e)
+        return 0;
+    e->hdr.syscall = sc;
+    e->dirfd = dirfd;
+    e->at_flags = at_flags;
+    e->flags = 0;
+    u32 off = 0;
+    u32 argc = 0;
+    const char *argp = 0;
+#pragma unroll
+    for (int i = 0; i < MAX_ARGS; i++) {
+        argp = 0;
+        if (bpf_probe_read_user(&argp, sizeof(argp), &argv[i]) != 0 || !argp)
+            goto done;
+        if (off >= ARGS_LEN) {
+            e->flags |= EXEC_F_ARGS_TRUNCATED;
+            goto done;
+        }
+        /* off < ARGS_LEN here, and args has ARG_LEN spare bytes: the mask only convinces the
+         * verifier. */
+        int n = bpf_probe_read_user_str(&e->args[off & (ARGS_LEN - 1)], ARG_LEN, argp);
+        if (n <= 0)
+            goto done;
+        if (n == ARG_LEN)
+            e->flags |= EXEC_F_ARGS_TRUNCATED;
+        off += n;
+        argc++;
+    }
+    argp = 0;
+    if (bpf_probe_read_user(&argp, sizeof(argp), &argv[MAX_ARGS]) == 0 && argp)
+        e->flags |= EXEC_F_ARGS_TRUNCATED;
+done:
+    e->argc = argc;
+    e->args_len = off;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    exec_stash.update(&tid, e);
+    return 0;
+}
+
+static __always_inline int exec_failed(s64 ret) {
+    /* A successful exec returns in the new image after sched_process_exec consumed the stash. */
+    if (ret < 0) {
+        u32 tid = (u32)bpf_get_current_pid_tgid();
+        exec_stash.delete(&tid);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve) {
+    return exec_enter(SC_EXECVE, 0, (const char *const *)args->argv, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_execve) { return exec_failed(args->ret); }
+
+#ifdef HAVE_sys_enter_execveat
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat) {
+    return exec_enter(SC_EXECVEAT, args->fd, (const char *const *)args->argv, args->flags);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_execveat) { return exec_failed(args->ret); }
+#endif
+
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    if (is_self())
+        return 0;
+    u32 old = args->old_pid;
+    struct rec_exec *e = exec_stash.lookup(&old);
+    if (!e) {
+        u32 zero = 0;
+        e = exec_scratch.lookup(&zero);
+        if (!e)
+            return 0;
+        e->hdr.syscall = SC_NONE;
+        e->argc = 0;
+        e->args_len = 0;
+        e->flags = EXEC_F_NO_STASH;
+        e->dirfd = 0;
+        e->at_flags = 0;
+        count(CNT_EXEC_NO_STASH);
+    }
+    fill_hdr(&e->hdr, KIND_EXEC, e->hdr.syscall);
+    e->old_pid = old;
+    unsigned short loc = args->data_loc_filename & 0xFFFF;
+    bpf_probe_read_kernel_str(e->filename, PATH_LEN, (void *)args + loc);
+    u32 n = e->args_len;
+    if (n > ARGS_LEN + ARG_LEN)
+        n = ARGS_LEN + ARG_LEN;
+    if (events.ringbuf_output(e, offsetof(struct rec_exec, args) + n, 0) != 0)
+        count_lost(KIND_EXEC);
+    exec_stash.delete(&old);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    s32 code = args->error_code;
+    exit_codes.update(&tgid, &code);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u64 id = bpf_get_current_pid_tgid();
+#ifdef HAVE_GROUP_DEAD
+    if (!args->group_dead)
+        return 0;
+#else
+    if ((u32)id != (u32)(id >> 32))
+        return 0;
+#endif
+    u32 tgid = id >> 32;
+    if (tgid == SELF_TGID)
+        return 0;
+    struct rec_exit *x = events.ringbuf_reserve(sizeof(struct rec_exit));
+    if (!x) {
+        count_lost(KIND_EXIT);
+        exit_codes.delete(&tgid);
+        return 0;
+    }
+    fill_hdr(&x->hdr, KIND_EXIT, SC_NONE);
+    x->exit_code = 0;
+    x->flags = 0;
+    s32 *code = exit_codes.lookup(&tgid);
+    if (code) {
+        x->exit_code = *code;
+        x->flags = EXIT_F_CODE_KNOWN;
+        exit_codes.delete(&tgid);
+    }
+    events.ringbuf_submit(x, 0);
+    return 0;
+}
+
+#ifdef HAVE_task_newtask
+/* Fires in the parent while the child is created; threads are not processes. Not filtered by
+ * own tgid: the process table needs the parent of the sensor's own children. */
+TRACEPOINT_PROBE(task, task_newtask) {
+    if (args->clone_flags & QSC_CLONE_THREAD)
+        return 0;
+    struct rec_fork *f = events.ringbuf_reserve(sizeof(struct rec_fork));
+    if (!f) {
+        count_lost(KIND_FORK);
+        return 0;
+    }
+    fill_hdr(&f->hdr, KIND_FORK, SC_NONE);
+    f->child_pid = args->pid;
+    f->_pad = 0;
+    f->clone_flags = args->clone_flags;
+    events.ringbuf_submit(f, 0);
+    return 0;
+}
+#endif
+#endif /* PROBE_EXEC */
+
+/* ---- files: open, chmod, chown, unlink, rename ------------------------------------------ */
+#ifdef PROBE_OPEN
+static __always_inline int open_enter(u32 sc, int dfd, const char *filename, u64 flags, u32 mode) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->path.path_len = read_user_path(r->path.path, filename);
+    if (!path_wanted(r->path.path, (flags & QSC_WRITE_FLAGS) != 0)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    r->path.dfd = dfd;
+    r->path.mode = mode;
+    r->path.flags = flags;
+    r->path.uid = 0;
+    r->path.gid = 0;
+    return stash(r, KIND_OPEN, sc, 1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
+    return open_enter(SC_OPENAT, args->dfd, args->filename, (u32)args->flags, args->mode);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return finish(args->ret, KIND_OPEN); }
+
+#ifdef HAVE_sys_enter_open
+TRACEPOINT_PROBE(syscalls, sys_enter_open) {
+    return open_enter(SC_OPEN, -100, args->filename, (u32)args->flags, args->mode);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { return finish(args->ret, KIND_OPEN); }
+#endif
+
+#ifdef HAVE_sys_enter_creat
+TRACEPOINT_PROBE(syscalls, sys_enter_creat) {
+    return open_enter(SC_CREAT, -100, args->pathname, QSC_O_CREAT | QSC_O_WRONLY | QSC_O_TRUNC,
+                      args->mode);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return finish(args->ret, KIND_OPEN); }
+#endif
+
+#ifdef HAVE_sys_enter_openat2
+TRACEPOINT_PROBE(syscalls, sys_enter_openat2) {
+    struct {
+        u64 flags;
+        u64 mode;
+    } how = {};
+    bpf_probe_read_user(&how, sizeof(how), args->how);
+    return open_enter(SC_OPENAT2, args->dfd, args->filename, how.flags, (u32)how.mode);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return finish(args->ret, KIND_OPEN); }
+#endif
+#endif /* PROBE_OPEN */
+
+#ifdef PROBE_CHMOD
+/* setuid/setgid/world-writable modes anywhere; other modes only on watched paths. */
+static __always_inline int chmod_enter(u32 sc, int dfd, const char *filename, u32 mode, u32 flags) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    int special = (mode & (QSC_S_ISUID | QSC_S_ISGID | QSC_S_IWOTH)) != 0;
+    if (filename) {
+        r->path.path_len = read_user_path(r->path.path, filename);
+    } else {
+        r->path.path_len = 0;
+        r->path.path[0] = 0;
+    }
+    if (!special && !(filename && path_wanted(r->path.path, 1))) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    r->path.dfd = dfd;
+    r->path.mode = mode;
+    r->path.flags = flags;
+    r->path.uid = 0;
+    r->path.gid = 0;
+    return stash(r, KIND_CHMOD, sc, 1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat) {
+    return chmod_enter(SC_FCHMODAT, args->dfd, args->filename, args->mode, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_fchmodat) { return finish(args->ret, KIND_CHMOD); }
+TRACEPOINT_PROBE(syscalls, sys_enter_fchmod) {
+    return chmod_enter(SC_FCHMOD, args->fd, 0, args->mode, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_fchmod) { return finish(args->ret, KIND_CHMOD); }
+#ifdef HAVE_sys_enter_chmod
+TRACEPOINT_PROBE(syscalls, sys_enter_chmod) {
+    return chmod_enter(SC_CHMOD, -100, args->filename, args->mode, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_chmod) { return finish(args->ret, KIND_CHMOD); }
+#endif
+#ifdef HAVE_sys_enter_fchmodat2
+TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat2) {
+    return chmod_enter(SC_FCHMODAT2, args->dfd, args->filename, args->mode, args->flags);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_fchmodat2) { return finish(args->ret, KIND_CHMOD); }
+#endif
+#endif /* PROBE_CHMOD */
+
+#ifdef PROBE_CHOWN
+/* Ownership given to root anywhere (the step before a setuid-root binary); other changes only
+ * on watched paths. */
+static __always_inline int chown_enter(u32 sc, int dfd, const char *filename, u32 uid, u32 gid,
+                                       u32 flags) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    int to_root = uid == 0 || gid == 0;
+    if (filename) {
+        r->path.path_len = read_user_path(r->path.path, filename);
+    } else {
+        r->path.path_len = 0;
+        r->path.path[0] = 0;
+    }
+    if (!to_root && !(filename && path_wanted(r->path.path, 1))) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    r->path.dfd = dfd;
+    r->path.mode = 0;
+    r->path.flags = flags;
+    r->path.uid = uid;
+    r->path.gid = gid;
+    return stash(r, KIND_CHOWN, sc, 1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_fchownat) {
+    return chown_enter(SC_FCHOWNAT, args->dfd, args->filename, args->user, args->group,
+                       args->flag);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_fchownat) { return finish(args->ret, KIND_CHOWN); }
+TRACEPOINT_PROBE(syscalls, sys_enter_fchown) {
+    return chown_enter(SC_FCHOWN, args->fd, 0, args->user, args->group, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_fchown) { return finish(args->ret, KIND_CHOWN); }
+#ifdef HAVE_sys_enter_chown
+TRACEPOINT_PROBE(syscalls, sys_enter_chown) {
+    return chown_enter(SC_CHOWN, -100, args->filename, args->user, args->group, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_chown) { return finish(args->ret, KIND_CHOWN); }
+#endif
+#ifdef HAVE_sys_enter_lchown
+TRACEPOINT_PROBE(syscalls, sys_enter_lchown) {
+    return chown_enter(SC_LCHOWN, -100, args->filename, args->user, args->group, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_lchown) { return finish(args->ret, KIND_CHOWN); }
+#endif
+#endif /* PROBE_CHOWN */
+
+#ifdef PROBE_UNLINK
+static __always_inline int unlink_enter(u32 sc, int dfd, const char *pathname, u32 flags) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->path.path_len = read_user_path(r->path.path, pathname);
+    if (!path_wanted(r->path.path, 1)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    r->path.dfd = dfd;
+    r->path.mode = 0;
+    r->path.flags = flags;
+    r->path.uid = 0;
+    r->path.gid = 0;
+    return stash(r, KIND_UNLINK, sc, 1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat) {
+    return unlink_enter(SC_UNLINKAT, args->dfd, args->pathname, args->flag);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_unlinkat) { return finish(args->ret, KIND_UNLINK); }
+#ifdef HAVE_sys_enter_unlink
+TRACEPOINT_PROBE(syscalls, sys_enter_unlink) {
+    return unlink_enter(SC_UNLINK, -100, args->pathname, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_unlink) { return finish(args->ret, KIND_UNLINK); }
+#endif
+#endif /* PROBE_UNLINK */
+
+#ifdef PROBE_RENAME
+static __always_inline int rename_enter(u32 sc, int olddfd, const char *oldname, int newdfd,
+                                        const char *newname, u32 flags) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    read_user_path(r->rename.oldpath, oldname);
+    read_user_path(r->rename.newpath, newname);
+    if (!path_wanted(r->rename.oldpath, 1) && !path_wanted(r->rename.newpath, 1)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    r->rename.olddfd = olddfd;
+    r->rename.newdfd = newdfd;
+    r->rename.flags = flags;
+    r->rename._pad = 0;
+    return stash(r, KIND_RENAME, sc, 1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_renameat) {
+    return rename_enter(SC_RENAMEAT, args->olddfd, args->oldname, args->newdfd, args->newname, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat) { return finish(args->ret, KIND_RENAME); }
+#ifdef HAVE_sys_enter_renameat2
+TRACEPOINT_PROBE(syscalls, sys_enter_renameat2) {
+    return rename_enter(SC_RENAMEAT2, args->olddfd, args->oldname, args->newdfd, args->newname,
+                        args->flags);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat2) { return finish(args->ret, KIND_RENAME); }
+#endif
+#ifdef HAVE_sys_enter_rename
+TRACEPOINT_PROBE(syscalls, sys_enter_rename) {
+    return rename_enter(SC_RENAME, -100, args->oldname, -100, args->newname, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return finish(args->ret, KIND_RENAME); }
+#endif
+#endif /* PROBE_RENAME */
+
+/* ---- ptrace ----------------------------------------------------------------------------- */
+#ifdef PROBE_PTRACE
+TRACEPOINT_PROBE(syscalls, sys_enter_ptrace) {
+    if (is_self())
+        return 0;
+    s64 request = args->request;
+    if (!PTRACE_WANTED(request)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->ptrace.request = request;
+    r->ptrace.target = args->pid;
+    r->ptrace.addr = args->addr;
+    r->ptrace.data = args->data;
+    return stash(r, KIND_PTRACE, SC_PTRACE, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_ptrace) { return finish(args->ret, KIND_PTRACE); }
+#endif
+
+/* ---- network: connect, accept ----------------------------------------------------------- */
+#ifdef PROBE_NET
+static __always_inline int family_wanted(u16 family) {
+    return family == QSC_AF_INET || family == QSC_AF_INET6 || (NET_UNIX && family == QSC_AF_UNIX);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    /* The mask keeps the size provably small for the verifier whatever clang does with the
+     * clamp below (sockaddr lengths are at most 128 anyway). */
+    u32 n = args->addrlen & 0xff;
+    if (n > SOCKADDR_LEN)
+        n = SOCKADDR_LEN;
+    if (n < 2 || bpf_probe_read_user(r->sock.addr, n, args->uservaddr) != 0)
+        return 0;
+    if (!family_wanted(*(u16 *)r->sock.addr)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    r->sock.fd = args->fd;
+    r->sock.addrlen = n;
+    r->sock.uaddr = 0;
+    r->sock.ulen = 0;
+    return stash(r, KIND_CONNECT, SC_CONNECT, 1);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) { return finish(args->ret, KIND_CONNECT); }
+
+/* accept: the peer address only exists at exit, in the caller's buffer. Accepts without an
+ * address buffer, failed accepts and unwanted families are dropped here. */
+static __always_inline int accept_enter(u32 sc, int fd, void *uaddr, void *ulen) {
+    if (is_self() || !uaddr || !ulen)
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->sock.fd = fd;
+    r->sock.addrlen = 0;
+    r->sock.uaddr = (u64)uaddr;
+    r->sock.ulen = (u64)ulen;
+    return stash(r, KIND_ACCEPT, sc, 1);
+}
+
+static __always_inline int accept_exit(s64 ret) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inflight *r = inflight.lookup(&tid);
+    if (!r)
+        return 0;
+    if (r->hdr.kind == KIND_ACCEPT && ret >= 0) {
+        int len = 0;
+        bpf_probe_read_user(&len, sizeof(len), (void *)r->sock.ulen);
+        u32 n = len & 0xff;
+        if (n > SOCKADDR_LEN)
+            n = SOCKADDR_LEN;
+        if (n >= 2 && bpf_probe_read_user(r->sock.addr, n, (void *)r->sock.uaddr) == 0 &&
+            family_wanted(*(u16 *)r->sock.addr)) {
+            r->hdr.ret = ret;
+            r->sock.addrlen = n;
+            output(r, KIND_ACCEPT);
+        } else {
+            count(CNT_FILTERED);
+        }
+    }
+    inflight.delete(&tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept) {
+    return accept_enter(SC_ACCEPT, args->fd, args->upeer_sockaddr, args->upeer_addrlen);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4) {
+    return accept_enter(SC_ACCEPT4, args->fd, args->upeer_sockaddr, args->upeer_addrlen);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return accept_exit(args->ret); }
+#endif /* PROBE_NET */
+
+/* ---- memfd_create ----------------------------------------------------------------------- */
+#ifdef PROBE_MEMFD
+TRACEPOINT_PROBE(syscalls, sys_enter_memfd_create) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->path.path_len = read_user_path(r->path.path, args->uname);
+    r->path.dfd = -1;
+    r->path.mode = 0;
+    r->path.flags = args->flags;
+    r->path.uid = 0;
+    r->path.gid = 0;
+    return stash(r, KIND_MEMFD, SC_MEMFD_CREATE, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_memfd_create) { return finish(args->ret, KIND_MEMFD); }
+#endif
+
+/* ---- kernel modules --------------------------------------------------------------------- */
+#ifdef PROBE_MODULE
+static __always_inline int module_enter(u32 sc, int fd, u64 len, const char *uargs, u32 flags) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    int n = bpf_probe_read_user_str(r->module.params, PATH_LEN, uargs);
+    r->module.params_len = n > 0 ? n : 0;
+    r->module.fd = fd;
+    r->module.flags = flags;
+    r->module.len = len;
+    r->module._pad = 0;
+    return stash(r, KIND_MODULE, sc, 0);
+}
+
+#ifdef HAVE_sys_enter_finit_module
+TRACEPOINT_PROBE(syscalls, sys_enter_init_module) {
+    return module_enter(SC_INIT_MODULE, -1, args->len, args->uargs, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_init_module) { return finish(args->ret, KIND_MODULE); }
+TRACEPOINT_PROBE(syscalls, sys_enter_finit_module) {
+    return module_enter(SC_FINIT_MODULE, args->fd, 0, args->uargs, args->flags);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_finit_module) { return finish(args->ret, KIND_MODULE); }
+#else
+/* A kernel built without modules has no per-syscall tracepoints for them, but an attempt is
+ * still worth seeing (a rootkit installer tries): watch the raw syscall entry and exit for
+ * their numbers. These run for every syscall on the host, so they are raw tracepoints (the
+ * program gets the registers directly, no trace record is built: about a third of the cost of
+ * the raw_syscalls trace events) and test the number first. The register names (REG_ARG0..2,
+ * REG_NR) are rendered per architecture; struct pt_regs is a stable layout. */
+#include <asm/ptrace.h>
+
+static __always_inline u64 reg(struct pt_regs *regs, unsigned long *field) {
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), field);
+    return v;
+}
+
+RAW_TRACEPOINT_PROBE(sys_enter) {
+    /* TP_PROTO(struct pt_regs *regs, long id) */
+    long nr = ctx->args[1];
+    if (nr != NR_INIT_MODULE && nr != NR_FINIT_MODULE)
+        return 0;
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    u64 a0 = reg(regs, &regs->REG_ARG0);
+    u64 a1 = reg(regs, &regs->REG_ARG1);
+    u64 a2 = reg(regs, &regs->REG_ARG2);
+    if (nr == NR_INIT_MODULE)
+        return module_enter(SC_INIT_MODULE, -1, a1, (const char *)a2, 0);
+    return module_enter(SC_FINIT_MODULE, (int)a0, 0, (const char *)a1, (u32)a2);
+}
+
+RAW_TRACEPOINT_PROBE(sys_exit) {
+    /* TP_PROTO(struct pt_regs *regs, long ret) */
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long nr = (long)reg(regs, &regs->REG_NR);
+    if (nr == NR_INIT_MODULE || nr == NR_FINIT_MODULE)
+        return finish((s64)ctx->args[1], KIND_MODULE);
+    return 0;
+}
+#endif
+#endif /* PROBE_MODULE */
+
+/* ---- bpf() ------------------------------------------------------------------------------ */
+#ifdef PROBE_BPF
+TRACEPOINT_PROBE(syscalls, sys_enter_bpf) {
+    if (is_self())
+        return 0;
+    int cmd = args->cmd;
+    if (!BPF_CMD_WANTED(cmd)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->bpf.cmd = cmd;
+    r->bpf.size = args->size;
+    r->bpf.prog_type = 0;
+    r->bpf.insn_cnt = 0;
+    r->bpf.prog_flags = 0;
+    r->bpf._pad = 0;
+    __builtin_memset(r->bpf.prog_name, 0, BPF_NAME_LEN);
+    if (cmd == QSC_BPF_PROG_LOAD && args->size >= 64) {
+        /* union bpf_attr, BPF_PROG_LOAD: prog_type@0 insn_cnt@4 prog_flags@44 prog_name@48 */
+        const char *attr = (const char *)args->uattr;
+        bpf_probe_read_user(&r->bpf.prog_type, 4, attr);
+        bpf_probe_read_user(&r->bpf.insn_cnt, 4, attr + 4);
+        bpf_probe_read_user(&r->bpf.prog_flags, 4, attr + 44);
+        bpf_probe_read_user(r->bpf.prog_name, BPF_NAME_LEN, attr + 48);
+    }
+    return stash(r, KIND_BPF, SC_BPF, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_bpf) { return finish(args->ret, KIND_BPF); }
+#endif
+
+/* ---- setuid family ---------------------------------------------------------------------- */
+#ifdef PROBE_SETID
+static __always_inline int setid_enter(u32 sc, u32 a0, u32 a1, u32 a2) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->setid.a0 = a0;
+    r->setid.a1 = a1;
+    r->setid.a2 = a2;
+    r->setid._pad = 0;
+    return stash(r, KIND_SETID, sc, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_setuid) { return setid_enter(SC_SETUID, args->uid, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setuid) { return finish(args->ret, KIND_SETID); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setgid) { return setid_enter(SC_SETGID, args->gid, -1, -1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setgid) { return finish(args->ret, KIND_SETID); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setreuid) {
+    return setid_enter(SC_SETREUID, args->ruid, args->euid, -1);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setreuid) { return finish(args->ret, KIND_SETID); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setregid) {
+    return setid_enter(SC_SETREGID, args->rgid, args->egid, -1);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setregid) { return finish(args->ret, KIND_SETID); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setresuid) {
+    return setid_enter(SC_SETRESUID, args->ruid, args->euid, args->suid);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setresuid) { return finish(args->ret, KIND_SETID); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setresgid) {
+    return setid_enter(SC_SETRESGID, args->rgid, args->egid, args->sgid);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setresgid) { return finish(args->ret, KIND_SETID); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setfsuid) {
+    return setid_enter(SC_SETFSUID, args->uid, -1, -1);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setfsuid) { return finish(args->ret, KIND_SETID); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setfsgid) {
+    return setid_enter(SC_SETFSGID, args->gid, -1, -1);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setfsgid) { return finish(args->ret, KIND_SETID); }
+#endif /* PROBE_SETID */
+
+/* ---- writable+executable memory --------------------------------------------------------- */
+#ifdef PROBE_MEMPROT
+static __always_inline int memprot_enter(u32 sc, u64 addr, u64 len, u64 prot, u64 flags, s64 fd) {
+    if (is_self())
+        return 0;
+    if ((prot & (QSC_PROT_WRITE | QSC_PROT_EXEC)) != (QSC_PROT_WRITE | QSC_PROT_EXEC))
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->memprot.addr = addr;
+    r->memprot.len = len;
+    r->memprot.prot = prot;
+    r->memprot.flags = flags;
+    r->memprot.fd = fd;
+    return stash(r, KIND_MEMPROT, sc, 1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mmap) {
+    return memprot_enter(SC_MMAP, args->addr, args->len, args->prot, args->flags, (s64)args->fd);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_mmap) { return finish(args->ret, KIND_MEMPROT); }
+TRACEPOINT_PROBE(syscalls, sys_enter_mprotect) {
+    return memprot_enter(SC_MPROTECT, args->start, args->len, args->prot, 0, -1);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_mprotect) { return finish(args->ret, KIND_MEMPROT); }
+#ifdef HAVE_sys_enter_pkey_mprotect
+TRACEPOINT_PROBE(syscalls, sys_enter_pkey_mprotect) {
+    return memprot_enter(SC_PKEY_MPROTECT, args->start, args->len, args->prot, 0, args->pkey);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_pkey_mprotect) { return finish(args->ret, KIND_MEMPROT); }
+#endif
+#endif /* PROBE_MEMPROT */

@@ -1,0 +1,546 @@
+"""What Alpha's sensors produce: plain observations, sensor status and configuration.
+
+No protobuf here: the rules engine consumes these, and a converter turns them into
+`qsc.common.v1.Event`s.
+
+Observations and their details are shared between consumers: treat them as immutable. They are
+not `frozen` only because a frozen dataclass costs about 1 us more per construction (each field
+goes through object.__setattr__), a third of the per-event budget at 200,000 events/s;
+`ProcessInfo`, shared by many observations and built once per exec, is frozen.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from mesh.errors import ConfigError
+
+# --- observations -----------------------------------------------------------------------------
+
+
+class Kind(enum.StrEnum):
+    EXEC = "exec"
+    FORK = "fork"
+    EXIT = "exit"
+    OPEN = "open"
+    CHMOD = "chmod"
+    CHOWN = "chown"
+    UNLINK = "unlink"
+    RENAME = "rename"
+    PTRACE = "ptrace"
+    CONNECT = "connect"
+    ACCEPT = "accept"
+    MEMFD_CREATE = "memfd_create"
+    MODULE_LOAD = "module_load"
+    BPF = "bpf"
+    SETID = "setid"
+    MEMPROT = "memprot"
+
+
+@dataclass(frozen=True, slots=True)
+class Ancestor:
+    exec_id: str
+    pid: int
+    comm: str
+    exe: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """A process as the process table knows it when the observation is made.
+
+    `exec_id` is globally unique (boot id + pid + start time, hashed); it changes at every exec
+    and is new for a forked child. `ancestry` lists the nearest ancestors first, bounded.
+    """
+
+    pid: int
+    ppid: int
+    exec_id: str
+    parent_exec_id: str
+    comm: str
+    exe: str
+    args: tuple[str, ...]
+    cwd: str
+    uid: int
+    gid: int
+    euid: int | None
+    start_boot_ns: int
+    cgroup: str
+    container_id: str
+    container_runtime: str
+    ancestry: tuple[Ancestor, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Stdio:
+    """What one of fds 0, 1, 2 referred to at exec (as qsc.common.v1.StdioDescriptor)."""
+
+    kind: str  # closed, file, tty, pipe, inet_socket, unix_socket, other, unknown
+    path: str = ""  # files, terminals, named pipes
+    peer_address: str = ""  # inet sockets: the remote end
+    peer_port: int = 0
+
+
+UNKNOWN_STDIO: Final = (Stdio("unknown"), Stdio("unknown"), Stdio("unknown"))
+
+
+@dataclass(slots=True)
+class ExecDetail:
+    filename: str  # as exec'd (bprm filename): /dev/fd/3 for an fexecve
+    exe: str  # /proc/PID/exe when readable, e.g. "/memfd:x (deleted)"
+    args: tuple[str, ...]
+    args_truncated: bool
+    cwd: str
+    dirfd: int  # execveat only
+    at_flags: int  # execveat only (AT_EMPTY_PATH = 0x1000)
+    from_memfd: bool
+    exe_deleted: bool
+    setuid_exec: bool  # the new image runs with euid != uid (a setuid binary), from /proc
+    stdio: tuple[Stdio, Stdio, Stdio]  # read from /proc/PID/fd at exec: "unknown" if gone
+    old_pid: int  # the tid that called exec (a non-leader thread's id)
+
+
+@dataclass(slots=True)
+class ForkDetail:
+    child_pid: int
+    clone_flags: int
+    child_exec_id: str
+
+
+@dataclass(slots=True)
+class ExitDetail:
+    exit_code: int | None  # the exit status when known (eBPF: the exit_group() argument)
+    signal: int | None = None  # the killing signal, when known (netlink)
+
+
+@dataclass(slots=True)
+class OpenDetail:
+    path: str  # as passed
+    abs_path: str  # resolved against cwd / dirfd when possible, else the path as passed
+    flags: int
+    mode: int
+    dirfd: int
+    write: bool  # O_WRONLY, O_RDWR, O_CREAT, O_TRUNC or O_APPEND
+
+
+@dataclass(slots=True)
+class ChmodDetail:
+    path: str
+    abs_path: str
+    mode: int
+    dirfd: int  # the fd itself for fchmod
+    setuid: bool
+    setgid: bool
+    world_writable: bool
+
+
+@dataclass(slots=True)
+class ChownDetail:
+    path: str
+    abs_path: str
+    uid: int | None  # None: unchanged (-1)
+    gid: int | None
+    dirfd: int  # the fd itself for fchown
+    flags: int
+
+
+@dataclass(slots=True)
+class UnlinkDetail:
+    path: str
+    abs_path: str
+    dirfd: int
+    flags: int  # AT_REMOVEDIR = 0x200
+
+
+@dataclass(slots=True)
+class RenameDetail:
+    old_path: str
+    new_path: str
+    old_abs_path: str
+    new_abs_path: str
+    flags: int
+
+
+@dataclass(slots=True)
+class PtraceDetail:
+    request: int
+    request_name: str
+    target_pid: int
+    addr: int
+    data: int
+
+
+@dataclass(slots=True)
+class NetDetail:
+    fd: int
+    family: str  # inet, inet6, unix, or af<N>
+    address: str  # IP text, or a unix path ("@name" for abstract)
+    port: int  # 0 for unix
+
+
+@dataclass(slots=True)
+class MemfdDetail:
+    name: str
+    flags: int
+
+
+@dataclass(slots=True)
+class ModuleDetail:
+    fd: int  # finit_module
+    file: str  # what the fd pointed at, when still readable from /proc
+    params: str
+    image_len: int  # init_module
+    flags: int
+
+
+@dataclass(slots=True)
+class BpfDetail:
+    cmd: int
+    cmd_name: str
+    prog_type: int  # BPF_PROG_LOAD only
+    insn_cnt: int
+    prog_name: str
+
+
+@dataclass(slots=True)
+class SetIdDetail:
+    ids: tuple[int | None, ...]  # the arguments in order; None for -1 (unchanged)
+
+
+@dataclass(slots=True)
+class MemProtDetail:
+    addr: int
+    length: int
+    prot: int
+    flags: int  # mmap flags
+    fd: int  # mmap fd (-1 anonymous); pkey for pkey_mprotect
+
+
+Detail = (
+    ExecDetail
+    | ForkDetail
+    | ExitDetail
+    | OpenDetail
+    | ChmodDetail
+    | ChownDetail
+    | UnlinkDetail
+    | RenameDetail
+    | PtraceDetail
+    | NetDetail
+    | MemfdDetail
+    | ModuleDetail
+    | BpfDetail
+    | SetIdDetail
+    | MemProtDetail
+)
+
+
+@dataclass(slots=True)
+class Observation:
+    """One thing a sensor saw. `pid` is the process (thread group) id, `tid` the thread.
+
+    `uid`/`gid` are the real ids of the caller at the time of the event; `euid` comes from
+    /proc when it could be read (None otherwise). `syscall` names the syscall ("" for
+    sched/task events and the fallback sensors) and `ret` its return value (None when not a
+    syscall or not known).
+    """
+
+    kind: Kind
+    time_ns: int  # wall clock, ns since the epoch
+    boot_ns: int  # CLOCK_BOOTTIME ns: orders events exactly within a host
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    gid: int
+    euid: int | None
+    comm: str
+    syscall: str
+    ret: int | None
+    process: ProcessInfo | None
+    detail: Detail
+    source: str  # "ebpf", "netlink" or "proc_poll"
+
+
+class SensorUnavailable(Exception):  # noqa: N818 - reads as a state, raised to fall back
+    """This sensor cannot run here; the message says why (it becomes a degraded reason)."""
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+PROBES: Final = (
+    "exec",  # execve/execveat + sched exec/exit + task_newtask: the process table
+    "open",  # open/openat/openat2/creat, filtered by path
+    "chmod",
+    "chown",
+    "unlink",
+    "rename",
+    "ptrace",
+    "net",  # connect, accept
+    "memfd",
+    "module",  # init_module/finit_module
+    "bpf",
+    "setid",
+    "memprot",  # mmap/mprotect with PROT_WRITE|PROT_EXEC
+)
+
+_MAX_PREFIX: Final = 255
+_MAX_PREFIXES: Final = 64
+
+
+def _check_prefixes(name: str, values: tuple[str, ...]) -> None:
+    if len(values) > _MAX_PREFIXES:
+        raise ConfigError(name, f"at most {_MAX_PREFIXES} prefixes")
+    for value in values:
+        if not value.startswith("/") or len(value.encode()) > _MAX_PREFIX:
+            raise ConfigError(name, f"{value!r}: an absolute path of at most {_MAX_PREFIX} bytes")
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    """The `[sensor]` section of Alpha's configuration (env: `QSC_ALPHA_SENSOR__<FIELD>`).
+
+    Path filters run in the kernel: an open is reported when its path starts with one of
+    `read_prefixes`, or, opened for writing, with one of `write_prefixes`; unlink, rename,
+    chmod and chown use the write prefixes too (chmod to setuid/setgid/world-writable modes and
+    chown to root are reported anywhere). `ignore_prefixes` wins over both. Relative paths
+    cannot be resolved in the kernel: `relative_writes`/`relative_reads` say whether to report
+    them. `ignore_comms` drops the file, network and memory events of processes by exact
+    command name (never exec, ptrace, module, bpf or setid events).
+    """
+
+    disable_ebpf: bool = False
+    fallback: Literal["auto", "netlink", "proc_poll"] = "auto"
+    probes: tuple[str, ...] = PROBES
+    read_prefixes: tuple[str, ...] = (
+        "/etc/shadow",
+        "/etc/gshadow",
+        "/etc/sudoers",
+        "/etc/ssh/",
+        "/etc/pam.d/",
+        "/etc/security/",
+        "/etc/krb5.keytab",
+        "/root/.ssh/",
+        "/root/.gnupg/",
+        "/var/lib/sss/",
+    )
+    write_prefixes: tuple[str, ...] = (
+        "/etc/",
+        "/bin/",
+        "/sbin/",
+        "/usr/bin/",
+        "/usr/sbin/",
+        "/usr/local/bin/",
+        "/usr/local/sbin/",
+        "/usr/lib/",
+        "/lib/",
+        "/lib64/",
+        "/boot/",
+        "/root/",
+        "/home/",
+        "/var/spool/cron/",
+        "/var/log/",
+        "/dev/shm/",  # noqa: S108 - watched for writes, not used as a temp dir
+    )
+    ignore_prefixes: tuple[str, ...] = ("/proc/", "/sys/", "/dev/null")
+    relative_writes: bool = True
+    relative_reads: bool = False
+    ignore_comms: tuple[str, ...] = ()
+    net_unix: bool = False  # unix-socket connects/accepts are many and rarely interesting
+    # TRACEME, POKETEXT, POKEDATA, POKEUSER, SETREGS, SETFPREGS, ATTACH, SETREGSET, SEIZE.
+    ptrace_requests: tuple[int, ...] = (0, 4, 5, 6, 13, 15, 16, 0x4205, 0x4206)
+    # PROG_LOAD, PROG_ATTACH, RAW_TRACEPOINT_OPEN, LINK_CREATE: not the map traffic.
+    bpf_commands: tuple[int, ...] = (5, 8, 17, 28)
+    ring_buffer_pages: int = 4096  # 16 MiB with 4 KiB pages; a power of two
+    inflight_entries: int = 16384
+    queue_max_events: int = 65536
+    batch_max: int = 4096
+    poll_timeout_ms: int = 100
+    # After a batch smaller than batch_max, wait this long before polling again: a trickle of
+    # events then costs one wakeup per few ms instead of one per event (latency +coalesce_ms).
+    coalesce_ms: int = 5
+    ancestry_depth: int = 8
+    proc_poll_interval_ms: int = 250
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.probes) - set(PROBES))
+        if unknown:
+            raise ConfigError("probes", f"unknown probes {unknown}; known: {list(PROBES)}")
+        for name in ("read_prefixes", "write_prefixes", "ignore_prefixes"):
+            _check_prefixes(name, getattr(self, name))
+        for comm in self.ignore_comms:
+            if not comm or len(comm.encode()) > 15:
+                raise ConfigError("ignore_comms", f"{comm!r}: a command name of 1 to 15 bytes")
+        pages = self.ring_buffer_pages
+        if pages < 1 or pages & (pages - 1):
+            raise ConfigError("ring_buffer_pages", f"{pages}: a power of two")
+        for name in (
+            "inflight_entries",
+            "queue_max_events",
+            "batch_max",
+            "poll_timeout_ms",
+            "proc_poll_interval_ms",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1")
+        if not 0 <= self.coalesce_ms <= 1000:
+            raise ConfigError("coalesce_ms", "between 0 and 1000")
+        if not 0 <= self.ancestry_depth <= 64:
+            raise ConfigError("ancestry_depth", "between 0 and 64")
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+class SensorMode(enum.StrEnum):
+    EBPF = "ebpf"
+    NETLINK = "netlink"
+    PROC_POLL = "proc_poll"
+
+
+class SensorState(enum.StrEnum):
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class LossCounters:
+    """Events lost, by stage. Every counter is exact, never sampled."""
+
+    kernel: int = 0  # ring buffer full: counted in the kernel, per kind below
+    kernel_by_kind: tuple[tuple[str, int], ...] = ()
+    queue: int = 0  # dropped because the bounded userspace queue was full
+    decode: int = 0  # records that could not be decoded
+    consumer: int = 0  # batches whose on_observations callback raised (events counted)
+    source: int = 0  # fallback: netlink buffer overruns (ENOBUFS), count unknown: +1 each
+
+    @property
+    def total(self) -> int:
+        return self.kernel + self.queue + self.decode + self.consumer + self.source
+
+
+@dataclass(frozen=True)
+class SensorStats:
+    events_total: int = 0
+    events_per_s: float = 0.0  # over the last few seconds
+    last_event_ns: int | None = None  # wall clock of the last observation delivered
+    last_poll_ns: int | None = None  # wall clock of the last poll: proves the loop is alive
+    started_ns: int | None = None
+    kernel_filtered: int = 0  # syscalls dropped by in-kernel filters (not losses)
+    by_kind: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class SensorStatus:
+    mode: SensorMode
+    state: SensorState
+    reasons: tuple[str, ...]
+    loss: LossCounters
+    stats: SensorStats
+    probes: tuple[str, ...] = ()  # tracepoints attached (eBPF) or what the fallback watches
+
+
+# --- delivery ---------------------------------------------------------------------------------
+
+ObservationCallback = Callable[[list[Observation]], None]
+
+_RATE_WINDOW_NS: Final = 5_000_000_000
+
+
+class Delivery:
+    """Hands batches to a callback, or to a bounded queue drained by `take`, and keeps counts.
+
+    With a callback there is no queue: a slow consumer slows the poll loop, and the loss then
+    shows up in the kernel's counters instead. With the queue, overflow drops the newest batch
+    and counts every event in it.
+    """
+
+    def __init__(self, max_events: int, callback: ObservationCallback | None = None) -> None:
+        self._max = max_events
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._batches: deque[list[Observation]] = deque()
+        self._queued = 0
+        self.dropped = 0
+        self.consumer_errors = 0
+        self.total = 0
+        self.last_event_ns: int | None = None
+        self.last_poll_ns: int | None = None
+        self._by_kind: dict[str, int] = {}
+        self._rate: deque[tuple[int, int]] = deque()  # (monotonic ns, batch size)
+
+    def polled(self) -> None:
+        self.last_poll_ns = time.time_ns()
+
+    def deliver(self, batch: list[Observation]) -> None:
+        if not batch:
+            return
+        now = time.monotonic_ns()
+        with self._lock:
+            self.total += len(batch)
+            self.last_event_ns = batch[-1].time_ns
+            by_kind = self._by_kind
+            for obs in batch:
+                by_kind[obs.kind] = by_kind.get(obs.kind, 0) + 1
+            self._rate.append((now, len(batch)))
+            while self._rate and now - self._rate[0][0] > _RATE_WINDOW_NS:
+                self._rate.popleft()
+            if self._callback is None:
+                if self._queued + len(batch) > self._max:
+                    self.dropped += len(batch)
+                    return
+                self._batches.append(batch)
+                self._queued += len(batch)
+                self._ready.notify_all()
+                return
+        try:
+            self._callback(batch)
+        except Exception:  # a consumer bug must not kill the sensor; it is counted instead
+            with self._lock:
+                self.consumer_errors += len(batch)
+
+    def take(self, timeout: float | None = None, max_events: int = 65536) -> list[Observation]:
+        """Queued observations, oldest first; waits up to `timeout` s for the first one."""
+        with self._lock:
+            if not self._batches and timeout != 0:
+                self._ready.wait_for(lambda: bool(self._batches), timeout)
+            out: list[Observation] = []
+            while self._batches and (not out or len(out) + len(self._batches[0]) <= max_events):
+                batch = self._batches.popleft()
+                self._queued -= len(batch)
+                out.extend(batch)
+            return out
+
+    def stats(
+        self,
+        started_ns: int | None,
+        started_mono_ns: int | None = None,
+        kernel_filtered: int = 0,
+    ) -> SensorStats:
+        with self._lock:
+            # Events delivered in the window, over the window up to now: decays to 0 when idle.
+            now = time.monotonic_ns()
+            recent = sum(n for t, n in self._rate if now - t <= _RATE_WINDOW_NS)
+            window = _RATE_WINDOW_NS
+            if started_mono_ns is not None:
+                window = max(1, min(window, now - started_mono_ns))
+            rate = recent * 1e9 / window
+            return SensorStats(
+                events_total=self.total,
+                events_per_s=rate,
+                last_event_ns=self.last_event_ns,
+                last_poll_ns=self.last_poll_ns,
+                started_ns=started_ns,
+                kernel_filtered=kernel_filtered,
+                by_kind=tuple(sorted(self._by_kind.items())),
+            )
