@@ -96,9 +96,9 @@ class MeshInterceptor(_Interceptor):
         try:
             enforce(call.transport, role, self.policy)
         except PolicyViolationError:
-            self.counters.record(role, call.transport, call.context.peer(), refused=True)
+            self.counters.record(role, call.transport, call.peer_address, refused=True)
             raise
-        self.counters.record(role, call.transport, call.context.peer(), refused=False)
+        self.counters.record(role, call.transport, call.peer_address, refused=False)
         self.authz.check(call.method, role)
         if call.streaming:
             key = call.identity.spiffe_id
@@ -158,7 +158,7 @@ class MeshInterceptor(_Interceptor):
             duration_ms=round((time.monotonic() - call.started) * 1000, 3),
             kex_group=transport.group if transport else None,
             tls_version=transport.tls_version if transport else None,
-            peer_address=call.context.peer(),
+            peer_address=call.peer_address,
         )
 
     # --- wrapping the four handler shapes -----------------------------------------------------
@@ -251,6 +251,7 @@ class _Call:
         "holds_slot",
         "identity",
         "method",
+        "peer_address",
         "started",
         "streaming",
         "token",
@@ -260,6 +261,9 @@ class _Call:
     def __init__(self, method: str, context: Context, streaming: bool) -> None:
         self.method = method
         self.context = context
+        # Read now: after a client cancels, grpc may have torn the call down by the time the
+        # stream generator is finalised, and context.peer() then crashes the process.
+        self.peer_address = context.peer()
         self.streaming = streaming
         self.started = time.monotonic()
         self.identity: Identity | None = None

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from crypto.errors import CryptoError
-from mesh.cli import keys, pki
+from mesh.cli import keys, pki, tail
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and failed (missing CA, unsafe key file, ...)
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(title="commands", metavar="COMMAND")
     pki.register(groups)
     keys.register(groups)
+    tail.register(groups)
     return parser
 
 

@@ -190,6 +190,9 @@ def start_cursor(request: pb.SubscribeRequest, first_seq: int, last_seq: int) ->
     if request.start_at_latest:
         return last_seq
     cursor = request.start_after_seq
+    if cursor == 0:
+        # The API's "everything retained": a fresh subscriber is not out of range.
+        return first_seq - 1
     if cursor > last_seq:
         raise CursorAheadError(cursor, last_seq)
     if cursor + 1 < first_seq:

@@ -206,6 +206,7 @@ def test_start_cursor() -> None:
     assert start_cursor(req(start_at_latest=True, start_after_seq=3), 5, 10) == 10
     assert start_cursor(req(start_after_seq=4), 5, 10) == 4  # oldest - 1 is still gapless
     assert start_cursor(req(start_after_seq=10), 11, 10) == 10  # everything aged out
+    assert start_cursor(req(), 5, 10) == 4  # 0 = everything retained, even after ageing
 
 
 def test_a_cursor_older_than_retention_names_the_oldest_available_seq() -> None:
