@@ -16,6 +16,10 @@ have_cmd make || need+=(make)
 # The venv is made with python3 -m venv, which Debian splits into python3-venv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 have_pkg ca-certificates || need+=(ca-certificates)
+# Alpha's authentication tests run a real OpenSSH server on 127.0.0.1 and log in with sshpass.
+for pkg in openssh-server openssh-client sshpass; do
+    have_pkg "$pkg" || need+=("$pkg")
+done
 
 if ((${#need[@]} == 0)); then
     echo "system packages: all present"

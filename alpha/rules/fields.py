@@ -1232,6 +1232,18 @@ _add(
     "Distinct user names tried from the same address in the window.",
     per_kind={_AUTH: _int(f"{_AUTH}.distinct_users_in_window")},
 )
+_add(
+    "auth.user_failures",
+    N,
+    "Failed attempts on the same user in the window, from any address.",
+    per_kind={_AUTH: _int(f"{_AUTH}.user_failures_in_window")},
+)
+_add(
+    "auth.user_sources",
+    N,
+    "Distinct addresses that failed on the same user in the window.",
+    per_kind={_AUTH: _int(f"{_AUTH}.user_distinct_sources_in_window")},
+)
 _add("auth.window", N, "Window length, seconds.", per_kind={_AUTH: _seconds(f"{_AUTH}.window")})
 _add(
     "auth.new_source",

@@ -214,12 +214,15 @@ def login(
     users: int = 1,
     new_source: bool = False,
     source: str = "198.51.100.7",
+    user_failures: int = 0,
+    user_sources: int = 0,
 ) -> Event:
     e = Event(id="01900000-0000-7000-8000-000000000001", seq=2)
     a = e.auth_event
     a.service, a.outcome, a.method, a.user = "sshd", outcome, auth.AUTH_METHOD_PASSWORD, "root"  # type: ignore[assignment]
     a.source.address, a.source.port = source, 51234
     a.failures_in_window, a.distinct_users_in_window = failures, users
+    a.user_failures_in_window, a.user_distinct_sources_in_window = user_failures, user_sources
     a.window.seconds = 60
     a.new_source_address = new_source
     return e
@@ -655,8 +658,18 @@ CASES: dict[str, tuple[list[Event], list[Event]]] = {
         [transfer(50 * 2**20), transfer(5 * 2**30, "rsync")],
     ),
     "alpha.credential_stuffing": (
-        [login(FAIL, failures=10), login(FAIL, failures=3, users=5), login(FAIL, failures=100)],
-        [login(FAIL, failures=3), login(FAIL, failures=11), login(OK, failures=10)],
+        [
+            login(FAIL, failures=10),
+            login(FAIL, failures=3, users=5),
+            login(FAIL, failures=100),
+            login(FAIL, user_failures=10, user_sources=10),  # one account, many addresses
+        ],
+        [
+            login(FAIL, failures=3),
+            login(FAIL, failures=11),
+            login(OK, failures=10),
+            login(FAIL, user_failures=10, user_sources=1),  # one address: the burst rule's job
+        ],
     ),
     "alpha.brute_force_success": (
         [login(OK, failures=12)],

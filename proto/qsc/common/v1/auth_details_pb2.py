@@ -27,19 +27,19 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from qsc.common.v1 import network_details_pb2 as qsc_dot_common_dot_v1_dot_network__details__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n qsc/common/v1/auth_details.proto\x12\rqsc.common.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#qsc/common/v1/network_details.proto\"\xdf\x03\n\tAuthEvent\x12\x0f\n\x07service\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.qsc.common.v1.AuthOutcome\x12)\n\x06method\x18\x03 \x01(\x0e\x32\x19.qsc.common.v1.AuthMethod\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x14\n\x0cinvalid_user\x18\x05 \x01(\x08\x12\'\n\x06source\x18\x06 \x01(\x0b\x32\x17.qsc.common.v1.Endpoint\x12\x17\n\x0fkey_fingerprint\x18\x07 \x01(\t\x12\x1a\n\x12\x66\x61ilures_in_window\x18\x08 \x01(\r\x12 \n\x18\x64istinct_users_in_window\x18\t \x01(\r\x12)\n\x06window\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12new_source_address\x18\x0b \x01(\x08\x12\x37\n\x13previous_login_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bservice_pid\x18\r \x01(\r\x12\x30\n\nlog_source\x18\x0e \x01(\x0e\x32\x1c.qsc.common.v1.AuthLogSource*_\n\x0b\x41uthOutcome\x12\x1c\n\x18\x41UTH_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UTH_OUTCOME_ACCEPTED\x10\x01\x12\x17\n\x13\x41UTH_OUTCOME_FAILED\x10\x02*\xcd\x01\n\nAuthMethod\x12\x1b\n\x17\x41UTH_METHOD_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UTH_METHOD_PASSWORD\x10\x01\x12\x19\n\x15\x41UTH_METHOD_PUBLICKEY\x10\x02\x12$\n AUTH_METHOD_KEYBOARD_INTERACTIVE\x10\x03\x12\x16\n\x12\x41UTH_METHOD_GSSAPI\x10\x04\x12\x19\n\x15\x41UTH_METHOD_HOSTBASED\x10\x05\x12\x14\n\x10\x41UTH_METHOD_NONE\x10\x06*g\n\rAuthLogSource\x12\x1f\n\x1b\x41UTH_LOG_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UTH_LOG_SOURCE_FILE\x10\x01\x12\x1b\n\x17\x41UTH_LOG_SOURCE_JOURNAL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n qsc/common/v1/auth_details.proto\x12\rqsc.common.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#qsc/common/v1/network_details.proto\"\xa9\x04\n\tAuthEvent\x12\x0f\n\x07service\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.qsc.common.v1.AuthOutcome\x12)\n\x06method\x18\x03 \x01(\x0e\x32\x19.qsc.common.v1.AuthMethod\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x14\n\x0cinvalid_user\x18\x05 \x01(\x08\x12\'\n\x06source\x18\x06 \x01(\x0b\x32\x17.qsc.common.v1.Endpoint\x12\x17\n\x0fkey_fingerprint\x18\x07 \x01(\t\x12\x1a\n\x12\x66\x61ilures_in_window\x18\x08 \x01(\r\x12 \n\x18\x64istinct_users_in_window\x18\t \x01(\r\x12)\n\x06window\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12new_source_address\x18\x0b \x01(\x08\x12\x37\n\x13previous_login_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bservice_pid\x18\r \x01(\r\x12\x30\n\nlog_source\x18\x0e \x01(\x0e\x32\x1c.qsc.common.v1.AuthLogSource\x12\x1f\n\x17user_failures_in_window\x18\x0f \x01(\r\x12\'\n\x1fuser_distinct_sources_in_window\x18\x10 \x01(\r*_\n\x0b\x41uthOutcome\x12\x1c\n\x18\x41UTH_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UTH_OUTCOME_ACCEPTED\x10\x01\x12\x17\n\x13\x41UTH_OUTCOME_FAILED\x10\x02*\xcd\x01\n\nAuthMethod\x12\x1b\n\x17\x41UTH_METHOD_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UTH_METHOD_PASSWORD\x10\x01\x12\x19\n\x15\x41UTH_METHOD_PUBLICKEY\x10\x02\x12$\n AUTH_METHOD_KEYBOARD_INTERACTIVE\x10\x03\x12\x16\n\x12\x41UTH_METHOD_GSSAPI\x10\x04\x12\x19\n\x15\x41UTH_METHOD_HOSTBASED\x10\x05\x12\x14\n\x10\x41UTH_METHOD_NONE\x10\x06*g\n\rAuthLogSource\x12\x1f\n\x1b\x41UTH_LOG_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UTH_LOG_SOURCE_FILE\x10\x01\x12\x1b\n\x17\x41UTH_LOG_SOURCE_JOURNAL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qsc.common.v1.auth_details_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUTHOUTCOME']._serialized_start=635
-  _globals['_AUTHOUTCOME']._serialized_end=730
-  _globals['_AUTHMETHOD']._serialized_start=733
-  _globals['_AUTHMETHOD']._serialized_end=938
-  _globals['_AUTHLOGSOURCE']._serialized_start=940
-  _globals['_AUTHLOGSOURCE']._serialized_end=1043
+  _globals['_AUTHOUTCOME']._serialized_start=709
+  _globals['_AUTHOUTCOME']._serialized_end=804
+  _globals['_AUTHMETHOD']._serialized_start=807
+  _globals['_AUTHMETHOD']._serialized_end=1012
+  _globals['_AUTHLOGSOURCE']._serialized_start=1014
+  _globals['_AUTHLOGSOURCE']._serialized_end=1117
   _globals['_AUTHEVENT']._serialized_start=154
-  _globals['_AUTHEVENT']._serialized_end=633
+  _globals['_AUTHEVENT']._serialized_end=707
 # @@protoc_insertion_point(module_scope)

@@ -130,6 +130,8 @@ class AuthEvent(_message.Message):
     PREVIOUS_LOGIN_TIME_FIELD_NUMBER: _builtins.int
     SERVICE_PID_FIELD_NUMBER: _builtins.int
     LOG_SOURCE_FIELD_NUMBER: _builtins.int
+    USER_FAILURES_IN_WINDOW_FIELD_NUMBER: _builtins.int
+    USER_DISTINCT_SOURCES_IN_WINDOW_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The authenticating service, for example `sshd`."""
     outcome: Global___AuthOutcome.ValueType
@@ -154,6 +156,12 @@ class AuthEvent(_message.Message):
     """Process ID of the sshd process that handled the attempt."""
     log_source: Global___AuthLogSource.ValueType
     """Where the record was read."""
+    user_failures_in_window: _builtins.int
+    """Failed attempts on `user` in the current `window`, from any source (a distributed brute force
+    on one account spreads them over many addresses).
+    """
+    user_distinct_sources_in_window: _builtins.int
+    """Distinct source addresses that failed on `user` in the current `window`."""
     @_builtins.property
     def source(self) -> _network_details_pb2.Endpoint:
         """Where the client connected from."""
@@ -183,10 +191,12 @@ class AuthEvent(_message.Message):
         previous_login_time: _timestamp_pb2.Timestamp | None = ...,
         service_pid: _builtins.int = ...,
         log_source: Global___AuthLogSource.ValueType = ...,
+        user_failures_in_window: _builtins.int = ...,
+        user_distinct_sources_in_window: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["previous_login_time", b"previous_login_time", "source", b"source", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["distinct_users_in_window", b"distinct_users_in_window", "failures_in_window", b"failures_in_window", "invalid_user", b"invalid_user", "key_fingerprint", b"key_fingerprint", "log_source", b"log_source", "method", b"method", "new_source_address", b"new_source_address", "outcome", b"outcome", "previous_login_time", b"previous_login_time", "service", b"service", "service_pid", b"service_pid", "source", b"source", "user", b"user", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distinct_users_in_window", b"distinct_users_in_window", "failures_in_window", b"failures_in_window", "invalid_user", b"invalid_user", "key_fingerprint", b"key_fingerprint", "log_source", b"log_source", "method", b"method", "new_source_address", b"new_source_address", "outcome", b"outcome", "previous_login_time", b"previous_login_time", "service", b"service", "service_pid", b"service_pid", "source", b"source", "user", b"user", "user_distinct_sources_in_window", b"user_distinct_sources_in_window", "user_failures_in_window", b"user_failures_in_window", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
