@@ -167,6 +167,7 @@ class Rule:
     tree: BNode
     kinds: frozenset[str]
     location: Location
+    exception_count: int = 0  # allowlist entries: exception rows and `allow` conditions
 
 
 @dataclass(frozen=True)
@@ -853,6 +854,7 @@ class _Builder:
             tree=tree,
             kinds=kinds,
             location=d.location,
+            exception_count=len(excluded),
         )
 
     @staticmethod

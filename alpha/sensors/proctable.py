@@ -253,7 +253,7 @@ def resolve_stdio(base: str, targets: list[str | None]) -> tuple[Stdio, Stdio, S
         if inet is None:
             inet = {}
             for table in ("tcp", "tcp6", "udp", "udp6"):
-                data = _read(f"{base}net/{table}", 4 << 20)
+                data = _read_all(f"{base}net/{table}", 4 << 20)
                 if data:
                     inet.update(parse_inet_table(data.decode("ascii", "replace")))
         if inode in inet:
@@ -261,7 +261,7 @@ def resolve_stdio(base: str, targets: list[str | None]) -> tuple[Stdio, Stdio, S
             out.append(Stdio("inet_socket", "", address, port))
             continue
         if unix is None:
-            data = _read(f"{base}net/unix", 4 << 20)
+            data = _read_all(f"{base}net/unix", 4 << 20)
             unix = parse_unix_table(data.decode("utf-8", "replace")) if data else {}
         if inode in unix:
             out.append(Stdio("unix_socket", unix[inode]))
@@ -295,6 +295,29 @@ def _readlink(path: str) -> str | None:
         return os.readlink(path)
     except OSError:
         return None
+
+
+def _read_all(path: str, limit: int) -> bytes | None:
+    """A /proc table read to its end (up to `limit`): seq files such as net/tcp return one
+    page per read(2), so a single read would miss every socket after the first ~26."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < limit:
+            chunk = os.read(fd, min(65536, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _read(path: str, limit: int = 65536) -> bytes | None:

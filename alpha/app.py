@@ -1,0 +1,92 @@
+"""Guardian-Alpha assembled: the guardian runtime, the rules pipeline and the event sources.
+
+    alpha = Alpha(config)          # rules loaded, outbox opened, services and workers added
+    await alpha.run(on_listening)  # serve until SIGTERM/SIGINT; SIGHUP reloads the rules
+
+Workers start in this order, after the server listens: the syscall sensor (its process table
+serves the others), memory scans, sockets (which take connects from the eBPF sensor when it
+runs), the sshd log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Callable
+
+from alpha._convert import Lookups
+from alpha.config import AlphaConfig
+from alpha.memscan import MemoryScanner, ScanMemoryCore
+from alpha.pipeline import Pipeline
+from alpha.rules import RuleEngine
+from alpha.server import AlphaServicer
+from alpha.sources import (
+    AuthSource,
+    LateLookup,
+    MemscanSource,
+    NetworkSource,
+    SyscallSource,
+    socket_protocol,
+)
+from mesh.guardian import Guardian
+
+
+class Alpha:
+    def __init__(self, config: AlphaConfig) -> None:
+        self.config = config
+        # Rules first: a broken rule file stops the start before anything is opened.
+        self.engine = RuleEngine.default(config.rules.files)
+        self.guardian = Guardian(config.guardian_config())
+        try:
+            registry = self.guardian.sensors
+            rules_health = registry.register("rules", mode="yaml")
+            self.lookup = LateLookup()
+            self.pipeline = Pipeline(
+                self.engine,
+                self.guardian.emit_many,
+                emit_unmatched=config.rules.emit_unmatched,
+                lookups=Lookups(process=self.lookup, protocol=socket_protocol),
+                rules_health=rules_health,
+            )
+            self.syscalls = SyscallSource(config.sensor, self.pipeline, registry, self.lookup)
+            scanner = MemoryScanner(config.memscan, process_lookup=self.lookup)
+            self.memscan = MemscanSource(scanner, self.pipeline, registry)
+            core = ScanMemoryCore(
+                scanner, emit=self.memscan.emit_findings, dedup=self.memscan.scheduler.dedup
+            )
+            self.guardian.add_service(AlphaServicer(self.pipeline, core).binding())
+            self.guardian.add_worker(self.syscalls)
+            self.guardian.add_worker(self.memscan)
+            self.network: NetworkSource | None = None
+            if config.network.enabled:
+                self.network = NetworkSource(
+                    config.network, self.pipeline, registry, self.lookup, self.syscalls
+                )
+                self.guardian.add_worker(self.network)
+            self.auth: AuthSource | None = None
+            if config.auth.enabled:
+                self.auth = AuthSource(config.auth, self.pipeline, registry)
+                self.guardian.add_worker(self.auth)
+        except BaseException:
+            self.guardian.outbox.close()
+            raise
+
+    def reload_rules_in_background(self) -> threading.Thread:
+        """SIGHUP: reload on a thread; events keep flowing on the old rules until the swap."""
+        thread = threading.Thread(
+            target=self.pipeline.reload_rules, name="qsc-alpha-rules-reload", daemon=True
+        )
+        thread.start()
+        return thread
+
+    async def run(self, *, on_listening: Callable[[int], object] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(signal.SIGHUP, self.reload_rules_in_background)
+        try:
+            await self.guardian.run(on_listening=on_listening)
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGHUP)
