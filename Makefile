@@ -60,7 +60,7 @@ test: lint bpf-setup
 bench: setup bpf-setup
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
-demo: setup
+demo: setup bpf-setup
 	$(PY) -m mesh.demo
 
 clean:

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
+import signal
+import stat
+import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
@@ -23,9 +29,47 @@ from crypto.hashing import blake3_file, sha3_256_file
 from crypto.kem import QSC_HYBRID_KEM
 from crypto.keyring import KeyManager
 from crypto.nonces import CounterNonceSource
+from mesh.channel import ChannelConfig
+from mesh.config import TlsFiles
+from mesh.stream.subscriber import GuardianSubscriber, SubscriberConfig
+from qsc.common.v1 import classification_pb2, event_pb2
 
 TRUST_DOMAIN = "demo.qsc.test"
+ALPHA_CONFIG = """
+[guardian]
+role = "alpha"
+
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "2s"
+
+[server.tls]
+cert = "{pki}/alpha-127.0.0.1.crt"
+key = "{pki}/alpha-127.0.0.1.key"
+ca = "{pki}/ca.crt"
+
+[outbox]
+directory = "{base}/outbox"
+
+[log]
+format = "text"
+
+[memscan]
+# Scans triggered by exec and W+X requests only: a periodic round would report the whole host.
+interval = "1h"
+initial_delay = "1h"
+
+[network]
+enabled = false
+
+[auth]
+enabled = false
+"""
 HOST = "127.0.0.1"
+# What the demo's intruder actions must raise (other activity on the host may add more).
+EXPECTED_ALERTS = frozenset(
+    {"alpha.sensitive_file_read", "alpha.setuid_bit_set", "alpha.memfd_exec"}
+)
 
 
 def _step(title: str) -> None:
@@ -139,6 +183,108 @@ def _hashing(workdir: Path) -> None:
     print(f"  SHA3-256 {sha3_256_file(sample).hex()}")
 
 
+def _start_alpha(workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    base = workdir / "alpha"
+    base.mkdir(mode=0o700)
+    config = base / "alpha.toml"
+    config.write_text(ALPHA_CONFIG.format(pki=workdir / "pki", base=base))
+    port_file, log = base / "port", base / "alpha.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "alpha", "--config", str(config), "--port-file", str(port_file)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 90
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"qsc-alpha did not start; its log:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return proc, int(port_file.read_text()), log
+
+
+def _attack(workdir: Path) -> None:
+    """Real actions an intruder takes, each one a default rule."""
+    scratch = workdir / "intruder"
+    scratch.mkdir()
+    # A copy of cat is not a trusted reader of /etc/shadow.
+    cat = scratch / "cat"
+    shutil.copy("/bin/cat", cat)
+    subprocess.run([str(cat), "/etc/shadow"], stdout=subprocess.DEVNULL, check=False)
+    # A setuid bit on a fresh file.
+    dropper = scratch / "dropper"
+    dropper.write_bytes(b"#!/bin/sh\n")
+    os.chmod(dropper, 0o755 | stat.S_ISUID)  # noqa: S103 - the point of the demo
+    # Fileless execution: a program run from a memfd.
+    code = (
+        "import os; fd = os.memfd_create('x'); "
+        "os.write(fd, open('/bin/true', 'rb').read()); "
+        "os.execv(f'/proc/self/fd/{fd}', ['x'])"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False)
+
+
+async def _alerts(
+    workdir: Path, port: int, wanted: frozenset[str], wait: float
+) -> list[event_pb2.Event]:
+    pki_dir = workdir / "pki"
+    config = SubscriberConfig(
+        channel=ChannelConfig(
+            target=f"{HOST}:{port}",
+            tls=TlsFiles(
+                cert=pki_dir / f"cortex-{HOST}.crt",
+                key=pki_dir / f"cortex-{HOST}.key",
+                ca=pki_dir / pki.CA_CERT_FILE,
+            ),
+        ),
+        expected_role="alpha",
+        expected_host=HOST,
+        max_batch_delay=timedelta(milliseconds=10),
+    )
+    subscriber = GuardianSubscriber(config)
+    seen: list[event_pb2.Event] = []
+    me = os.getpid()
+
+    def ours(event: event_pb2.Event) -> bool:
+        # Only what the demo's own children did: the host may be busy with other work.
+        return event.process.pid == me or any(p.pid == me for p in event.process.ancestry)
+
+    async def collect() -> None:
+        async for event in subscriber.events():
+            if event.rule.id and ours(event):
+                seen.append(event)
+                if wanted <= {e.rule.id for e in seen}:
+                    return
+
+    try:
+        await asyncio.wait_for(collect(), timeout=wait)
+    except TimeoutError:
+        pass
+    finally:
+        await subscriber.close()
+    return seen
+
+
+def _alpha(workdir: Path) -> None:
+    _step("Alpha: eBPF intrusion detection, alerts over a sealed stream (cortex -> alpha)")
+    if os.geteuid() != 0:
+        print("  (not root: Alpha runs its degraded fallback sensor and says so)")
+    proc, port, log = _start_alpha(workdir)
+    try:
+        print(f"  qsc-alpha listening on {HOST}:{port}; performing three intruder actions")
+        _attack(workdir)
+        for event in asyncio.run(_alerts(workdir, port, wanted=EXPECTED_ALERTS, wait=30)):
+            techniques = ",".join(t.id for t in event.rule.techniques)
+            severity = classification_pb2.Severity.Name(event.severity).removeprefix("SEVERITY_")
+            print(f"  seq {event.seq:<4} {severity:<8} {event.rule.id:<28} {techniques}")
+            print(f"           {event.summary[:100]}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        print(f"  qsc-alpha stopped with exit code {code}; its log: {log}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qsc-demo", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -155,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     _nonces(workdir)
     _kem()
     _hashing(workdir)
+    _alpha(workdir)
     print("\ndemo finished: every step above ran for real on this machine")
     return 0
 

@@ -71,6 +71,8 @@ class Field:
     is_list: bool = False
     choices: tuple[str, ...] = ()
     indexed: Callable[[int], Extractor] | None = None
+    # Outputs show this field in octal (file modes: 0o4755 means something, 2541 does not).
+    octal: bool = False
     # 0: one attribute read; 1: builds a value (joins, tuples, dirname): evaluated late in an `and`.
     cost: int = 0
 
@@ -230,12 +232,14 @@ def _add(
     indexed: Callable[[int], Extractor] | None = None,
     cost: int = 0,
     aliases: Sequence[str] = (),
+    octal: bool = False,
 ) -> None:
     assert name not in _FIELDS, name
     _FIELDS[name] = Field(
         name=name,
         type=ftype,
         description=description,
+        octal=octal,
         per_kind=dict(per_kind or {}),
         generic=generic,
         is_list=is_list,
@@ -788,12 +792,14 @@ _add(
     N,
     "The mode requested by chmod (permission and special bits, e.g. 0o4755).",
     per_kind={"permission_change": _int("permission_change.new_mode")},
+    octal=True,
 )
 _add(
     "file.old_mode",
     N,
     "The mode before chmod, when known.",
     per_kind={"permission_change": _optional_int("permission_change", "old_mode")},
+    octal=True,
 )
 _add(
     "file.setuid_added",

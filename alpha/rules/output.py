@@ -42,7 +42,11 @@ class OutputTemplate:
             if isinstance(part, str):
                 out.append(part)
             else:
-                out.append(render_value(part.field.extract(event, part.index)))
+                value = part.field.extract(event, part.index)
+                if part.field.octal and isinstance(value, int) and not isinstance(value, bool):
+                    out.append(f"0o{value:o}")
+                else:
+                    out.append(render_value(value))
         return "".join(out)
 
 

@@ -23,6 +23,10 @@ def test_demo_runs_every_step_for_real(tmp_path: Path) -> None:
     assert "key exchange X25519MLKEM768" in out
     assert "the old record still opens after rotation: True" in out
     assert "both sides derive the same 32-byte secret: True" in out
+    # Alpha caught the intruder actions and the alerts arrived over the sealed stream.
+    for rule in ("alpha.sensitive_file_read", "alpha.setuid_bit_set", "alpha.memfd_exec"):
+        assert rule in out
+    assert "qsc-alpha stopped with exit code 0" in out
     assert (workdir / "pki" / "ca.key").stat().st_mode & 0o777 == 0o600
     assert (workdir / "keys" / "master.key").stat().st_mode & 0o777 == 0o600
     # Secrets stay in their files: the CA key's PEM body never reaches the output.

@@ -790,3 +790,12 @@ def test_the_engine_agrees_with_the_plain_conditions_on_every_case(engine: RuleE
         for event in hits + misses:
             expected = {rid for rid, cond in conditions.items() if cond.matches(event)}
             assert _fired(engine, event) == expected
+
+
+def test_outputs_show_file_modes_in_octal(engine: RuleEngine) -> None:
+    (match,) = [
+        m
+        for m in engine.evaluate(chmod("/tmp/rootsh", 0o4755))
+        if m.rule_id.endswith("setuid_bit_set")
+    ]
+    assert "mode=0o4755" in match.output
