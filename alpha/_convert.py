@@ -3,9 +3,10 @@
 Each observation kind the sensor produces becomes the typed detail the rule fields
 (alpha/rules/fields.py) read: exec (with the stdio descriptors the reverse-shell rule needs), exit,
 ptrace, privilege change, memfd_create, file access, permission and ownership change, delete,
-rename, network connection, module load and BPF program load. Forks carry no detail kind of their
-own (the child's exec does), and W+X mmap/mprotect reach the rules as `memory_threat` events of
-the memory scanner, which the pipeline triggers from the same batch; both convert to None.
+rename, link, network connection, socket creation, module load and BPF program load. Forks carry
+no detail kind of their own (the child's exec does), and W+X mmap/mprotect reach the rules as
+`memory_threat` events of the memory scanner, which the pipeline triggers from the same batch;
+both convert to None.
 
 Pure: facts the observation lacks (the ptrace target, a connect's transport) come from the
 `Lookups` the caller passes. `id`, `guardian` and `observed_time` are left to `Guardian.emit`,
@@ -28,6 +29,7 @@ from alpha.sensors.model import (
     ExecDetail,
     ExitDetail,
     Kind,
+    LinkDetail,
     MemfdDetail,
     ModuleDetail,
     NetDetail,
@@ -37,6 +39,7 @@ from alpha.sensors.model import (
     PtraceDetail,
     RenameDetail,
     SetIdDetail,
+    SocketDetail,
     Stdio,
     UnlinkDetail,
 )
@@ -116,6 +119,25 @@ _FAMILY: Final[Mapping[str, _N.AddressFamily.ValueType]] = {
     "unix": _N.ADDRESS_FAMILY_UNIX,
     "af17": _N.ADDRESS_FAMILY_PACKET,
     "af16": _N.ADDRESS_FAMILY_NETLINK,
+}
+# socket(2) families by AF_* number (socket_create reports the number, not a sockaddr).
+_AF_NUMBER: Final[Mapping[int, _N.AddressFamily.ValueType]] = {
+    1: _N.ADDRESS_FAMILY_UNIX,
+    2: _N.ADDRESS_FAMILY_INET,
+    10: _N.ADDRESS_FAMILY_INET6,
+    16: _N.ADDRESS_FAMILY_NETLINK,
+    17: _N.ADDRESS_FAMILY_PACKET,
+}
+_AF_PACKET: Final = 17
+SOCK_TYPE_MASK: Final = 0xF  # the rest of socket(2)'s type are SOCK_NONBLOCK/SOCK_CLOEXEC
+_SOCK_TYPES: Final[Mapping[int, str]] = {
+    1: "stream",
+    2: "dgram",
+    3: "raw",
+    4: "rdm",
+    5: "seqpacket",
+    6: "dccp",
+    10: "packet",
 }
 _PROTOCOL: Final[Mapping[str, _N.TransportProtocol.ValueType]] = {
     "tcp": _N.TRANSPORT_PROTOCOL_TCP,
@@ -397,6 +419,32 @@ def _rename(event: Event, obs: Observation, d: RenameDetail) -> str:
     return f"{event.process.comm or '?'} renamed {msg.old_path} to {msg.new_path}"
 
 
+def _link(event: Event, obs: Observation, d: LinkDetail) -> str:
+    msg = event.file_link
+    msg.target = d.target_abs_path or d.target
+    msg.link_path = d.link_abs_path or d.link_path
+    msg.symbolic = d.symbolic
+    msg.result = obs.ret if obs.ret is not None else 0
+    verb = "symlinked" if d.symbolic else "hard-linked"
+    return f"{event.process.comm or '?'} {verb} {msg.link_path} -> {msg.target}"
+
+
+def _socket(event: Event, obs: Observation, d: SocketDetail) -> str:
+    msg = event.socket_create
+    msg.family = _AF_NUMBER.get(d.family, _N.ADDRESS_FAMILY_OTHER)
+    msg.raw_family = d.family & 0xFFFFFFFF
+    msg.socket_type = d.type & SOCK_TYPE_MASK
+    msg.raw_protocol = d.protocol & 0xFFFFFFFF
+    msg.result = obs.ret if obs.ret is not None else 0
+    who = event.process.comm or "?"
+    kind = _SOCK_TYPES.get(msg.socket_type, f"type {msg.socket_type}")
+    if d.family == _AF_PACKET:
+        # The protocol is an ethertype in network byte order: htons(ETH_P_ALL) shows as 0x0003.
+        ethertype = int.from_bytes((d.protocol & 0xFFFF).to_bytes(2, "little"), "big")
+        return f"{who} opened a {kind} packet socket (ethertype {ethertype:#06x})"
+    return f"{who} opened a {kind} socket of family {d.family}"
+
+
 def _net(event: Event, obs: Observation, d: NetDetail, lookups: Lookups) -> str:
     msg = event.network_connection
     connect = obs.kind is Kind.CONNECT
@@ -499,8 +547,12 @@ def observation_to_event(
         summary = _unlink(event, obs, d)
     elif isinstance(d, RenameDetail):
         summary = _rename(event, obs, d)
+    elif isinstance(d, LinkDetail):
+        summary = _link(event, obs, d)
     elif isinstance(d, NetDetail):
         summary = _net(event, obs, d, lookups)
+    elif isinstance(d, SocketDetail):
+        summary = _socket(event, obs, d)
     elif isinstance(d, ModuleDetail):
         summary = _module(event, obs, d)
     elif isinstance(d, BpfDetail):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from alpha._convert import Lookups
 from alpha.config import AlphaConfig
+from alpha.counters import PipelineCounters
 from alpha.memscan import MemoryScanner, ScanMemoryCore
 from alpha.pipeline import Pipeline
 from alpha.rules import RuleEngine
@@ -49,6 +50,7 @@ class Alpha:
                 emit_unmatched=config.rules.emit_unmatched,
                 lookups=Lookups(process=self.lookup, protocol=socket_protocol),
                 rules_health=rules_health,
+                counts=PipelineCounters(registry).add,
             )
             self.syscalls = SyscallSource(config.sensor, self.pipeline, registry, self.lookup)
             scanner = MemoryScanner(config.memscan, process_lookup=self.lookup)

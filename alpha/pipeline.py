@@ -10,7 +10,8 @@ Per event, the highest-priority rule that fires names the event: rule (id, name,
 techniques), severity, category and summary; other rules that fired are listed in the label
 `also_matched`. Raw sensor events no rule matched are dropped and counted, unless
 `emit_unmatched`; detector findings (memory, sockets, auth) are emitted either way, since the
-detector has already judged them.
+detector has already judged them. Every count (`PipelineStats`) also goes to `counts`, which
+alpha.counters turns into `GetStatus` entries.
 
 Losses, by stage, go to `losses(stage, n)` (a SensorHandle's `count_loss`): observations that
 cannot be converted (decode) and events the outbox refused (outbox). The sensor's own stages
@@ -24,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -41,6 +42,7 @@ EventSink = Callable[[list[Event]], object]  # Guardian.emit_many
 LossSink = Callable[[LossStage, int], None]  # SensorHandle.count_loss
 ObservationHook = Callable[[list[Observation]], object]
 EventSource = Callable[[list[Observation]], list[Event]]  # e.g. network scans from connects
+CountSink = Callable[[Mapping[str, int]], None]  # PipelineStats field -> increment
 
 ALSO_MATCHED_LABEL: Final = "also_matched"
 log = logging.getLogger("qsc.alpha.pipeline")
@@ -103,6 +105,7 @@ class Pipeline:
         rules_health: SensorHandle | None = None,
         enrich: Callable[[Event], None] | None = None,
         boot_epoch: Callable[[], int] = boot_epoch_ns,
+        counts: CountSink | None = None,
     ) -> None:
         self.engine = engine
         self._emit_many = emit_many
@@ -112,6 +115,7 @@ class Pipeline:
         self._rules_health = rules_health
         self._enrich = enrich
         self._boot_epoch = boot_epoch
+        self._counts = counts
         self._hooks: list[ObservationHook] = []
         self._sources: list[EventSource] = []
         self._lock = threading.Lock()
@@ -145,6 +149,8 @@ class Pipeline:
         with self._lock:
             s = self._stats
             self._stats = replace(s, **{k: getattr(s, k) + v for k, v in deltas.items()})
+        if self._counts is not None:
+            self._counts(deltas)  # e.g. alpha.counters: the same counts in GetStatus
 
     # --- events
 

@@ -23,3 +23,11 @@ class BetaNotFoundError(BetaError, errors.NotFoundError):
 
 class IntegrityError(BetaError, errors.FailedPreconditionError):
     """Authenticated state (a baseline, a manifest, a vault entry) failed verification."""
+
+
+class BetaBusyError(BetaError, errors.ResourceExhaustedError):
+    """The operation is already running (one on-demand integrity scan at a time)."""
+
+
+class BetaUnavailableError(BetaError, errors.FailedPreconditionError):
+    """Beta cannot do this in its current state (no trusted baseline, FIM not configured...)."""

@@ -216,11 +216,11 @@ def _attack(workdir: Path) -> None:
     dropper = scratch / "dropper"
     dropper.write_bytes(b"#!/bin/sh\n")
     os.chmod(dropper, 0o755 | stat.S_ISUID)  # noqa: S103 - the point of the demo
-    # Fileless execution: a program run from a memfd.
+    # Fileless execution: a program run from a memfd (alive a moment, so /proc shows its parent).
     code = (
         "import os; fd = os.memfd_create('x'); "
-        "os.write(fd, open('/bin/true', 'rb').read()); "
-        "os.execv(f'/proc/self/fd/{fd}', ['x'])"
+        "os.write(fd, open('/bin/sleep', 'rb').read()); "
+        "os.execv(f'/proc/self/fd/{fd}', ['x', '1'])"
     )
     subprocess.run([sys.executable, "-c", code], check=False)
 

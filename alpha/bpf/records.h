@@ -25,7 +25,9 @@
 #define KIND_BPF 14
 #define KIND_SETID 15
 #define KIND_MEMPROT 16
-#define KIND_MAX 17
+#define KIND_SOCKET 17
+#define KIND_LINK 18
+#define KIND_MAX 19
 
 /* Which syscall produced a record (rec_hdr.syscall): our own numbering, so that userspace does
  * not depend on the architecture's syscall table. */
@@ -68,6 +70,11 @@
 #define SC_MMAP 36
 #define SC_MPROTECT 37
 #define SC_PKEY_MPROTECT 38
+#define SC_SOCKET 39
+#define SC_LINK 40
+#define SC_LINKAT 41
+#define SC_SYMLINK 42
+#define SC_SYMLINKAT 43
 
 /* Per-CPU counters besides the per-kind loss array. */
 #define CNT_FILTERED 0      /* dropped by an in-kernel filter (path, comm, family, request) */
@@ -202,6 +209,26 @@ struct rec_memprot {
     u64 prot;
     u64 flags; /* mmap flags */
     s64 fd; /* mmap fd; pkey for pkey_mprotect */
+};
+
+/* socket(2) of a watched family; the return value (the fd) is in the header. */
+struct rec_socket {
+    struct rec_hdr hdr;
+    s32 family;
+    s32 type; /* with the SOCK_NONBLOCK/SOCK_CLOEXEC bits as passed */
+    s32 protocol; /* as passed: AF_PACKET's is in network byte order */
+    u32 _pad;
+};
+
+/* link, linkat, symlink, symlinkat. */
+struct rec_link {
+    struct rec_hdr hdr;
+    s32 olddfd; /* linkat: the dirfd of target; unused for a symlink, whose text is stored as is */
+    s32 newdfd;
+    u32 flags; /* linkat AT_* flags */
+    u32 _pad;
+    char target[PATH_LEN]; /* symlink: the text stored; hard link: the existing path */
+    char linkpath[PATH_LEN];
 };
 
 #endif /* QSC_RECORDS_H */

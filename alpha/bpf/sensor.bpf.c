@@ -45,6 +45,8 @@ struct inflight {
         struct rec_bpf bpf;
         struct rec_setid setid;
         struct rec_memprot memprot;
+        struct rec_socket newsock;
+        struct rec_link link;
     };
 };
 
@@ -132,6 +134,10 @@ static __always_inline int output(struct inflight *r, u32 kind) {
         size = sizeof(struct rec_setid);
     } else if (kind == KIND_MEMPROT) {
         size = sizeof(struct rec_memprot);
+    } else if (kind == KIND_SOCKET) {
+        size = sizeof(struct rec_socket);
+    } else if (kind == KIND_LINK) {
+        size = sizeof(struct rec_link);
     }
     if (events.ringbuf_output(r, size, 0) != 0)
         count_lost(kind);
@@ -556,6 +562,54 @@ TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return finish(args->ret, KIND_RENA
 #endif
 #endif /* PROBE_RENAME */
 
+#ifdef PROBE_LINK
+/* Reported when the new link or its target passes the write filter: a symlink to /etc/shadow
+ * planted in /tmp and a link to /dev/null over a log both do. A relative target (a symlink's is
+ * relative to the link's directory) passes only with RELATIVE_WRITES, as relative writes do. */
+static __always_inline int link_enter(u32 sc, int olddfd, const char *oldname, int newdfd,
+                                      const char *newname, u32 flags) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    read_user_path(r->link.target, oldname);
+    read_user_path(r->link.linkpath, newname);
+    if (!path_wanted(r->link.linkpath, 1) && !path_wanted(r->link.target, 1)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    r->link.olddfd = olddfd;
+    r->link.newdfd = newdfd;
+    r->link.flags = flags;
+    r->link._pad = 0;
+    return stash(r, KIND_LINK, sc, 1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_linkat) {
+    return link_enter(SC_LINKAT, args->olddfd, args->oldname, args->newdfd, args->newname,
+                      args->flags);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_linkat) { return finish(args->ret, KIND_LINK); }
+/* A symlink's target is stored as text, never resolved: no dirfd (-1). */
+TRACEPOINT_PROBE(syscalls, sys_enter_symlinkat) {
+    return link_enter(SC_SYMLINKAT, -1, args->oldname, args->newdfd, args->newname, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_symlinkat) { return finish(args->ret, KIND_LINK); }
+#ifdef HAVE_sys_enter_link
+TRACEPOINT_PROBE(syscalls, sys_enter_link) {
+    return link_enter(SC_LINK, -100, args->oldname, -100, args->newname, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_link) { return finish(args->ret, KIND_LINK); }
+#endif
+#ifdef HAVE_sys_enter_symlink
+TRACEPOINT_PROBE(syscalls, sys_enter_symlink) {
+    return link_enter(SC_SYMLINK, -1, args->oldname, -100, args->newname, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_symlink) { return finish(args->ret, KIND_LINK); }
+#endif
+#endif /* PROBE_LINK */
+
 /* ---- ptrace ----------------------------------------------------------------------------- */
 #ifdef PROBE_PTRACE
 TRACEPOINT_PROBE(syscalls, sys_enter_ptrace) {
@@ -657,6 +711,29 @@ TRACEPOINT_PROBE(syscalls, sys_enter_accept4) {
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return accept_exit(args->ret); }
 #endif /* PROBE_NET */
+
+/* ---- socket(): families worth a look (AF_PACKET) ------------------------------------------ */
+#ifdef PROBE_SOCKET
+TRACEPOINT_PROBE(syscalls, sys_enter_socket) {
+    /* Every TCP client calls socket(): the family test comes first, before the stash. */
+    int family = args->family;
+    if (!SOCKET_FAMILY_WANTED(family)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->newsock.family = family;
+    r->newsock.type = args->type;
+    r->newsock.protocol = args->protocol;
+    r->newsock._pad = 0;
+    return stash(r, KIND_SOCKET, SC_SOCKET, 1);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_socket) { return finish(args->ret, KIND_SOCKET); }
+#endif /* PROBE_SOCKET */
 
 /* ---- memfd_create ----------------------------------------------------------------------- */
 #ifdef PROBE_MEMFD

@@ -36,7 +36,9 @@ KIND_MODULE: Final = 13
 KIND_BPF: Final = 14
 KIND_SETID: Final = 15
 KIND_MEMPROT: Final = 16
-KIND_MAX: Final = 17
+KIND_SOCKET: Final = 17
+KIND_LINK: Final = 18
+KIND_MAX: Final = 19
 
 KIND_NAMES: Final[dict[int, str]] = {
     KIND_EXEC: "exec",
@@ -55,6 +57,8 @@ KIND_NAMES: Final[dict[int, str]] = {
     KIND_BPF: "bpf",
     KIND_SETID: "setid",
     KIND_MEMPROT: "memprot",
+    KIND_SOCKET: "socket",
+    KIND_LINK: "link",
 }
 
 # records.h SC_*: index = our syscall number.
@@ -98,6 +102,11 @@ SYSCALL_NAMES: Final[tuple[str, ...]] = (
     "mmap",
     "mprotect",
     "pkey_mprotect",
+    "socket",
+    "link",
+    "linkat",
+    "symlink",
+    "symlinkat",
 )
 
 CNT_FILTERED: Final = 0
@@ -189,6 +198,15 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     ),
     "rec_setid": (("a0", "I"), ("a1", "I"), ("a2", "I"), ("_pad", "I")),
     "rec_memprot": (("addr", "Q"), ("len", "Q"), ("prot", "Q"), ("flags", "Q"), ("fd", "q")),
+    "rec_socket": (("family", "i"), ("type", "i"), ("protocol", "i"), ("_pad", "I")),
+    "rec_link": (
+        ("olddfd", "i"),
+        ("newdfd", "i"),
+        ("flags", "I"),
+        ("_pad", "I"),
+        ("target", f"{PATH_LEN}s"),
+        ("linkpath", f"{PATH_LEN}s"),
+    ),
 }
 
 # Trailing variable-length arrays: struct -> (field, capacity).
@@ -352,6 +370,28 @@ class RawMemProt:
     fd: int
 
 
+@dataclass(slots=True)
+class RawSocket:
+    hdr: Header  # ret: the new fd, or -errno
+    family: int
+    type: int  # as passed, flag bits included
+    protocol: int
+
+
+@dataclass(slots=True)
+class RawLink:
+    hdr: Header  # syscall says hard (link, linkat) or symbolic (symlink, symlinkat)
+    olddfd: int
+    newdfd: int
+    flags: int
+    target: str
+    linkpath: str
+
+    @property
+    def symbolic(self) -> bool:
+        return self.hdr.syscall.startswith("sym")
+
+
 RawRecord = (
     RawExec
     | RawFork
@@ -364,6 +404,8 @@ RawRecord = (
     | RawBpf
     | RawSetId
     | RawMemProt
+    | RawSocket
+    | RawLink
 )
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -536,6 +578,16 @@ def _memprot(h: Header, buf: bytes) -> RawMemProt:
     return RawMemProt(h, addr, length, prot, flags, fd)
 
 
+def _socket(h: Header, buf: bytes) -> RawSocket:
+    family, type_, protocol, _ = _need(buf, "rec_socket").unpack_from(buf, HEADER_SIZE)
+    return RawSocket(h, family, type_, protocol)
+
+
+def _link(h: Header, buf: bytes) -> RawLink:
+    olddfd, newdfd, flags, _, target, link = _need(buf, "rec_link").unpack_from(buf, HEADER_SIZE)
+    return RawLink(h, olddfd, newdfd, flags, cstr(target), cstr(link))
+
+
 _DECODERS: Final[dict[int, Callable[[Header, bytes], RawRecord]]] = {
     KIND_EXEC: _exec,
     KIND_FORK: _fork,
@@ -553,6 +605,8 @@ _DECODERS: Final[dict[int, Callable[[Header, bytes], RawRecord]]] = {
     KIND_BPF: _bpf,
     KIND_SETID: _setid,
     KIND_MEMPROT: _memprot,
+    KIND_SOCKET: _socket,
+    KIND_LINK: _link,
 }
 
 

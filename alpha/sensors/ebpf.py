@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from alpha.sensors import decode as d
+from alpha.sensors.health import LossWindow
 from alpha.sensors.model import (
     UNKNOWN_STDIO,
     BpfDetail,
@@ -39,6 +40,7 @@ from alpha.sensors.model import (
     ExitDetail,
     ForkDetail,
     Kind,
+    LinkDetail,
     LossCounters,
     MemfdDetail,
     MemProtDetail,
@@ -56,6 +58,7 @@ from alpha.sensors.model import (
     SensorStatus,
     SensorUnavailable,
     SetIdDetail,
+    SocketDetail,
     UnlinkDetail,
 )
 from alpha.sensors.proctable import PROC, CgroupResolver, ProcessTable, read_boot_id
@@ -65,7 +68,6 @@ log = logging.getLogger(__name__)
 TRACEFS_CANDIDATES: Final = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 AT_FDCWD: Final = -100
 _STALL_NS: Final = 5_000_000_000
-_LOSS_RECENT_NS: Final = 60_000_000_000
 
 # init_module/finit_module numbers, for kernels without their tracepoints (CONFIG_MODULES=n).
 MODULE_SYSCALL_NRS: Final[dict[str, tuple[int, int]]] = {
@@ -102,10 +104,14 @@ REQUIRED: Final[dict[str, tuple[str, ...]]] = {
     ),
     "unlink": ("syscalls/sys_enter_unlinkat", "syscalls/sys_exit_unlinkat"),
     "rename": ("syscalls/sys_enter_renameat", "syscalls/sys_exit_renameat"),
+    "link": tuple(
+        f"syscalls/sys_{d}_{s}" for s in ("linkat", "symlinkat") for d in ("enter", "exit")
+    ),
     "ptrace": ("syscalls/sys_enter_ptrace", "syscalls/sys_exit_ptrace"),
     "net": tuple(
         f"syscalls/sys_{d}_{s}" for s in ("connect", "accept", "accept4") for d in ("enter", "exit")
     ),
+    "socket": ("syscalls/sys_enter_socket", "syscalls/sys_exit_socket"),
     "memfd": ("syscalls/sys_enter_memfd_create", "syscalls/sys_exit_memfd_create"),
     "module": (),  # per-syscall tracepoints, or raw_syscalls: decided in ProgramConfig.build
     "bpf": ("syscalls/sys_enter_bpf", "syscalls/sys_exit_bpf"),
@@ -144,6 +150,8 @@ OPTIONAL: Final = (
     "syscalls/sys_enter_unlink",
     "syscalls/sys_enter_rename",
     "syscalls/sys_enter_renameat2",
+    "syscalls/sys_enter_link",
+    "syscalls/sys_enter_symlink",
     "syscalls/sys_enter_finit_module",
     "syscalls/sys_enter_pkey_mprotect",
     "task/task_newtask",
@@ -191,6 +199,7 @@ class ProgramConfig:
     relative_writes: bool = True
     ignore_comms: tuple[str, ...] = ()
     net_unix: bool = False
+    socket_families: tuple[int, ...] = ()
     ptrace_requests: tuple[int, ...] = ()
     bpf_commands: tuple[int, ...] = ()
     ring_buffer_pages: int = 4096
@@ -241,6 +250,7 @@ class ProgramConfig:
             relative_writes=cfg.relative_writes,
             ignore_comms=cfg.ignore_comms,
             net_unix=cfg.net_unix,
+            socket_families=cfg.socket_families,
             ptrace_requests=cfg.ptrace_requests,
             bpf_commands=cfg.bpf_commands,
             ring_buffer_pages=cfg.ring_buffer_pages,
@@ -317,6 +327,7 @@ def render_program(config: ProgramConfig) -> str:
         + _any([c_equals_test("c", x, d.COMM_LEN) for x in config.ignore_comms]),
         "#define PTRACE_WANTED(r) " + _any([f"(r) == {n}" for n in config.ptrace_requests]),
         "#define BPF_CMD_WANTED(c) " + _any([f"(c) == {n}" for n in config.bpf_commands]),
+        "#define SOCKET_FAMILY_WANTED(f) " + _any([f"(f) == {n}" for n in config.socket_families]),
         "",
     ]
     body = _source("sensor.bpf.c").replace('#include "records.h"', _source("records.h"), 1)
@@ -595,6 +606,19 @@ class Enricher:
                 self._abs(h.tgid, rec.newdfd, rec.newpath, info),
                 rec.flags,
             )
+        if isinstance(rec, d.RawLink):
+            symbolic = rec.symbolic
+            return Kind.LINK, LinkDetail(
+                rec.target,
+                rec.linkpath,
+                # A symlink's text is what the kernel stores; resolving it would be a guess.
+                rec.target if symbolic else self._abs(h.tgid, rec.olddfd, rec.target, info),
+                self._abs(h.tgid, rec.newdfd, rec.linkpath, info),
+                symbolic,
+                rec.flags,
+            )
+        if isinstance(rec, d.RawSocket):
+            return Kind.SOCKET, SocketDetail(rec.family, rec.type, rec.protocol)
         if isinstance(rec, d.RawPtrace):
             name = PTRACE_REQUESTS.get(rec.request, f"request {rec.request}")
             return Kind.PTRACE, PtraceDetail(rec.request, name, rec.target, rec.addr, rec.data)
@@ -679,8 +703,7 @@ class EbpfSensor:
         self._started_mono_ns: int | None = None
         self._kernel_lost: dict[str, int] = {}
         self._kernel_filtered = 0
-        self._last_loss_ns = 0
-        self._loss_seen = 0
+        self._loss_window = LossWindow()
         self._probes: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._bpf_lock = threading.Lock()  # the bcc object: counters read vs detach
@@ -822,9 +845,7 @@ class EbpfSensor:
                 + self._decode_errors
                 + self._delivery.consumer_errors
             )
-            if total > self._loss_seen:
-                self._loss_seen = total
-                self._last_loss_ns = time.monotonic_ns()
+            self._loss_window.observe(total)
 
     # --- consumers
 
@@ -853,14 +874,16 @@ class EbpfSensor:
             state = self._state
             reasons = list(self._reasons)
             filtered = self._kernel_filtered
+            self._loss_window.observe(loss.total)  # queue drops need no kernel read
+            loss_reason = self._loss_window.reason()
         stats = self._delivery.stats(self._started_ns, self._started_mono_ns, filtered)
         if state in (SensorState.HEALTHY, SensorState.DEGRADED):
-            now = time.monotonic_ns()
             last_poll = stats.last_poll_ns
             if last_poll is not None and time.time_ns() - last_poll > _STALL_NS:
                 state = SensorState.DEGRADED
                 reasons.append("poll loop stalled for more than 5 s")
-            if self._last_loss_ns and now - self._last_loss_ns < _LOSS_RECENT_NS:
+            if loss_reason is not None:
+                # Constant text: the counts go to loss reports (alpha.sensors.health).
                 state = SensorState.DEGRADED
-                reasons.append(f"events lost in the last minute ({loss.total} since start)")
+                reasons.append(loss_reason)
         return SensorStatus(self.mode, state, tuple(reasons), loss, stats, self._probes)

@@ -41,6 +41,8 @@ class Kind(enum.StrEnum):
     BPF = "bpf"
     SETID = "setid"
     MEMPROT = "memprot"
+    SOCKET = "socket"
+    LINK = "link"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +170,16 @@ class RenameDetail:
 
 
 @dataclass(slots=True)
+class LinkDetail:
+    target: str  # symlink: the text stored, as passed; hard link: the existing path as passed
+    link_path: str  # as passed
+    target_abs_path: str  # hard link: resolved against its dirfd; symlink: the target as passed
+    link_abs_path: str
+    symbolic: bool
+    flags: int  # linkat AT_* flags
+
+
+@dataclass(slots=True)
 class PtraceDetail:
     request: int
     request_name: str
@@ -182,6 +194,13 @@ class NetDetail:
     family: str  # inet, inet6, unix, or af<N>
     address: str  # IP text, or a unix path ("@name" for abstract)
     port: int  # 0 for unix
+
+
+@dataclass(slots=True)
+class SocketDetail:
+    family: int  # AF_*
+    type: int  # SOCK_* with the SOCK_NONBLOCK/SOCK_CLOEXEC bits as passed
+    protocol: int  # as passed (AF_PACKET: an ethertype in network byte order)
 
 
 @dataclass(slots=True)
@@ -231,8 +250,10 @@ Detail = (
     | ChownDetail
     | UnlinkDetail
     | RenameDetail
+    | LinkDetail
     | PtraceDetail
     | NetDetail
+    | SocketDetail
     | MemfdDetail
     | ModuleDetail
     | BpfDetail
@@ -281,8 +302,10 @@ PROBES: Final = (
     "chown",
     "unlink",
     "rename",
+    "link",  # link/linkat/symlink/symlinkat, filtered by the target's and the link's paths
     "ptrace",
     "net",  # connect, accept
+    "socket",  # socket(2) of the families in socket_families
     "memfd",
     "module",  # init_module/finit_module
     "bpf",
@@ -290,6 +313,8 @@ PROBES: Final = (
     "memprot",  # mmap/mprotect with PROT_WRITE|PROT_EXEC
 )
 
+AF_PACKET: Final = 17
+_AF_MAX: Final = 64  # AF_MAX is 46 on Linux 6.x: room to grow, still a sanity bound
 _MAX_PREFIX: Final = 255
 _MAX_PREFIXES: Final = 64
 
@@ -308,8 +333,9 @@ class SensorConfig:
 
     Path filters run in the kernel: an open is reported when its path starts with one of
     `read_prefixes`, or, opened for writing, with one of `write_prefixes`; unlink, rename,
-    chmod and chown use the write prefixes too (chmod to setuid/setgid/world-writable modes and
-    chown to root are reported anywhere). `ignore_prefixes` wins over both. Relative paths
+    link, chmod and chown use the write prefixes too (chmod to setuid/setgid/world-writable
+    modes and chown to root are reported anywhere; a rename or link when either of its paths
+    passes, so a link to /etc/shadow from /tmp is seen). `ignore_prefixes` wins. Relative paths
     cannot be resolved in the kernel: `relative_writes`/`relative_reads` say whether to report
     them. `ignore_comms` drops the file, network and memory events of processes by exact
     command name (never exec, ptrace, module, bpf or setid events).
@@ -353,6 +379,9 @@ class SensorConfig:
     relative_reads: bool = False
     ignore_comms: tuple[str, ...] = ()
     net_unix: bool = False  # unix-socket connects/accepts are many and rarely interesting
+    # socket(2) families reported (filtered in the kernel: every connect starts with a socket()).
+    # AF_PACKET only by default, the one the rules judge (a sniffer or a raw-frame backdoor).
+    socket_families: tuple[int, ...] = (AF_PACKET,)
     # TRACEME, POKETEXT, POKEDATA, POKEUSER, SETREGS, SETFPREGS, ATTACH, SETREGSET, SEIZE.
     ptrace_requests: tuple[int, ...] = (0, 4, 5, 6, 13, 15, 16, 0x4205, 0x4206)
     # PROG_LOAD, PROG_ATTACH, RAW_TRACEPOINT_OPEN, LINK_CREATE: not the map traffic.
@@ -377,6 +406,9 @@ class SensorConfig:
         for comm in self.ignore_comms:
             if not comm or len(comm.encode()) > 15:
                 raise ConfigError("ignore_comms", f"{comm!r}: a command name of 1 to 15 bytes")
+        for family in self.socket_families:
+            if not 0 < family < _AF_MAX:
+                raise ConfigError("socket_families", f"{family}: an AF_* number below {_AF_MAX}")
         pages = self.ring_buffer_pages
         if pages < 1 or pages & (pages - 1):
             raise ConfigError("ring_buffer_pages", f"{pages}: a power of two")

@@ -428,6 +428,13 @@ class FimMonitor:
             self._scan_wanted.set()
             self._busy.notify_all()
 
+    def deliver(self, report: ScanReport) -> list[Change]:
+        """Report a scan run outside the monitor (an on-demand scan with its own progress) as
+        if it were the monitor's: suppression, once-per-state reporting and baseline refresh
+        apply, so its changes reach `on_changes` only when they are news. Returns the changes
+        that were Beta's own writes (announced with `suppress`)."""
+        return self._deliver(report)
+
     def suppress(self, path: str, expected_hash: bytes | None, ttl: float = 10.0) -> None:
         """Beta is about to write `path` so that its content hashes to `expected_hash` (None:
         Beta is deleting it): do not report that write (see the module docstring)."""
@@ -837,7 +844,8 @@ class FimMonitor:
             return False
         return all(f in VOLATILE_FIELDS for f in c.fields)
 
-    def _deliver(self, report: ScanReport) -> None:
+    def _deliver(self, report: ScanReport) -> list[Change]:
+        """Report what is news; returns the changes absorbed as Beta's own writes."""
         out: list[Change] = []
         absorbed: list[Change] = []
         with self._deliver_lock:
@@ -878,6 +886,7 @@ class FimMonitor:
                 self._on_suppressed(c.path, c.new)
         if out:
             self._on_changes(out)
+        return absorbed
 
     def _refresh(self, upsert: Iterable[Entry], remove: Iterable[str]) -> None:
         """Accepted churn (a log rotation, Beta's own restore) moves the baseline forward."""

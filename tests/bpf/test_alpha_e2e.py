@@ -16,6 +16,7 @@ import platform
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -524,6 +525,40 @@ def test_bpf_program_load(env: Env) -> None:
     assert "T1014" in techniques(event)
 
 
+PACKET_SOCKET_CODE = """
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))   # ETH_P_ALL
+print(s.fileno(), flush=True)
+"""
+
+
+def test_packet_socket(env: Env) -> None:
+    child = py(PACKET_SOCKET_CODE)
+    with killing(child):
+        fd = int(finish(child))
+    event = env.alert(child.pid, "socket_create", "alpha.packet_socket")
+    created = event.socket_create
+    assert created.family == network_details_pb2.ADDRESS_FAMILY_PACKET
+    assert (created.raw_family, created.socket_type) == (socket.AF_PACKET, socket.SOCK_RAW)
+    assert created.raw_protocol == socket.htons(0x0003)
+    assert created.result == fd
+    assert "T1040" in techniques(event)
+
+
+def test_symlink_over_a_sensitive_file(env: Env) -> None:
+    link = Path(f"/tmp/qsc-e2e-{secrets.token_hex(4)}")
+    try:
+        child = subprocess.Popen(["ln", "-s", "/etc/shadow", str(link)])
+        assert child.wait(timeout=10) == 0
+        event = env.alert(child.pid, "file_link", "alpha.sensitive_file_link")
+    finally:
+        link.unlink(missing_ok=True)
+    assert (event.file_link.target, event.file_link.link_path) == ("/etc/shadow", str(link))
+    assert event.file_link.symbolic
+    assert event.file_link.result == 0
+    assert "T1003.008" in techniques(event)
+
+
 def test_new_listening_port_from_the_sockets_source(env: Env) -> None:
     listener = py(LISTENER_CODE)
     with killing(listener):
@@ -695,6 +730,50 @@ def test_the_sensor_is_healthy_ebpf_in_get_status(env: Env) -> None:
     assert syscalls.mode == "ebpf"
     assert syscalls.events > 0
     assert syscalls.loss.ring_buffer_lost == 0
+
+
+def test_pipeline_stage_counts_in_get_status(env: Env) -> None:
+    stub = gpb_grpc.GuardianServiceStub(channel(env.pki, env.alpha.port, "cortex-c1"))
+
+    def counts() -> dict[str, int]:
+        status = stub.GetStatus(gpb.GetStatusRequest(), timeout=10)
+        return {s.name: s.events for s in status.sensors if s.mode == "pipeline"}
+
+    before = counts()
+    # An exec no rule fires on (unmatched, dropped) and one that fires (memfd exec).
+    subprocess.run(["true"], check=True)
+    child = py(MEMFD_CODE)
+    with killing(child):
+        env.alert(child.pid, "process_exec", "alpha.memfd_exec")
+    wait_until(
+        lambda: counts()["pipeline.unmatched_dropped"] > before["pipeline.unmatched_dropped"],
+        "the unmatched exec of `true` is counted",
+    )
+    after = counts()
+    assert set(after) == {
+        f"pipeline.{s}"
+        for s in (
+            "observations",
+            "no_detail",
+            "candidates",
+            "findings",
+            "matched",
+            "unmatched_dropped",
+            "emitted",
+        )
+    }
+    for stage in ("observations", "candidates", "matched", "emitted"):
+        assert after[f"pipeline.{stage}"] > before[f"pipeline.{stage}"], stage
+    # One snapshot: no stage ahead of the one that feeds it.
+    snap = stub.GetStatus(gpb.GetStatusRequest(), timeout=10)
+    by_name = {s.name: s for s in snap.sensors}
+    assert by_name["pipeline.observations"].events <= by_name["syscalls"].events
+    assert (
+        by_name["pipeline.candidates"].events + by_name["pipeline.no_detail"].events
+        <= by_name["pipeline.observations"].events
+    )
+    assert by_name["pipeline.unmatched_dropped"].HasField("last_event_time")
+    assert not any(by_name[name].loss.ListFields() for name in after)  # counts, not losses
 
 
 # --- the fallback sensor --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import platform
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ import pytest
 from alpha.sensors import fallback, start_sensor
 from alpha.sensors.ebpf import MODULE_SYSCALL_NRS, EbpfSensor
 from alpha.sensors.fallback import FallbackSensor
+from alpha.sensors.health import LOSS_REASON
 from alpha.sensors.model import (
     BpfDetail,
     ChmodDetail,
@@ -30,6 +32,7 @@ from alpha.sensors.model import (
     ExecDetail,
     ExitDetail,
     Kind,
+    LinkDetail,
     MemfdDetail,
     MemProtDetail,
     ModuleDetail,
@@ -43,6 +46,7 @@ from alpha.sensors.model import (
     SensorState,
     SensorUnavailable,
     SetIdDetail,
+    SocketDetail,
     Stdio,
     UnlinkDetail,
 )
@@ -431,6 +435,71 @@ def test_connect_and_accept(env: Env) -> None:
     assert accept.syscall == "accept4"
 
 
+PACKET_SOCKET_CODE = """
+import socket
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()  # not a watched family
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.htons(0x0003))
+print(s.fileno(), flush=True)
+"""
+
+
+def test_packet_socket_and_other_families_filtered_in_the_kernel(env: Env) -> None:
+    child = py(PACKET_SOCKET_CODE)
+    fd = int(finish(child))
+    o = env.seen.wait_for(of(Kind.SOCKET, child.pid), what="socket(AF_PACKET)")
+    assert isinstance(o.detail, SocketDetail)
+    assert o.syscall == "socket"
+    assert o.ret == fd
+    assert (o.detail.family, o.detail.type & 0xF, o.detail.protocol) == (
+        socket.AF_PACKET,
+        socket.SOCK_RAW,
+        socket.htons(0x0003),
+    )
+    assert o.detail.type & socket.SOCK_CLOEXEC
+    # The AF_INET socket came first on the same thread; the ring is ordered: it was dropped.
+    assert len(env.seen.all(of(Kind.SOCKET, child.pid))) == 1
+
+
+LINK_CODE = """
+import os, sys, time
+base = sys.argv[1]
+os.symlink("/etc/shadow", "/tmp/" + sys.argv[2])                 # target watched, link not
+d = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+os.link("orig", "hard", src_dir_fd=d, dst_dir_fd=d)              # linkat, both relative
+print(d, flush=True)
+time.sleep(1)  # keep the dirfd while the sensor resolves it
+"""
+
+
+def test_symlink_and_hard_link(env: Env) -> None:
+    name = f"qsc-link-{secrets.token_hex(4)}"
+    (env.base / "orig").write_text("x")
+    child = py(LINK_CODE, env.base, name)
+    try:
+        dirfd = int(finish(child))
+    finally:
+        Path("/tmp", name).unlink(missing_ok=True)
+        (env.base / "hard").unlink(missing_ok=True)
+    links = [
+        env.seen.wait_for(of(Kind.LINK, child.pid), what="symlinkat"),
+        env.seen.wait_for(
+            lambda o: of(Kind.LINK, child.pid)(o) and o.syscall == "linkat", what="linkat"
+        ),
+    ]
+    sym, hard = (o.detail for o in links)
+    assert isinstance(sym, LinkDetail)
+    assert isinstance(hard, LinkDetail)
+    assert links[0].syscall in ("symlink", "symlinkat")  # libc's choice; aarch64 has no symlink
+    assert (sym.target, sym.link_abs_path, sym.symbolic) == ("/etc/shadow", f"/tmp/{name}", True)
+    assert (hard.target, hard.link_path, hard.symbolic) == ("orig", "hard", False)
+    assert (hard.target_abs_path, hard.link_abs_path) == (
+        str(env.base / "orig"),
+        str(env.base / "hard"),
+    )
+    assert [o.ret for o in links] == [0, 0]
+    assert dirfd >= 0
+
+
 REVERSE_SHELL_CODE = """
 import os, socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
@@ -693,6 +762,7 @@ def test_loss_is_counted_exactly_in_kernel_and_queue(env: Env) -> None:
             time.sleep(0.1)
         delivered = sensor.observations(timeout=0, max_events=10**6)
         loss = sensor.loss()
+        overdriven = sensor.status()
     finally:
         sensor.stop()
     opens = [o for o in delivered if o.kind is Kind.OPEN and o.pid == child.pid]
@@ -701,6 +771,9 @@ def test_loss_is_counted_exactly_in_kernel_and_queue(env: Env) -> None:
     assert dict(loss.kernel_by_kind) == {"open": loss.kernel}
     assert loss.queue > 0
     assert len(opens) + loss.queue + loss.kernel == n
+    # Degraded with one constant reason: counts in the text made a health event per second.
+    assert overdriven.state is SensorState.DEGRADED
+    assert overdriven.reasons == (LOSS_REASON,)
     assert sensor.status().state is SensorState.STOPPED
 
 

@@ -34,6 +34,7 @@ from alpha.sensors.model import (
     ExitDetail,
     ForkDetail,
     Kind,
+    LinkDetail,
     MemfdDetail,
     MemProtDetail,
     ModuleDetail,
@@ -44,6 +45,7 @@ from alpha.sensors.model import (
     PtraceDetail,
     RenameDetail,
     SetIdDetail,
+    SocketDetail,
     Stdio,
     UnlinkDetail,
 )
@@ -362,7 +364,43 @@ def test_rename() -> None:
     assert field(event, "file.oldpath") == "/var/log/a"
 
 
+def test_symlink_keeps_its_text_and_hard_link_its_resolved_target() -> None:
+    sym = LinkDetail("../etc/shadow", "x", "../etc/shadow", "/tmp/x", True, 0)
+    event = convert(obs(Kind.LINK, sym, syscall="symlinkat"))
+    fl = event.file_link
+    assert (fl.target, fl.link_path, fl.symbolic, fl.result) == ("../etc/shadow", "/tmp/x", True, 0)
+    assert field(event, "link.target") == "../etc/shadow"
+    assert field(event, "file.path") == "/tmp/x"
+    assert field(event, "file.paths") == ("../etc/shadow", "/tmp/x")
+    hard = LinkDetail("orig", "hard", "/srv/orig", "/srv/hard", False, 0x400)
+    event = convert(obs(Kind.LINK, hard, syscall="linkat", ret=-17))
+    fl = event.file_link
+    assert (fl.target, fl.link_path, fl.symbolic, fl.result) == (
+        "/srv/orig",
+        "/srv/hard",
+        False,
+        -17,
+    )
+    assert field(event, "link.symbolic") is False
+
+
 # --- network --------------------------------------------------------------------------------------
+
+
+def test_packet_socket() -> None:
+    # socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)) on a little-endian host.
+    event = convert(
+        obs(Kind.SOCKET, SocketDetail(17, 3 | 0o2000000, 0x0300), syscall="socket", ret=5)
+    )
+    sc = event.socket_create
+    assert sc.family == network_details_pb2.ADDRESS_FAMILY_PACKET
+    assert (sc.raw_family, sc.socket_type, sc.raw_protocol, sc.result) == (17, 3, 0x0300, 5)
+    assert "raw packet socket (ethertype 0x0003)" in event.summary
+    assert field(event, "net.family") == "packet"
+    assert field(event, "socket.type") == 3
+    other = convert(obs(Kind.SOCKET, SocketDetail(40, 1, 0), ret=-97))  # AF_VSOCK
+    assert other.socket_create.family == network_details_pb2.ADDRESS_FAMILY_OTHER
+    assert (other.socket_create.raw_family, other.socket_create.result) == (40, -97)
 
 
 def test_connect_asks_the_transport() -> None:

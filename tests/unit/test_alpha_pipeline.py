@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from alpha.config import AuthSection
+from alpha.counters import STAGES, PipelineCounters
 from alpha.pipeline import ALSO_MATCHED_LABEL, Event, Pipeline, best_match
 from alpha.rules import RuleEngine
 from alpha.sensors.model import (
@@ -20,18 +21,20 @@ from alpha.sensors.model import (
     ExecDetail,
     ForkDetail,
     Kind,
+    LinkDetail,
     MemfdDetail,
     ModuleDetail,
     Observation,
     OpenDetail,
     ProcessInfo,
     PtraceDetail,
+    SocketDetail,
     Stdio,
 )
 from alpha.sources import AuthSource
 from mesh.guardian.sensors import LossStage, SensorRegistry, SensorState
 from qsc.common.v1 import classification_pb2 as cls
-from qsc.common.v1 import event_pb2, memory_details_pb2
+from qsc.common.v1 import event_pb2, memory_details_pb2, pipeline_details_pb2
 
 INFO = ProcessInfo(
     pid=4242,
@@ -189,6 +192,38 @@ def pipeline(engine: RuleEngine, sink: Sink) -> Pipeline:
             cls.CATEGORY_KERNEL,
             "module_load",
         ),
+        (
+            obs(Kind.SOCKET, SocketDetail(17, 3, 0x0300), syscall="socket", ret=4),
+            "alpha.packet_socket",
+            "T1040",
+            cls.SEVERITY_LOW,
+            cls.CATEGORY_NETWORK,
+            "socket_create",
+        ),
+        (
+            obs(
+                Kind.LINK,
+                LinkDetail("/etc/shadow", "/tmp/x", "/etc/shadow", "/tmp/x", True, 0),
+                syscall="symlinkat",
+            ),
+            "alpha.sensitive_file_link",
+            "T1003.008",
+            cls.SEVERITY_MEDIUM,
+            cls.CATEGORY_FILE,
+            "file_link",
+        ),
+        (
+            obs(
+                Kind.LINK,
+                LinkDetail("/dev/null", "auth.log", "/dev/null", "/var/log/auth.log", True, 0),
+                syscall="symlinkat",
+            ),
+            "alpha.log_clearing",
+            "T1070.002",
+            cls.SEVERITY_MEDIUM,
+            cls.CATEGORY_FILE,
+            "file_link",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) and v.startswith("alpha.") else "",
 )
@@ -240,6 +275,41 @@ def test_unmatched_events_are_dropped_and_counted(engine: RuleEngine, sink: Sink
     stats = pipeline.stats()
     assert (stats.observations, stats.candidates, stats.no_detail) == (3, 2, 1)
     assert (stats.unmatched_dropped, stats.emitted, stats.matched) == (2, 0, 0)
+
+
+def test_stage_counts_show_in_the_registry_as_get_status_reads_it(
+    engine: RuleEngine, sink: Sink
+) -> None:
+    health: list[Event] = []
+    registry = SensorRegistry(health.append)
+    pipeline = Pipeline(engine, sink.emit_many, counts=PipelineCounters(registry).add)
+    batch = [
+        obs(Kind.MEMFD_CREATE, MemfdDetail("jit", 1), ret=3),
+        exec_obs("/usr/bin/ls", "ls", (Stdio("tty", "/dev/pts/0"),) * 3),
+        obs(Kind.FORK, ForkDetail(5, 0, "e-child")),
+        exec_obs("/usr/bin/bash", "bash", (SOCK, SOCK, SOCK)),  # a reverse shell
+    ]
+    assert pipeline.handle_observations(batch) == 1
+    pipeline.handle_observations(batch[:1])
+    statuses = {s.name: s for s in registry.statuses()}  # what GetStatus sends
+    counts = {name: s.events for name, s in statuses.items()}
+    assert counts == {
+        "pipeline.observations": 5,
+        "pipeline.no_detail": 1,
+        "pipeline.candidates": 4,
+        "pipeline.findings": 0,
+        "pipeline.matched": 1,
+        "pipeline.unmatched_dropped": 3,
+        "pipeline.emitted": 1,
+    }
+    assert {s.mode for s in statuses.values()} == {"pipeline"}
+    assert {s.state for s in statuses.values()} == {pipeline_details_pb2.SENSOR_STATE_HEALTHY}
+    assert statuses["pipeline.unmatched_dropped"].HasField("last_event_time")
+    assert not statuses["pipeline.findings"].HasField("last_event_time")
+    # They are counts, not losses.
+    assert all(not s.loss.ListFields() for s in statuses.values())
+    assert len(health) == len(STAGES)  # one announcement each, nothing per batch
+    assert pipeline.stats().unmatched_dropped == 3
 
 
 def test_emit_unmatched_keeps_raw_telemetry(engine: RuleEngine, sink: Sink) -> None:

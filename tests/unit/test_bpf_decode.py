@@ -31,8 +31,10 @@ from alpha.sensors.model import (
     ChownDetail,
     ExecDetail,
     Kind,
+    LinkDetail,
     OpenDetail,
     RenameDetail,
+    SocketDetail,
     UnlinkDetail,
 )
 from alpha.sensors.proctable import ProcessTable
@@ -279,6 +281,29 @@ def test_memprot() -> None:
     assert rec.hdr.syscall == "mprotect"
 
 
+def test_socket() -> None:
+    buf = hdr(d.KIND_SOCKET, 39, ret=5) + payload("rec_socket", 17, 3 | 0o2000000, 0x0300, 0)
+    rec = d.decode_record(buf)
+    assert isinstance(rec, d.RawSocket)
+    assert (rec.family, rec.type, rec.protocol, rec.hdr.ret) == (17, 3 | 0o2000000, 0x0300, 5)
+    assert rec.hdr.syscall == "socket"
+
+
+@pytest.mark.parametrize(("sc", "symbolic"), [(40, False), (41, False), (42, True), (43, True)])
+def test_link(sc: int, symbolic: bool) -> None:
+    buf = hdr(d.KIND_LINK, sc) + payload("rec_link", -100, 7, 0x400, 0, b"/etc/shadow", b"x\0old")
+    rec = d.decode_record(buf)
+    assert isinstance(rec, d.RawLink)
+    assert (rec.target, rec.linkpath, rec.olddfd, rec.newdfd, rec.flags) == (
+        "/etc/shadow",
+        "x",
+        -100,
+        7,
+        0x400,
+    )
+    assert rec.symbolic is symbolic
+
+
 def test_every_kind_has_a_decoder() -> None:
     assert set(d._DECODERS) == set(d.KIND_NAMES)
 
@@ -423,6 +448,38 @@ def test_observe_chmod_chown_rename(enricher: Enricher) -> None:
     assert obs is not None
     assert isinstance(obs.detail, RenameDetail)
     assert (obs.detail.old_abs_path, obs.detail.new_abs_path) == ("/srv/app/a", "/b")
+
+
+def test_observe_links_and_sockets(enricher: Enricher) -> None:
+    # Hard link: both paths resolve (target against olddfd 3 = /var/log, link against the cwd).
+    hard = d.decode_record(
+        hdr(d.KIND_LINK, 41, tgid=100) + payload("rec_link", 3, -100, 0, 0, b"auth.log", b"copy")
+    )
+    obs = enricher.observe(hard, 0)
+    assert obs is not None
+    assert obs.kind is Kind.LINK
+    assert isinstance(obs.detail, LinkDetail)
+    assert (obs.detail.target_abs_path, obs.detail.link_abs_path) == (
+        "/var/log/auth.log",
+        "/srv/app/copy",
+    )
+    assert not obs.detail.symbolic
+    # Symlink: the stored text is kept as is, never resolved against the cwd.
+    sym = d.decode_record(
+        hdr(d.KIND_LINK, 43, tgid=100) + payload("rec_link", -1, -100, 0, 0, b"../x", b"l")
+    )
+    obs = enricher.observe(sym, 0)
+    assert obs is not None
+    assert isinstance(obs.detail, LinkDetail)
+    assert (obs.detail.target_abs_path, obs.detail.link_abs_path) == ("../x", "/srv/app/l")
+    assert obs.detail.symbolic
+    sock = d.decode_record(
+        hdr(d.KIND_SOCKET, 39, tgid=100, ret=4) + payload("rec_socket", 17, 3, 0x0300, 0)
+    )
+    obs = enricher.observe(sock, 0)
+    assert obs is not None
+    assert (obs.kind, obs.ret, obs.syscall) == (Kind.SOCKET, 4, "socket")
+    assert obs.detail == SocketDetail(17, 3, 0x0300)
 
 
 def test_observe_exec_fork_exit(enricher: Enricher, tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def test_render_carries_own_tgid_sizes_and_probes() -> None:
     assert defs["INFLIGHT_ENTRIES"] == "16384"
     for probe in ("EXEC", "OPEN", "CHMOD", "CHOWN", "UNLINK", "RENAME", "PTRACE", "NET"):
         assert defs[f"PROBE_{probe}"] == "1"
-    for probe in ("MEMFD", "MODULE", "BPF", "SETID", "MEMPROT"):
+    for probe in ("MEMFD", "MODULE", "BPF", "SETID", "MEMPROT", "SOCKET", "LINK"):
         assert f"PROBE_{probe}" in defs
     # records.h is inlined (bcc gets one text), and the program body follows the defines.
     assert '#include "records.h"' not in text
@@ -85,6 +85,10 @@ def test_optional_tracepoints_need_enter_and_exit() -> None:
     assert "HAVE_sys_enter_openat2" not in defs  # enter without exit is useless
     assert "HAVE_sys_enter_fchmodat2" not in defs
     assert "HAVE_sys_enter_execveat" in defs
+    assert "HAVE_sys_enter_symlink" in defs
+    assert "HAVE_sys_enter_link" not in defines(
+        render_program(build(tps=ALL_TPS - {"syscalls/sys_exit_link"})[0])
+    )
     assert "HAVE_task_newtask" in defs
     assert "HAVE_GROUP_DEAD" in defs
 
@@ -148,8 +152,14 @@ def test_filter_macros_spelled_from_config() -> None:
         bpf_commands=(5,),
         relative_reads=True,
         net_unix=True,
+        socket_families=(17, 16),
     )
     defs = defines(render_program(build(cfg)[0]))
+    assert defs["SOCKET_FAMILY_WANTED"] == "((f) == 17 || (f) == 16)"
+    # By default only AF_PACKET, the family the rules judge; none: the probe reports nothing.
+    assert defines(render_program(build()[0]))["SOCKET_FAMILY_WANTED"] == "((f) == 17)"
+    none = defines(render_program(build(SensorConfig(socket_families=()))[0]))
+    assert none["SOCKET_FAMILY_WANTED"] == "(0)"
     assert defs["MATCH_WRITE_PREFIX"] == "(0)"
     assert defs["PTRACE_WANTED"] == "((r) == 16 || (r) == 16902)"
     assert defs["BPF_CMD_WANTED"] == "((c) == 5)"
@@ -291,6 +301,8 @@ def test_records_h_constants_match_decoder() -> None:
         ({"ring_buffer_pages": 3}, "ring_buffer_pages"),
         ({"queue_max_events": 0}, "queue_max_events"),
         ({"ancestry_depth": 100}, "ancestry_depth"),
+        ({"socket_families": (0,)}, "socket_families"),
+        ({"socket_families": (17, 99)}, "socket_families"),
     ],
 )
 def test_sensor_config_rejects(kwargs: dict[str, object], field_name: str) -> None:

@@ -1,0 +1,78 @@
+"""Guardian-Beta assembled: the guardian runtime, the keyring, FIM, backups, certificates, heal.
+
+    beta = Beta(config)            # keyring opened, outbox opened, services and workers added
+    await beta.run(on_listening)   # serve until SIGTERM/SIGINT, then drain and stop
+
+Workers start after the server listens, in this order: FIM (its supervisor thread loads and
+verifies the baseline), healing (vault sync once FIM runs, then FIM changes on healable paths),
+certificate checks, backup verifications; they stop in reverse, so the healer is gone before
+the FIM monitor it announces its writes to. The objects behind BetaService (`fim`, `heal`,
+`backups`, `certs`) are the same ones the workers use, so an on-demand call and a scheduled run
+never race on state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from beta.config import BetaConfig
+from beta.fimsource import FimSource
+from beta.healsource import HealSource, with_heal_exclude
+from beta.scheduled import BackupVerifier, CertWatcher
+from beta.server import BetaServicer
+from crypto.errors import KeyringError
+from crypto.keyring import KeyManager
+from mesh.errors import ConfigError
+from mesh.guardian import Guardian
+
+
+def open_keys(config: BetaConfig) -> KeyManager:
+    """The Beta keyring; ConfigError (a usage problem) when it is absent and not to be made."""
+    directory = config.keys.directory
+    if not config.keys.create and not (directory / "keyring.json").exists():
+        raise ConfigError(
+            "keys.directory",
+            f"no keyring in {directory}; create it with `qsc keys init --dir {directory} "
+            "--component beta` (or set [keys] create = true)",
+        )
+    keys = KeyManager.open(directory, "beta", create=config.keys.create)
+    if keys.component != "beta":
+        raise KeyringError(f"the keyring in {directory} is {keys.component!r}'s, not Beta's")
+    return keys
+
+
+class Beta:
+    def __init__(self, config: BetaConfig) -> None:
+        self.config = config
+        # The keyring first: without it no baseline or manifest can be trusted.
+        self.keys = open_keys(config)
+        self.guardian = Guardian(config.guardian_config())
+        try:
+            registry = self.guardian.sensors
+            emit_many = self.guardian.emit_many
+            state = config.state.directory
+            self.fim = FimSource(
+                with_heal_exclude(config.fim),
+                self.keys,
+                state,
+                emit_many,
+                registry,
+                on_tamper=lambda change, event: self.heal.on_tamper(change, event),
+            )
+            self.heal = HealSource(config, self.keys, self.fim, emit_many, registry)
+            self.certs = CertWatcher(config.certs, emit_many, registry)
+            self.backups = BackupVerifier(config.backups, self.keys, state, emit_many, registry)
+            servicer = BetaServicer(
+                fim=self.fim, heal=self.heal, backups=self.backups, certs=self.certs
+            )
+            self.guardian.add_service(servicer.binding())
+            self.guardian.add_worker(self.fim)
+            self.guardian.add_worker(self.heal)
+            self.guardian.add_worker(self.certs)
+            self.guardian.add_worker(self.backups)
+        except BaseException:
+            self.guardian.outbox.close()
+            raise
+
+    async def run(self, *, on_listening: Callable[[int], object] | None = None) -> None:
+        await self.guardian.run(on_listening=on_listening)
