@@ -232,6 +232,11 @@ class GetModelResponse(_message.Message):
     CALIBRATION_FIELD_NUMBER: _builtins.int
     SCORE_QUANTILES_FIELD_NUMBER: _builtins.int
     LOAD_TIME_FIELD_NUMBER: _builtins.int
+    THRESHOLD_SOURCE_FIELD_NUMBER: _builtins.int
+    PARENT_VERSION_FIELD_NUMBER: _builtins.int
+    MAX_FEATURES_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_ROWS_FIELD_NUMBER: _builtins.int
+    CREATED_TIME_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Model version: the BLAKE3 hash, in hexadecimal, of the authenticated model file."""
     feature_schema_version: _builtins.int
@@ -256,6 +261,16 @@ class GetModelResponse(_message.Message):
     """SHA3-256 hash (32 bytes) of the ONNX model file."""
     calibration: _builtins.str
     """How raw scores map to confidence, in words, for example `empirical CDF of training scores`."""
+    threshold_source: _builtins.str
+    """How `threshold` was set: `offset` (scikit-learn's offset, from the contamination), `f1` or
+    `target_fpr` (chosen from labelled feedback by `qsc-ml tune`).
+    """
+    parent_version: _builtins.str
+    """The version this model was tuned from; empty for a model trained from scratch."""
+    max_features: _builtins.float
+    """Share of the features each tree was trained on, in (0, 1]."""
+    max_batch_rows: _builtins.int
+    """The most rows the service accepts in one `Score` call."""
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The model's features, in the order the model takes them."""
@@ -280,6 +295,12 @@ class GetModelResponse(_message.Message):
     def load_time(self) -> _timestamp_pb2.Timestamp:
         """When this model was loaded by the service."""
 
+    @_builtins.property
+    def created_time(self) -> _timestamp_pb2.Timestamp:
+        """When this model version was written (by training, or by tuning; `train_time` is when its
+        trees were fitted).
+        """
+
     def __init__(
         self,
         *,
@@ -301,10 +322,15 @@ class GetModelResponse(_message.Message):
         calibration: _builtins.str = ...,
         score_quantiles: _abc.Iterable[Global___ScoreQuantile] | None = ...,
         load_time: _timestamp_pb2.Timestamp | None = ...,
+        threshold_source: _builtins.str = ...,
+        parent_version: _builtins.str = ...,
+        max_features: _builtins.float = ...,
+        max_batch_rows: _builtins.int = ...,
+        created_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["load_time", b"load_time", "train_time", b"train_time", "training_end_time", b"training_end_time", "training_start_time", b"training_start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "load_time", b"load_time", "train_time", b"train_time", "training_end_time", b"training_end_time", "training_start_time", b"training_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration", "contamination", b"contamination", "contamination_auto", b"contamination_auto", "feature_names", b"feature_names", "feature_schema_version", b"feature_schema_version", "load_time", b"load_time", "max_samples", b"max_samples", "n_estimators", b"n_estimators", "offset", b"offset", "onnx_sha3_256", b"onnx_sha3_256", "score_quantiles", b"score_quantiles", "threshold", b"threshold", "train_time", b"train_time", "training_data_blake3", b"training_data_blake3", "training_end_time", b"training_end_time", "training_rows", b"training_rows", "training_start_time", b"training_start_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration", "contamination", b"contamination", "contamination_auto", b"contamination_auto", "created_time", b"created_time", "feature_names", b"feature_names", "feature_schema_version", b"feature_schema_version", "load_time", b"load_time", "max_batch_rows", b"max_batch_rows", "max_features", b"max_features", "max_samples", b"max_samples", "n_estimators", b"n_estimators", "offset", b"offset", "onnx_sha3_256", b"onnx_sha3_256", "parent_version", b"parent_version", "score_quantiles", b"score_quantiles", "threshold", b"threshold", "threshold_source", b"threshold_source", "train_time", b"train_time", "training_data_blake3", b"training_data_blake3", "training_end_time", b"training_end_time", "training_rows", b"training_rows", "training_start_time", b"training_start_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,280 @@
+"""The model directory: content-addressed ONNX files and their authenticated cards.
+
+    <dir>/<version>.onnx        the model; version = BLAKE3 (hex) of these bytes
+    <dir>/<version>.card.json   its card (ml.card), carrying the model's BLAKE3 and an `auth` seal
+
+Authentication: `auth.seal` is a `crypto.aead` seal (XChaCha20-Poly1305, random 192-bit nonce) of
+an empty message under the ML keyring's active `model` purpose key, with associated data
+``encode_fields(FORMAT, FORMAT_VERSION, BLAKE3(canonical card))``, where the canonical card is
+the document without `auth` as sorted, compact, ASCII JSON. The card names the model's BLAKE3, so
+the one seal covers both files: an edited card fails the seal, an edited or swapped model fails
+the hash. The seal names its key id, so cards sealed before a key rotation still verify.
+
+Loading authenticates before interpreting anything, then checks the model bytes; every failure
+is a `ModelIntegrityError` naming the file. The serving model is the card with the latest
+`created` time (a tuned model supersedes its parent); writing the card last, atomically, means a
+card is only ever seen beside a complete model file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from crypto.aead import AeadKey, Sealer, open_sealed, sealed_key_id
+from crypto.errors import DecryptionError
+from crypto.hashing import blake3_256, sha3_256
+from crypto.kdf import encode_fields
+from crypto.keyfile import write_file_atomic
+from ml.card import FORMAT, FORMAT_VERSION, ModelCard, format_time, is_version, parse_time
+from ml.errors import ModelIntegrityError, ModelNotFoundError
+
+PURPOSE: Final = "model"  # the keyring purpose (crypto.kdf.PURPOSES)
+MODEL_SUFFIX: Final = ".onnx"
+CARD_SUFFIX: Final = ".card.json"
+MAX_CARD_BYTES: Final = 1024 * 1024
+MAX_MODEL_BYTES: Final = 512 * 1024 * 1024
+PUBLIC_MODE: Final = 0o644  # models and cards are not secret; the seal protects them
+
+
+class KeySource(Protocol):
+    """What the store needs from a key manager (`crypto.keyring.KeyManager` is one)."""
+
+    def active_key(self, purpose: str) -> AeadKey: ...
+
+    def decryption_keys(self, purpose: str) -> Mapping[str, AeadKey]: ...
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """An authenticated model: its card and its ONNX bytes."""
+
+    card: ModelCard
+    model_bytes: bytes
+    card_path: Path
+    model_path: Path
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A card found in the directory, not yet authenticated (`created` is its unverified claim)."""
+
+    version: str
+    created: dt.datetime
+    card_path: Path
+    stamp: tuple[int, int, int]  # (inode, mtime_ns, size): has the card changed since
+
+
+def model_path(directory: Path, version: str) -> Path:
+    return directory / f"{version}{MODEL_SUFFIX}"
+
+
+def card_path(directory: Path, version: str) -> Path:
+    return directory / f"{version}{CARD_SUFFIX}"
+
+
+def canonical(doc: Mapping[str, Any]) -> bytes:
+    body = {k: v for k, v in doc.items() if k != "auth"}
+    return json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def _aad(doc: Mapping[str, Any]) -> bytes:
+    return encode_fields(FORMAT, FORMAT_VERSION, blake3_256(canonical(doc)))
+
+
+def seal_card(doc: Mapping[str, Any], key: AeadKey) -> dict[str, Any]:
+    """The document with its `auth` seal."""
+    tag = Sealer(key).seal(b"", _aad(doc))
+    return {**{k: v for k, v in doc.items() if k != "auth"}, "auth": {"seal": _b64(tag)}}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+_PAIR: Final = re.compile(r"\[\s+(-?[0-9][0-9.eE+-]*),\s+(-?[0-9][0-9.eE+-]*)\s+\]")
+
+
+def encode_card(doc: Mapping[str, Any]) -> bytes:
+    """Indented JSON for people, with each [quantile, score] knot kept on one line."""
+    text = json.dumps(doc, sort_keys=True, indent=2, allow_nan=False)
+    return (_PAIR.sub(r"[\1, \2]", text) + "\n").encode()
+
+
+def save_model(
+    directory: Path, model_bytes: bytes, doc: Mapping[str, Any], keys: KeySource
+) -> StoredModel:
+    """Fill in the card's version and model hashes, seal it and write both files (model first).
+
+    Writing a version that exists keeps the model file (same bytes by construction) and replaces
+    the card, which refreshes its creation time and makes it the serving one again."""
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    digest = blake3_256(model_bytes)
+    version = digest.hex()
+    model = {
+        **dict(doc.get("model", {})),
+        "file": model_path(Path("."), version).name,
+        "bytes": len(model_bytes),
+        "blake3": version,
+        "sha3_256": sha3_256(model_bytes).hex(),
+    }
+    full = {**doc, "format": FORMAT, "format_version": FORMAT_VERSION}
+    full.update(version=version, model=model)
+    full.setdefault("created", format_time(dt.datetime.now(dt.UTC)))
+    sealed = seal_card(full, keys.active_key(PURPOSE))
+    card = ModelCard.from_json(sealed)  # the document must parse before it is published
+    mpath, cpath = model_path(directory, version), card_path(directory, version)
+    try:
+        write_file_atomic(mpath, model_bytes, mode=PUBLIC_MODE)
+    except FileExistsError:
+        if blake3_256(_read_capped(mpath, MAX_MODEL_BYTES)) != digest:
+            # Not ours to overwrite silently: whatever is there does not match its name.
+            raise ModelIntegrityError(
+                mpath, "exists with other content than its name says"
+            ) from None
+    write_file_atomic(cpath, encode_card(sealed), mode=PUBLIC_MODE, overwrite=True)
+    return StoredModel(card, model_bytes, cpath, mpath)
+
+
+def _read_capped(path: Path, limit: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ModelIntegrityError(path, "is missing") from None
+    except OSError as exc:
+        raise ModelIntegrityError(path, f"cannot be opened ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelIntegrityError(path, "is not a regular file")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise ModelIntegrityError(path, f"cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ModelIntegrityError(path, f"is larger than {limit} bytes")
+    return data
+
+
+def _authenticate(path: Path, doc: Mapping[str, Any], keys: Mapping[str, AeadKey]) -> None:
+    try:
+        tag = base64.b64decode(doc["auth"]["seal"], validate=True)
+        key_id = sealed_key_id(tag)
+    except (KeyError, TypeError, ValueError, binascii.Error, DecryptionError):
+        raise ModelIntegrityError(path, "has no valid auth seal: not a sealed model card") from None
+    if key_id not in keys:
+        raise ModelIntegrityError(
+            path,
+            f"is sealed by key {key_id!r}, which this keyring does not have (a model from "
+            "another deployment, or the card was edited)",
+        )
+    try:
+        open_sealed(tag, keys, _aad(doc))
+    except (DecryptionError, ValueError):
+        raise ModelIntegrityError(
+            path, "does not authenticate: the card was edited after it was sealed"
+        ) from None
+
+
+def load_card(path: Path, keys: KeySource | Mapping[str, AeadKey]) -> ModelCard:
+    """Read and authenticate a card (not its model)."""
+    key_map = keys if isinstance(keys, Mapping) else keys.decryption_keys(PURPOSE)
+    raw = _read_capped(path, MAX_CARD_BYTES)
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise ModelIntegrityError(path, "is not JSON (truncated or edited)") from None
+    if not isinstance(doc, dict):
+        raise ModelIntegrityError(path, "is not a model card")
+    _authenticate(path, doc, key_map)
+    try:
+        card = ModelCard.from_json(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        # Authentic but unreadable: written by an incompatible version of qsc-ml.
+        raise ModelIntegrityError(path, f"is not a card this version reads ({exc})") from None
+    if path.name != card_path(Path("."), card.version).name:
+        raise ModelIntegrityError(path, f"is the card of version {card.version}, not its name's")
+    return card
+
+
+def load_model(
+    directory: Path, version: str, keys: KeySource | Mapping[str, AeadKey]
+) -> StoredModel:
+    """Authenticate the card of `version`, then check the model file against it."""
+    if not is_version(version):
+        raise ModelNotFoundError(f"{version!r} is not a model version (64 hex digits)")
+    cpath, mpath = card_path(directory, version), model_path(directory, version)
+    if not cpath.exists():
+        raise ModelNotFoundError(f"no model {version} in {directory}")
+    card = load_card(cpath, keys)
+    data = _read_capped(mpath, MAX_MODEL_BYTES)
+    if blake3_256(data) != card.model_blake3:
+        raise ModelIntegrityError(
+            mpath, "does not match the BLAKE3 its authenticated card names: tampered or replaced"
+        )
+    return StoredModel(card, data, cpath, mpath)
+
+
+# Card path -> (stamp, created): a poller re-reads only the cards that changed.
+CreatedCache = dict[Path, tuple[tuple[int, int, int], dt.datetime]]
+
+
+def _created(path: Path) -> dt.datetime:
+    try:
+        return parse_time(json.loads(_read_capped(path, MAX_CARD_BYTES))["created"])
+    except (ModelIntegrityError, ValueError, KeyError, TypeError):
+        return dt.datetime.min.replace(tzinfo=dt.UTC)  # still a candidate: loading says why
+
+
+def candidates(directory: Path, cache: CreatedCache | None = None) -> list[Candidate]:
+    """Cards in `directory`, newest first by their (unverified) creation time, then version."""
+    found: list[Candidate] = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"model directory {directory} does not exist") from None
+    for entry in entries:
+        name = entry.name
+        if not name.endswith(CARD_SUFFIX) or not is_version(name[: -len(CARD_SUFFIX)]):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # removed meanwhile
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        path = Path(entry.path)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        known = cache.get(path) if cache is not None else None
+        if known is not None and known[0] == stamp:
+            created = known[1]
+        else:
+            created = _created(path)
+            if cache is not None:
+                cache[path] = (stamp, created)
+        found.append(Candidate(name[: -len(CARD_SUFFIX)], created, path, stamp))
+    if cache is not None:  # forget cards that are gone
+        for path in set(cache) - {c.card_path for c in found}:
+            del cache[path]
+    found.sort(key=lambda c: (c.created, c.version), reverse=True)
+    return found
+
+
+def newest(directory: Path, cache: CreatedCache | None = None) -> Candidate:
+    """The card that should be serving; ModelNotFoundError when the directory has none."""
+    found = candidates(directory, cache)
+    if not found:
+        raise ModelNotFoundError(f"no model in {directory} (train one with `qsc-ml train`)")
+    return found[0]
