@@ -19,6 +19,7 @@ backup set at a time (the rotation cursor is a read-modify-write).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import threading
@@ -51,7 +52,7 @@ class _StoppingError(Exception):
     """Raised from a progress callback to abandon a verification when Beta stops."""
 
 
-class _ThreadWorker:
+class _ThreadWorker(abc.ABC):
     """A guardian worker whose loop runs on its own thread until stop()."""
 
     name = "worker"
@@ -60,8 +61,9 @@ class _ThreadWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @abc.abstractmethod
     def _loop(self) -> None:
-        raise NotImplementedError
+        """The worker's body; returns when `_stop` is set."""
 
     def _spawn(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=f"beta-{self.name}", daemon=True)
