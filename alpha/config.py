@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 from alpha.auth.detect import AuthDetectConfig
 from alpha.memscan import MemScanConfig
@@ -25,15 +25,7 @@ from alpha.network.detect import NetworkDetectConfig
 from alpha.sensors.model import SensorConfig
 from mesh.config import load_config
 from mesh.errors import ConfigError
-from mesh.guardian.config import (
-    GuardianConfig,
-    GuardianSection,
-    OutboxSection,
-    StreamSection,
-    SyntheticSection,
-)
-from mesh.logs import LogConfig
-from mesh.server import ServerConfig
+from mesh.guardian.config import EmbeddedGuardianSections, GuardianRole, GuardianSection
 
 COMPONENT: Final = "alpha"
 
@@ -87,35 +79,17 @@ class AuthSection(AuthDetectConfig):
 
 
 @dataclass(frozen=True)
-class AlphaConfig:
+class AlphaConfig(EmbeddedGuardianSections):
     """Everything `qsc-alpha` reads. Frozen; validated section by section on load."""
 
-    server: ServerConfig
-    outbox: OutboxSection
+    ROLE: ClassVar[GuardianRole] = "alpha"
+
     guardian: GuardianSection = field(default_factory=lambda: GuardianSection(role="alpha"))
-    stream: StreamSection = field(default_factory=StreamSection)
-    log: LogConfig = field(default_factory=LogConfig)
     sensor: SensorConfig = field(default_factory=SensorConfig)
     rules: RulesSection = field(default_factory=RulesSection)
     memscan: MemScanConfig = field(default_factory=MemScanConfig)
     network: NetworkSection = field(default_factory=NetworkSection)
     auth: AuthSection = field(default_factory=AuthSection)
-
-    def __post_init__(self) -> None:
-        if self.guardian.role != "alpha":
-            raise ConfigError("guardian.role", f"is {self.guardian.role!r}; Alpha runs as 'alpha'")
-        self.guardian_config()  # the runtime's own cross-section checks (message limits)
-
-    def guardian_config(self) -> GuardianConfig:
-        """The sections the guardian runtime reads, as its own config (no synthetic source)."""
-        return GuardianConfig(
-            guardian=self.guardian,
-            server=self.server,
-            outbox=self.outbox,
-            stream=self.stream,
-            synthetic=SyntheticSection(),
-            log=self.log,
-        )
 
     def network_detect(self, *, ebpf_connections: bool) -> NetworkDetectConfig:
         """The detector's settings, with connects taken from the eBPF sensor when it runs."""

@@ -21,21 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 from beta.certs import CertPolicy, ExpiryThreshold, RevocationConfig, Severity, WatchedCertificate
 from beta.fim.config import FimConfig, compile_glob
 from mesh.config import load_config
 from mesh.errors import ConfigError
-from mesh.guardian.config import (
-    GuardianConfig,
-    GuardianSection,
-    OutboxSection,
-    StreamSection,
-    SyntheticSection,
-)
-from mesh.logs import LogConfig
-from mesh.server import ServerConfig
+from mesh.guardian.config import EmbeddedGuardianSections, GuardianRole, GuardianSection
 
 __all__ = [
     "COMPONENT",
@@ -295,36 +287,18 @@ class HealSection:
 
 
 @dataclass(frozen=True)
-class BetaConfig:
+class BetaConfig(EmbeddedGuardianSections):
     """Everything `qsc-beta run` reads. Frozen; validated section by section on load."""
 
-    server: ServerConfig
-    outbox: OutboxSection
+    ROLE: ClassVar[GuardianRole] = "beta"
+
     guardian: GuardianSection = field(default_factory=lambda: GuardianSection(role="beta"))
-    stream: StreamSection = field(default_factory=StreamSection)
-    log: LogConfig = field(default_factory=LogConfig)
     keys: KeysSection = field(default_factory=KeysSection)
     state: StateSection = field(default_factory=StateSection)
     fim: FimConfig = field(default_factory=FimConfig)
     backups: BackupsSection = field(default_factory=BackupsSection)
     certs: CertsSection = field(default_factory=CertsSection)
     heal: HealSection = field(default_factory=HealSection)
-
-    def __post_init__(self) -> None:
-        if self.guardian.role != "beta":
-            raise ConfigError("guardian.role", f"is {self.guardian.role!r}; Beta runs as 'beta'")
-        self.guardian_config()  # the runtime's own cross-section checks (message limits)
-
-    def guardian_config(self) -> GuardianConfig:
-        """The sections the guardian runtime reads, as its own config (no synthetic source)."""
-        return GuardianConfig(
-            guardian=self.guardian,
-            server=self.server,
-            outbox=self.outbox,
-            stream=self.stream,
-            synthetic=SyntheticSection(),
-            log=self.log,
-        )
 
 
 def _with_key_dir_alias(env: Mapping[str, str]) -> dict[str, str]:

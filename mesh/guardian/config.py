@@ -7,7 +7,8 @@
     [synthetic]  rate (events/s, 0 = off), total (0 = unlimited), batch
     [log]        level, format
 
-Alpha and Beta embed these sections in their own configs, or use `GuardianConfig` as is.
+Alpha and Beta embed these sections in their own configs (`EmbeddedGuardianSections`), or use
+`GuardianConfig` as is.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 from crypto.errors import PkiError
 from crypto.pki import normalize_host
@@ -139,6 +140,43 @@ class GuardianConfig:
 
     def stream_settings(self) -> StreamSettings:
         return self.stream.settings(self.server.max_message_bytes)
+
+
+@dataclass(frozen=True)
+class EmbeddedGuardianSections:
+    """`[guardian] [server] [outbox] [stream] [log]` as a guardian's own config embeds them.
+
+    A subclass names its `ROLE` and redeclares `guardian` with `GuardianSection(role=ROLE)` as
+    its default; its own sections follow. Loading checks the role and the runtime's
+    cross-section limits; `guardian_config()` is what the runtime reads."""
+
+    ROLE: ClassVar[GuardianRole]
+
+    server: ServerConfig
+    outbox: OutboxSection
+    guardian: GuardianSection
+    stream: StreamSection = field(default_factory=StreamSection)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        role = self.ROLE
+        if self.guardian.role != role:
+            raise ConfigError(
+                "guardian.role",
+                f"is {self.guardian.role!r}; {role.capitalize()} runs as {role!r}",
+            )
+        self.guardian_config()  # the runtime's own cross-section checks (message limits)
+
+    def guardian_config(self) -> GuardianConfig:
+        """The sections the guardian runtime reads, as its own config (no synthetic source)."""
+        return GuardianConfig(
+            guardian=self.guardian,
+            server=self.server,
+            outbox=self.outbox,
+            stream=self.stream,
+            synthetic=SyntheticSection(),
+            log=self.log,
+        )
 
 
 def load_guardian_config(

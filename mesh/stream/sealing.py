@@ -320,13 +320,11 @@ class _NoCopy:
 # --- the sealed stream ----------------------------------------------------------------------
 
 
-class SessionSealer(_NoCopy):
-    """The guardian's end: seals EventBatches as batch 1, 2, 3, ... under the session's key.
+class _Session(_NoCopy):
+    """What both ends of one sealed session hold: its keys, id and suite, and the
+    guardian-to-subscriber cipher and nonces (batch n is sealed and opened under nonce n)."""
 
-    One writer per session: batches must be sent in the order they were sealed.
-    """
-
-    __slots__ = ("_cipher", "_keys", "_lock", "_next", "_nonce", "_pid", "_session_id", "_suite")
+    __slots__ = ("_cipher", "_keys", "_nonce", "_session_id", "_suite")
 
     def __init__(self, keys: _SessionKeys, session_id: bytes, suite: Suite) -> None:
         self._keys = keys
@@ -334,9 +332,6 @@ class SessionSealer(_NoCopy):
         self._suite = suite
         self._cipher = _Cipher(keys.g2s)
         self._nonce = StreamNonce(G2S_STREAM, keys.g2s.algorithm.nonce_size)
-        self._next = 1
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
 
     @property
     def session_id(self) -> bytes:
@@ -349,6 +344,21 @@ class SessionSealer(_NoCopy):
     @property
     def suite(self) -> Suite:
         return self._suite
+
+
+class SessionSealer(_Session):
+    """The guardian's end: seals EventBatches as batch 1, 2, 3, ... under the session's key.
+
+    One writer per session: batches must be sent in the order they were sealed.
+    """
+
+    __slots__ = ("_lock", "_next", "_pid")
+
+    def __init__(self, keys: _SessionKeys, session_id: bytes, suite: Suite) -> None:
+        super().__init__(keys, session_id, suite)
+        self._next = 1
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     @property
     def next_batch_number(self) -> int:
@@ -402,48 +412,22 @@ class SessionSealer(_NoCopy):
         return f"SessionSealer(key_id={self._keys.key_id!r}, next_batch={self._next})"
 
 
-class SessionOpener(_NoCopy):
+class SessionOpener(_Session):
     """The subscriber's end: opens batch 1, 2, 3, ... exactly in order.
 
     Any failure raises SealedStreamError and ends the stream: every later open() fails too.
     """
 
-    __slots__ = (
-        "_cipher",
-        "_failed",
-        "_keys",
-        "_last",
-        "_lock",
-        "_nonce",
-        "_peer",
-        "_session_id",
-        "_suite",
-    )
+    __slots__ = ("_failed", "_last", "_lock", "_peer")
 
     def __init__(
         self, keys: _SessionKeys, session_id: bytes, suite: Suite, peer: pki.Identity
     ) -> None:
-        self._keys = keys
-        self._session_id = session_id
-        self._suite = suite
+        super().__init__(keys, session_id, suite)
         self._peer = peer
-        self._cipher = _Cipher(keys.g2s)
-        self._nonce = StreamNonce(G2S_STREAM, keys.g2s.algorithm.nonce_size)
         self._last = 0
         self._failed = False
         self._lock = threading.Lock()
-
-    @property
-    def session_id(self) -> bytes:
-        return self._session_id
-
-    @property
-    def key_id(self) -> str:
-        return self._keys.key_id
-
-    @property
-    def suite(self) -> Suite:
-        return self._suite
 
     @property
     def peer(self) -> pki.Identity:

@@ -10,15 +10,12 @@ written below /etc are removed in `finally`.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +29,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from alpha.sensors.ebpf import MODULE_SYSCALL_NRS
 from crypto.pki import init_ca, issue_leaf, write_leaf
 from mesh.stream.batching import subscribe_context
 from mesh.stream.sealing import SessionOpener, SubscriberHandshake
@@ -48,15 +44,22 @@ from qsc.common.v1 import (
 )
 from qsc.guardian.v1 import guardian_service_pb2 as gpb
 from qsc.guardian.v1 import guardian_service_pb2_grpc as gpb_grpc
+from tests.bpf.actions import (
+    BPF_NR,
+    FINIT_NR,
+    MEMFD_CODE,
+    PY,
+    WRITE_ETC_CODE,
+    finish,
+    killing,
+    py,
+)
 
 pytestmark = pytest.mark.root
 
-PY = sys.executable
 HOST = "127.0.0.1"
 TD = "alpha-e2e.test"
 WAIT = 20.0  # seconds an expected event may take (exec scans wait 200 ms, batches 10 ms)
-BPF_NR = {"x86_64": 321, "aarch64": 280}[platform.machine()]
-INIT_NR, FINIT_NR = MODULE_SYSCALL_NRS[platform.machine()]
 Event = event_pb2.Event
 
 # --- the Alpha process ----------------------------------------------------------------------------
@@ -284,30 +287,6 @@ def techniques(event: Event) -> list[str]:
     return [t.id for t in event.rule.techniques]
 
 
-# --- children -------------------------------------------------------------------------------------
-
-
-def py(code: str, *args: object) -> subprocess.Popen[str]:
-    return subprocess.Popen([PY, "-c", code, *map(str, args)], stdout=subprocess.PIPE, text=True)
-
-
-def finish(p: subprocess.Popen[str], timeout: float = 20) -> str:
-    out, _ = p.communicate(timeout=timeout)
-    assert p.returncode == 0, f"child failed ({p.returncode}): {out}"
-    return out
-
-
-@contextlib.contextmanager
-def killing(*procs: subprocess.Popen[str] | subprocess.Popen[bytes]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
-
-
 # --- the action tests -----------------------------------------------------------------------------
 
 PTRACE_CODE = """
@@ -336,15 +315,6 @@ def test_ptrace_attach_to_a_live_process(env: Env) -> None:
     assert "T1055.008" in techniques(event)
     assert event.process.exec_id
     assert event.process.ancestry[0].pid == os.getpid()  # the tracer's parent: this test
-
-
-MEMFD_CODE = """
-import os
-fd = os.memfd_create("qsc-payload", 0)
-with open("/bin/sleep", "rb") as f:
-    os.write(fd, f.read())
-os.execve(fd, ["qsc-sleep", "5"], {})
-"""
 
 
 def test_memfd_create_and_exec(env: Env) -> None:
@@ -413,14 +383,6 @@ def test_read_etc_shadow_from_an_untrusted_binary(env: Env) -> None:
     assert event.file_access.result >= 0
     assert event.process.exe == str(cat)
     assert "T1003.008" in techniques(event)
-
-
-WRITE_ETC_CODE = """
-import os, sys
-with open(sys.argv[1], "w") as f:
-    f.write("qsc")
-os.unlink(sys.argv[1])
-"""
 
 
 def test_write_below_etc(env: Env) -> None:

@@ -3,9 +3,7 @@ asserts the observation that comes out. Root only (see conftest.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -22,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from alpha.sensors import fallback, start_sensor
-from alpha.sensors.ebpf import MODULE_SYSCALL_NRS, EbpfSensor
+from alpha.sensors.ebpf import EbpfSensor
 from alpha.sensors.fallback import FallbackSensor
 from alpha.sensors.health import LOSS_REASON
 from alpha.sensors.model import (
@@ -52,33 +50,18 @@ from alpha.sensors.model import (
 )
 from alpha.sensors.proctable import find_cgroup2_mount
 from mesh.config import load_config
+from tests.bpf.actions import (
+    BPF_NR,
+    FINIT_NR,
+    INIT_NR,
+    MEMFD_CODE,
+    WRITE_ETC_CODE,
+    finish,
+    killing,
+    py,
+)
 
 pytestmark = pytest.mark.root
-
-PY = sys.executable
-BPF_NR = {"x86_64": 321, "aarch64": 280}[platform.machine()]
-INIT_NR, FINIT_NR = MODULE_SYSCALL_NRS[platform.machine()]
-
-
-def py(code: str, *args: object) -> subprocess.Popen[str]:
-    return subprocess.Popen([PY, "-c", code, *map(str, args)], stdout=subprocess.PIPE, text=True)
-
-
-def finish(p: subprocess.Popen[str], timeout: float = 20) -> str:
-    out, _ = p.communicate(timeout=timeout)
-    assert p.returncode == 0, f"child failed ({p.returncode}): {out}"
-    return out
-
-
-@contextlib.contextmanager
-def killing(*procs: subprocess.Popen[str] | subprocess.Popen[bytes]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
 
 
 def of(kind: Kind, pid: int) -> Callable[[Observation], bool]:
@@ -254,15 +237,6 @@ def test_ptrace_attach(env: Env, request_: int, name: str) -> None:
     assert o.syscall == "ptrace"
 
 
-MEMFD_CODE = """
-import os
-fd = os.memfd_create("qsc-payload", 0)
-with open("/bin/sleep", "rb") as f:
-    os.write(fd, f.read())
-os.execve(fd, ["qsc-sleep", "5"], {})
-"""
-
-
 def test_memfd_create_and_exec_from_it(env: Env) -> None:
     child = py(MEMFD_CODE)
     with killing(child):
@@ -363,14 +337,6 @@ def test_read_etc_shadow_with_openat2(env: Env) -> None:
     assert isinstance(o.detail, OpenDetail)
     assert o.detail.abs_path == "/etc/shadow"
     assert o.ret == fd
-
-
-WRITE_ETC_CODE = """
-import os, sys
-with open(sys.argv[1], "w") as f:
-    f.write("qsc")
-os.unlink(sys.argv[1])
-"""
 
 
 def test_write_below_etc(env: Env) -> None:

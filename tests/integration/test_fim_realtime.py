@@ -6,65 +6,23 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from beta.fim.baseline import BaselineStore, Change, ChangeKind, Detection
+from beta.fim.baseline import BaselineStore, ChangeKind, Detection
 from beta.fim.config import FimConfig, WatchPath
 from beta.fim.metadata import MetaField
-from beta.fim.realtime import FimMonitor, HealthObservation, SensorStatus
+from beta.fim.realtime import FimMonitor, SensorStatus
 from beta.fim.scanner import Scanner
 from crypto.keyring import KeyManager
+from tests.fim_recorder import Recorder
 
 ROOT = os.geteuid() == 0
 MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.changes: list[tuple[float, Change]] = []
-        self.health: list[HealthObservation] = []
-        self.cond = threading.Condition()
-
-    def on_changes(self, changes: Sequence[Change]) -> None:
-        now = time.monotonic()
-        with self.cond:
-            self.changes.extend((now, c) for c in changes)
-            self.cond.notify_all()
-
-    def on_health(self, obs: HealthObservation) -> None:
-        with self.cond:
-            self.health.append(obs)
-            self.cond.notify_all()
-
-    def wait(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
-        return True
-
-    def of(self, path: Path) -> list[Change]:
-        with self.cond:
-            return [c for _, c in self.changes if c.path == str(path)]
-
-    def wait_for(self, path: Path, kind: ChangeKind, timeout: float = 5.0) -> Change:
-        found: list[Change] = []
-
-        def seen() -> bool:
-            found[:] = [c for c in self.of(path) if c.kind is kind]
-            return bool(found)
-
-        assert self.wait(seen, timeout), (path, kind, [(c.path, c.kind) for _, c in self.changes])
-        return found[-1]
 
 
 def _baseline(config: FimConfig, keys_dir: Path) -> BaselineStore:
@@ -107,7 +65,7 @@ def running(etc: Path, tmp_path: Path) -> Iterator[tuple[FimMonitor, Recorder]]:
     (tmp_path / "single").mkdir()
     (tmp_path / "single" / "shadow").write_text("root:*:19000::::::\n")
     store = _baseline(config, tmp_path / "keys")
-    rec = Recorder()
+    rec = Recorder(timeout=5.0)
     monitor = _monitor(config, store, rec)
     monitor.start()
     try:
@@ -127,7 +85,7 @@ def test_realtime_content_permission_xattr_symlink(
     hosts = rec.wait_for(etc / "hosts", ChangeKind.CONTENT_CHANGED)
     assert hosts.detection is Detection.REALTIME
     assert hosts.new_blake3 != hosts.old_blake3
-    assert rec.changes[0][0] - start < 1.0  # write to observation
+    assert rec.times[0] - start < 1.0  # write to observation
     os.chmod(etc / "passwd", 0o666)
     assert MetaField.MODE in rec.wait_for(etc / "passwd", ChangeKind.METADATA_CHANGED).fields
     os.setxattr(etc / "ssh" / "sshd_config", "user.tag", b"x")
@@ -233,7 +191,7 @@ def test_logs_in_realtime(tmp_path: Path) -> None:
     log.write_bytes(b"line\n" * 1000)
     config = FimConfig(paths=(WatchPath(logs, log=True),), baseline=tmp_path / "b.qsc")
     store = _baseline(config, tmp_path / "keys")
-    rec = Recorder()
+    rec = Recorder(timeout=5.0)
     with _monitor(config, store, rec) as monitor:
         assert monitor.wait_idle()
         with log.open("ab") as f:
@@ -249,7 +207,7 @@ def test_logs_in_realtime(tmp_path: Path) -> None:
         assert "auth.log.1" in rotated.detail
         time.sleep(0.3)
         assert monitor.wait_idle()
-        assert [c.kind for _, c in rec.changes] == [ChangeKind.LOG_ROTATED]  # no delete/create
+        assert [c.kind for c in rec.changes] == [ChangeKind.LOG_ROTATED]  # no delete/create
         log.write_bytes(b"x" * 400)
         time.sleep(0.3)
         with log.open("r+b") as f:
@@ -267,7 +225,7 @@ def test_queue_overflow_forces_a_rescan_and_a_degraded_observation(
         full_scan_interval=timedelta(hours=1),
     )
     store = _baseline(config, tmp_path / "keys")
-    rec = Recorder()
+    rec = Recorder(timeout=5.0)
     monitor = _monitor(config, store, rec, initial_scan=False)
     saved = MAX_QUEUED.read_text()
     try:
@@ -295,7 +253,7 @@ def test_queue_overflow_forces_a_rescan_and_a_degraded_observation(
         assert monitor.stats.full_scans >= 1
         hosts = rec.wait_for(etc / "hosts", ChangeKind.CONTENT_CHANGED)
         assert hosts.path == str(etc / "hosts")
-        created = {c.path for _, c in rec.changes if c.kind is ChangeKind.CREATED}
+        created = {c.path for c in rec.changes if c.kind is ChangeKind.CREATED}
         assert {str(etc / f"burst{i}") for i in range(200)} <= created
         # Watches were resynchronised: the new directory is watched in real time again.
         (burst / "after").write_text("x")

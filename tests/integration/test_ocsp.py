@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 from beta.certs import (
     CertificateChecker,
@@ -39,6 +39,7 @@ from beta.certs import (
 )
 from beta.certs.convert import report_to_proto
 from qsc.common.v1 import certificate_details_pb2 as pb
+from tests.certs_helpers import CA_KEY_USAGE, name
 
 DAY = dt.timedelta(days=1)
 HOUR = dt.timedelta(hours=1)
@@ -46,10 +47,6 @@ HOUR = dt.timedelta(hours=1)
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def _cert(
@@ -62,10 +59,10 @@ def _cert(
     ocsp_url: str | None = None,
     crl_url: str | None = None,
 ) -> x509.Certificate:
-    issuer_name, signer = issuer or (_name(cn), key)
+    issuer_name, signer = issuer or (name(cn), key)
     b = (
         x509.CertificateBuilder()
-        .subject_name(_name(cn))
+        .subject_name(name(cn))
         .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -75,17 +72,7 @@ def _cert(
     )
     if ca:
         b = b.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            CA_KEY_USAGE,
             critical=True,
         )
     if eku:

@@ -14,7 +14,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
 
 from beta.certs import (
     CertificateChecker,
@@ -33,14 +32,11 @@ from beta.certs.check import hostname_matches
 from beta.certs.convert import report_to_event, report_to_proto
 from qsc.common.v1 import certificate_details_pb2 as pb
 from qsc.common.v1 import classification_pb2 as cls
+from tests.certs_helpers import CA_KEY_USAGE, name
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 DAY = dt.timedelta(days=1)
 Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-def name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def ec_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
@@ -77,17 +73,7 @@ def make_cert(
         )
     if ca:
         builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            CA_KEY_USAGE,
             critical=True,
         )
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]

@@ -5,25 +5,22 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import threading
-import time
-from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from beta.fim.baseline import BaselineStore, BaselineTamperedError, Change, ChangeKind
+from beta.fim.baseline import BaselineStore, BaselineTamperedError, ChangeKind
 from beta.fim.config import FimConfig, WatchPath
 from beta.fim.realtime import (
     FimMonitor,
-    HealthObservation,
     InotifyEvent,
     SensorStatus,
     parse_events,
 )
 from beta.fim.scanner import Scanner
 from crypto.keyring import KeyManager
+from tests.fim_recorder import Recorder
 
 
 class FakeInotify:
@@ -53,33 +50,6 @@ class FakeInotify:
     def close(self) -> None:
         os.close(self._r)
         os.close(self._w)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.changes: list[Change] = []
-        self.health: list[HealthObservation] = []
-        self.cond = threading.Condition()
-
-    def on_changes(self, changes: Sequence[Change]) -> None:
-        with self.cond:
-            self.changes.extend(changes)
-            self.cond.notify_all()
-
-    def on_health(self, obs: HealthObservation) -> None:
-        with self.cond:
-            self.health.append(obs)
-            self.cond.notify_all()
-
-    def wait(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
-        return True
 
 
 @pytest.fixture

@@ -1,0 +1,54 @@
+"""Real actions in child processes, shared by the sensor tests and the Alpha end-to-end tests:
+how a child runs and is reaped, the syscall numbers the actions use, and the action scripts both
+files run unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import subprocess
+import sys
+from collections.abc import Iterator
+
+from alpha.sensors.ebpf import MODULE_SYSCALL_NRS
+
+PY = sys.executable
+BPF_NR = {"x86_64": 321, "aarch64": 280}[platform.machine()]
+INIT_NR, FINIT_NR = MODULE_SYSCALL_NRS[platform.machine()]
+
+
+def py(code: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([PY, "-c", code, *map(str, args)], stdout=subprocess.PIPE, text=True)
+
+
+def finish(p: subprocess.Popen[str], timeout: float = 20) -> str:
+    out, _ = p.communicate(timeout=timeout)
+    assert p.returncode == 0, f"child failed ({p.returncode}): {out}"
+    return out
+
+
+@contextlib.contextmanager
+def killing(*procs: subprocess.Popen[str] | subprocess.Popen[bytes]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+
+
+MEMFD_CODE = """
+import os
+fd = os.memfd_create("qsc-payload", 0)
+with open("/bin/sleep", "rb") as f:
+    os.write(fd, f.read())
+os.execve(fd, ["qsc-sleep", "5"], {})
+"""
+
+WRITE_ETC_CODE = """
+import os, sys
+with open(sys.argv[1], "w") as f:
+    f.write("qsc")
+os.unlink(sys.argv[1])
+"""
