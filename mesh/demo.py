@@ -11,12 +11,9 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
-import time
-from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
@@ -29,9 +26,8 @@ from crypto.hashing import blake3_file, sha3_256_file
 from crypto.kem import QSC_HYBRID_KEM
 from crypto.keyring import KeyManager
 from crypto.nonces import CounterNonceSource
-from mesh.channel import ChannelConfig
-from mesh.config import TlsFiles
-from mesh.stream.subscriber import GuardianSubscriber, SubscriberConfig
+from mesh import demo_steps
+from mesh.demo_steps import HOST, start_process, step, stop_process, watch
 from qsc.common.v1 import classification_pb2, event_pb2
 
 TRUST_DOMAIN = "demo.qsc.test"
@@ -65,19 +61,14 @@ enabled = false
 [auth]
 enabled = false
 """
-HOST = "127.0.0.1"
 # What the demo's intruder actions must raise (other activity on the host may add more).
 EXPECTED_ALERTS = frozenset(
     {"alpha.sensitive_file_read", "alpha.setuid_bit_set", "alpha.memfd_exec"}
 )
 
 
-def _step(title: str) -> None:
-    print(f"\n== {title}")
-
-
 def _issue_all(pki_dir: Path) -> None:
-    _step("PKI: a deployment CA and one leaf per role")
+    step("PKI: a deployment CA and one leaf per role")
     ca = pki.init_ca(pki_dir, TRUST_DOMAIN)
     print(f"CA for trust domain {ca.trust_domain}: {pki_dir / pki.CA_CERT_FILE}")
     for role in pki.ROLES:
@@ -127,7 +118,7 @@ async def _mtls_call(pki_dir: Path, server: str, client: str) -> dict[str, str]:
 
 
 def _mtls(pki_dir: Path) -> None:
-    _step("mTLS: operator -> cortex on loopback, client certificate required")
+    step("mTLS: operator -> cortex on loopback, client certificate required")
     seen = asyncio.run(_mtls_call(pki_dir, f"cortex-{HOST}", f"operator-{HOST}"))
     print(f"  Health.Check on {HOST}:{seen['port']}: {seen['status']}")
     print(f"  server saw peer {seen['peer_spiffe_id']}")
@@ -135,7 +126,7 @@ def _mtls(pki_dir: Path) -> None:
 
 
 def _keys(keys_dir: Path) -> None:
-    _step("Key hierarchy: master key -> epoch keys -> purpose keys, with rotation")
+    step("Key hierarchy: master key -> epoch keys -> purpose keys, with rotation")
     km = KeyManager.create(keys_dir, "beta")
     record = b'{"path": "/etc/ssh/sshd_config", "blake3": "..."}'
     old = Sealer(km.active_key("vault")).seal(record, aad=b"vault-record")
@@ -149,7 +140,7 @@ def _keys(keys_dir: Path) -> None:
 
 
 def _nonces(workdir: Path) -> None:
-    _step("AES-256-GCM with counter nonces that survive a restart")
+    step("AES-256-GCM with counter nonces that survive a restart")
     key = AeadKey("demo/outbox", bytes(range(32)), Algorithm.AES_256_GCM)
     state = workdir / "outbox.nonce"
     first = CounterNonceSource.create(state, key.key_id, block_size=16)
@@ -165,7 +156,7 @@ def _nonces(workdir: Path) -> None:
 
 
 def _kem() -> None:
-    _step("Hybrid KEM: X25519 + ML-KEM-1024 (SHA3-256 combiner, X-Wing shape)")
+    step("Hybrid KEM: X25519 + ML-KEM-1024 (SHA3-256 combiner, X-Wing shape)")
     private = QSC_HYBRID_KEM.generate()
     public = private.public_key
     enc = public.encapsulate()
@@ -175,33 +166,12 @@ def _kem() -> None:
 
 
 def _hashing(workdir: Path) -> None:
-    _step("Hashing a file: BLAKE3 (baselines) and SHA3-256 (backup manifests)")
+    step("Hashing a file: BLAKE3 (baselines) and SHA3-256 (backup manifests)")
     sample = workdir / "sample.bin"
     sample.write_bytes(bytes(range(256)) * 4096)
     print(f"  {sample.name} ({sample.stat().st_size} B)")
     print(f"  BLAKE3   {blake3_file(sample).hex()}")
     print(f"  SHA3-256 {sha3_256_file(sample).hex()}")
-
-
-def _start_alpha(workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
-    base = workdir / "alpha"
-    base.mkdir(mode=0o700)
-    config = base / "alpha.toml"
-    config.write_text(ALPHA_CONFIG.format(pki=workdir / "pki", base=base))
-    port_file, log = base / "port", base / "alpha.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "alpha", "--config", str(config), "--port-file", str(port_file)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 90
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"qsc-alpha did not start; its log:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return proc, int(port_file.read_text()), log
 
 
 def _attack(workdir: Path) -> None:
@@ -225,64 +195,37 @@ def _attack(workdir: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=False)
 
 
-async def _alerts(
-    workdir: Path, port: int, wanted: frozenset[str], wait: float
-) -> list[event_pb2.Event]:
-    pki_dir = workdir / "pki"
-    config = SubscriberConfig(
-        channel=ChannelConfig(
-            target=f"{HOST}:{port}",
-            tls=TlsFiles(
-                cert=pki_dir / f"cortex-{HOST}.crt",
-                key=pki_dir / f"cortex-{HOST}.key",
-                ca=pki_dir / pki.CA_CERT_FILE,
-            ),
-        ),
-        expected_role="alpha",
-        expected_host=HOST,
-        max_batch_delay=timedelta(milliseconds=10),
-    )
-    subscriber = GuardianSubscriber(config)
+def _alpha(workdir: Path) -> None:
+    step("Alpha: eBPF intrusion detection, alerts over a sealed stream (cortex -> alpha)")
+    if os.geteuid() != 0:
+        print("  (not root: Alpha runs its degraded fallback sensor and says so)")
+    base = workdir / "alpha"
+    base.mkdir(mode=0o700)
+    config = base / "alpha.toml"
+    config.write_text(ALPHA_CONFIG.format(pki=workdir / "pki", base=base))
+    proc, port = start_process("qsc-alpha", ["alpha", "--config", str(config)], base)
     seen: list[event_pb2.Event] = []
     me = os.getpid()
 
-    def ours(event: event_pb2.Event) -> bool:
+    def take(event: event_pb2.Event) -> bool:
         # Only what the demo's own children did: the host may be busy with other work.
-        return event.process.pid == me or any(p.pid == me for p in event.process.ancestry)
+        if event.rule.id and (
+            event.process.pid == me or any(p.pid == me for p in event.process.ancestry)
+        ):
+            seen.append(event)
+        return {e.rule.id for e in seen} >= EXPECTED_ALERTS
 
-    async def collect() -> None:
-        async for event in subscriber.events():
-            if event.rule.id and ours(event):
-                seen.append(event)
-                if wanted <= {e.rule.id for e in seen}:
-                    return
-
-    try:
-        await asyncio.wait_for(collect(), timeout=wait)
-    except TimeoutError:
-        pass
-    finally:
-        await subscriber.close()
-    return seen
-
-
-def _alpha(workdir: Path) -> None:
-    _step("Alpha: eBPF intrusion detection, alerts over a sealed stream (cortex -> alpha)")
-    if os.geteuid() != 0:
-        print("  (not root: Alpha runs its degraded fallback sensor and says so)")
-    proc, port, log = _start_alpha(workdir)
     try:
         print(f"  qsc-alpha listening on {HOST}:{port}; performing three intruder actions")
         _attack(workdir)
-        for event in asyncio.run(_alerts(workdir, port, wanted=EXPECTED_ALERTS, wait=30)):
+        asyncio.run(watch(workdir, port, "alpha", take, wait=30))
+        for event in seen:
             techniques = ",".join(t.id for t in event.rule.techniques)
             severity = classification_pb2.Severity.Name(event.severity).removeprefix("SEVERITY_")
             print(f"  seq {event.seq:<4} {severity:<8} {event.rule.id:<28} {techniques}")
             print(f"           {event.summary[:100]}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
-        print(f"  qsc-alpha stopped with exit code {code}; its log: {log}")
+        stop_process("qsc-alpha", proc, base)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     _kem()
     _hashing(workdir)
     _alpha(workdir)
+    demo_steps.beta(workdir)
+    demo_steps.ml(workdir)
     print("\ndemo finished: every step above ran for real on this machine")
     return 0
 
