@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=Path("build/demo"), help="workspace (recreated each run)"
     )
     args = parser.parse_args(argv)
-    workdir: Path = args.dir
+    # Absolute: the components' configs name their paths, and they must not depend on the cwd.
+    workdir: Path = args.dir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True, mode=0o700)
     print(f"QSC demo, workspace {workdir}")
