@@ -144,14 +144,15 @@ struct rec_path {
     char path[PATH_LEN];
 }; /* variable length on the wire: ends after path_len bytes of path */
 
-struct rec_rename {
+/* rename, renameat, renameat2; link, linkat, symlink, symlinkat: two paths each. */
+struct rec_two_paths {
     struct rec_hdr hdr;
-    s32 olddfd;
+    s32 olddfd; /* linkat: the dirfd of target; -1 for a symlink, whose text is stored as is */
     s32 newdfd;
-    u32 flags;
+    u32 flags; /* renameat2 / linkat flags */
     u32 _pad;
-    char oldpath[PATH_LEN];
-    char newpath[PATH_LEN];
+    char oldpath[PATH_LEN]; /* rename: the old name; link: the target (a symlink's text) */
+    char newpath[PATH_LEN]; /* rename: the new name; link: the new link's path */
 };
 
 struct rec_ptrace {
@@ -218,17 +219,6 @@ struct rec_socket {
     s32 type; /* with the SOCK_NONBLOCK/SOCK_CLOEXEC bits as passed */
     s32 protocol; /* as passed: AF_PACKET's is in network byte order */
     u32 _pad;
-};
-
-/* link, linkat, symlink, symlinkat. */
-struct rec_link {
-    struct rec_hdr hdr;
-    s32 olddfd; /* linkat: the dirfd of target; unused for a symlink, whose text is stored as is */
-    s32 newdfd;
-    u32 flags; /* linkat AT_* flags */
-    u32 _pad;
-    char target[PATH_LEN]; /* symlink: the text stored; hard link: the existing path */
-    char linkpath[PATH_LEN];
 };
 
 #endif /* QSC_RECORDS_H */

@@ -38,7 +38,7 @@ struct inflight {
     union {
         struct rec_hdr hdr;
         struct rec_path path;
-        struct rec_rename rename;
+        struct rec_two_paths two;
         struct rec_ptrace ptrace;
         struct rec_sock sock;
         struct rec_module module;
@@ -46,7 +46,6 @@ struct inflight {
         struct rec_setid setid;
         struct rec_memprot memprot;
         struct rec_socket newsock;
-        struct rec_link link;
     };
 };
 
@@ -120,8 +119,8 @@ static __always_inline int output(struct inflight *r, u32 kind) {
         if (n > PATH_LEN)
             n = PATH_LEN;
         size = offsetof(struct rec_path, path) + n;
-    } else if (kind == KIND_RENAME) {
-        size = sizeof(struct rec_rename);
+    } else if (kind == KIND_RENAME || kind == KIND_LINK) {
+        size = sizeof(struct rec_two_paths);
     } else if (kind == KIND_PTRACE) {
         size = sizeof(struct rec_ptrace);
     } else if (kind == KIND_CONNECT || kind == KIND_ACCEPT) {
@@ -136,8 +135,6 @@ static __always_inline int output(struct inflight *r, u32 kind) {
         size = sizeof(struct rec_memprot);
     } else if (kind == KIND_SOCKET) {
         size = sizeof(struct rec_socket);
-    } else if (kind == KIND_LINK) {
-        size = sizeof(struct rec_link);
     }
     if (events.ringbuf_output(r, size, 0) != 0)
         count_lost(kind);
@@ -522,25 +519,33 @@ TRACEPOINT_PROBE(syscalls, sys_exit_unlink) { return finish(args->ret, KIND_UNLI
 #endif
 #endif /* PROBE_UNLINK */
 
-#ifdef PROBE_RENAME
-static __always_inline int rename_enter(u32 sc, int olddfd, const char *oldname, int newdfd,
-                                        const char *newname, u32 flags) {
+#if defined(PROBE_RENAME) || defined(PROBE_LINK)
+/* rename and link: reported when either path passes the write filter. */
+static __always_inline int two_paths_enter(u32 kind, u32 sc, int olddfd, const char *oldname,
+                                           int newdfd, const char *newname, u32 flags) {
     if (is_self())
         return 0;
     struct inflight *r = scratch_get();
     if (!r)
         return 0;
-    read_user_path(r->rename.oldpath, oldname);
-    read_user_path(r->rename.newpath, newname);
-    if (!path_wanted(r->rename.oldpath, 1) && !path_wanted(r->rename.newpath, 1)) {
+    read_user_path(r->two.oldpath, oldname);
+    read_user_path(r->two.newpath, newname);
+    if (!path_wanted(r->two.oldpath, 1) && !path_wanted(r->two.newpath, 1)) {
         count(CNT_FILTERED);
         return 0;
     }
-    r->rename.olddfd = olddfd;
-    r->rename.newdfd = newdfd;
-    r->rename.flags = flags;
-    r->rename._pad = 0;
-    return stash(r, KIND_RENAME, sc, 1);
+    r->two.olddfd = olddfd;
+    r->two.newdfd = newdfd;
+    r->two.flags = flags;
+    r->two._pad = 0;
+    return stash(r, kind, sc, 1);
+}
+#endif
+
+#ifdef PROBE_RENAME
+static __always_inline int rename_enter(u32 sc, int olddfd, const char *oldname, int newdfd,
+                                        const char *newname, u32 flags) {
+    return two_paths_enter(KIND_RENAME, sc, olddfd, oldname, newdfd, newname, flags);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_renameat) {
@@ -568,22 +573,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return finish(args->ret, KIND_RENA
  * relative to the link's directory) passes only with RELATIVE_WRITES, as relative writes do. */
 static __always_inline int link_enter(u32 sc, int olddfd, const char *oldname, int newdfd,
                                       const char *newname, u32 flags) {
-    if (is_self())
-        return 0;
-    struct inflight *r = scratch_get();
-    if (!r)
-        return 0;
-    read_user_path(r->link.target, oldname);
-    read_user_path(r->link.linkpath, newname);
-    if (!path_wanted(r->link.linkpath, 1) && !path_wanted(r->link.target, 1)) {
-        count(CNT_FILTERED);
-        return 0;
-    }
-    r->link.olddfd = olddfd;
-    r->link.newdfd = newdfd;
-    r->link.flags = flags;
-    r->link._pad = 0;
-    return stash(r, KIND_LINK, sc, 1);
+    return two_paths_enter(KIND_LINK, sc, olddfd, oldname, newdfd, newname, flags);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_linkat) {

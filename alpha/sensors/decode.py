@@ -163,7 +163,7 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("path_len", "I"),
         ("_pad", "I"),
     ),
-    "rec_rename": (
+    "rec_two_paths": (
         ("olddfd", "i"),
         ("newdfd", "i"),
         ("flags", "I"),
@@ -199,14 +199,6 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "rec_setid": (("a0", "I"), ("a1", "I"), ("a2", "I"), ("_pad", "I")),
     "rec_memprot": (("addr", "Q"), ("len", "Q"), ("prot", "Q"), ("flags", "Q"), ("fd", "q")),
     "rec_socket": (("family", "i"), ("type", "i"), ("protocol", "i"), ("_pad", "I")),
-    "rec_link": (
-        ("olddfd", "i"),
-        ("newdfd", "i"),
-        ("flags", "I"),
-        ("_pad", "I"),
-        ("target", f"{PATH_LEN}s"),
-        ("linkpath", f"{PATH_LEN}s"),
-    ),
 }
 
 # Trailing variable-length arrays: struct -> (field, capacity).
@@ -526,7 +518,7 @@ def _path(h: Header, buf: bytes) -> RawPath:
 
 
 def _rename(h: Header, buf: bytes) -> RawRename:
-    olddfd, newdfd, flags, _, old, new = _need(buf, "rec_rename").unpack_from(buf, HEADER_SIZE)
+    olddfd, newdfd, flags, _, old, new = _need(buf, "rec_two_paths").unpack_from(buf, HEADER_SIZE)
     return RawRename(h, olddfd, newdfd, flags, cstr(old), cstr(new))
 
 
@@ -584,7 +576,9 @@ def _socket(h: Header, buf: bytes) -> RawSocket:
 
 
 def _link(h: Header, buf: bytes) -> RawLink:
-    olddfd, newdfd, flags, _, target, link = _need(buf, "rec_link").unpack_from(buf, HEADER_SIZE)
+    olddfd, newdfd, flags, _, target, link = _need(buf, "rec_two_paths").unpack_from(
+        buf, HEADER_SIZE
+    )
     return RawLink(h, olddfd, newdfd, flags, cstr(target), cstr(link))
 
 

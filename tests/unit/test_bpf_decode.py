@@ -173,7 +173,7 @@ def test_path_records_cut_to_path_len(kind: int, sc: int) -> None:
 
 
 def test_rename() -> None:
-    buf = hdr(d.KIND_RENAME, 19) + payload("rec_rename", -100, 7, 1, 0, b"a.log", b"b.log\0old")
+    buf = hdr(d.KIND_RENAME, 19) + payload("rec_two_paths", -100, 7, 1, 0, b"a.log", b"b.log\0old")
     rec = d.decode_record(buf)
     assert isinstance(rec, d.RawRename)
     assert (rec.oldpath, rec.newpath, rec.olddfd, rec.newdfd, rec.flags) == (
@@ -291,7 +291,9 @@ def test_socket() -> None:
 
 @pytest.mark.parametrize(("sc", "symbolic"), [(40, False), (41, False), (42, True), (43, True)])
 def test_link(sc: int, symbolic: bool) -> None:
-    buf = hdr(d.KIND_LINK, sc) + payload("rec_link", -100, 7, 0x400, 0, b"/etc/shadow", b"x\0old")
+    buf = hdr(d.KIND_LINK, sc) + payload(
+        "rec_two_paths", -100, 7, 0x400, 0, b"/etc/shadow", b"x\0old"
+    )
     rec = d.decode_record(buf)
     assert isinstance(rec, d.RawLink)
     assert (rec.target, rec.linkpath, rec.olddfd, rec.newdfd, rec.flags) == (
@@ -442,7 +444,7 @@ def test_observe_chmod_chown_rename(enricher: Enricher) -> None:
     assert isinstance(chown.detail, ChownDetail)
     assert (chown.detail.uid, chown.detail.gid) == (0, None)
     rename = d.decode_record(
-        hdr(d.KIND_RENAME, 18, tgid=100) + payload("rec_rename", -100, -100, 0, 0, b"a", b"/b")
+        hdr(d.KIND_RENAME, 18, tgid=100) + payload("rec_two_paths", -100, -100, 0, 0, b"a", b"/b")
     )
     obs = enricher.observe(rename, 0)
     assert obs is not None
@@ -453,7 +455,8 @@ def test_observe_chmod_chown_rename(enricher: Enricher) -> None:
 def test_observe_links_and_sockets(enricher: Enricher) -> None:
     # Hard link: both paths resolve (target against olddfd 3 = /var/log, link against the cwd).
     hard = d.decode_record(
-        hdr(d.KIND_LINK, 41, tgid=100) + payload("rec_link", 3, -100, 0, 0, b"auth.log", b"copy")
+        hdr(d.KIND_LINK, 41, tgid=100)
+        + payload("rec_two_paths", 3, -100, 0, 0, b"auth.log", b"copy")
     )
     obs = enricher.observe(hard, 0)
     assert obs is not None
@@ -466,7 +469,7 @@ def test_observe_links_and_sockets(enricher: Enricher) -> None:
     assert not obs.detail.symbolic
     # Symlink: the stored text is kept as is, never resolved against the cwd.
     sym = d.decode_record(
-        hdr(d.KIND_LINK, 43, tgid=100) + payload("rec_link", -1, -100, 0, 0, b"../x", b"l")
+        hdr(d.KIND_LINK, 43, tgid=100) + payload("rec_two_paths", -1, -100, 0, 0, b"../x", b"l")
     )
     obs = enricher.observe(sym, 0)
     assert obs is not None
