@@ -52,3 +52,29 @@ with open(sys.argv[1], "w") as f:
     f.write("qsc")
 os.unlink(sys.argv[1])
 """
+
+
+# A loopback listener: prints its port, accepts one connection, prints the peer port, then holds
+# it for argv[1] seconds.
+SERVER_CODE = """
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, addr = s.accept()
+print(addr[1], flush=True)
+c.settimeout(float(sys.argv[1]))
+try:
+    c.recv(1)
+except OSError:
+    pass
+"""
+# A reverse shell: bash whose stdio is a socket to the listener on port argv[1], alive argv[2] s.
+REVERSE_SHELL_CODE = """
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for fd in (0, 1, 2):
+    os.dup2(s.fileno(), fd)
+os.execv("/bin/bash", ["bash", "-c", f"sleep {sys.argv[2]}; true"])
+"""

