@@ -23,7 +23,7 @@ from typing import Final
 from beta.errors import IntegrityError
 from crypto.aead import Sealer, open_sealed
 from crypto.errors import CryptoError, DecryptionError
-from crypto.keyfile import PRIVATE_MODE, write_file_atomic
+from crypto.files import PRIVATE_MODE, write_file_atomic
 from crypto.keyring import KeyManager
 
 __all__ = ["RevisionRecord", "RevisionRecordError", "ScheduleRecord"]

@@ -7,59 +7,15 @@ contents.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import stat
 from pathlib import Path
 
 from crypto.errors import KeyFileError
+from crypto.files import PRIVATE_MODE, write_file_atomic
 
 MASTER_KEY_LEN = 32
-PRIVATE_MODE = 0o600
-PUBLIC_MODE = 0o644
-
-
-def write_file_atomic(
-    path: Path, data: bytes, *, mode: int = PRIVATE_MODE, overwrite: bool = False
-) -> None:
-    """Write `data` to `path` so that readers see either nothing or the whole file.
-
-    The temporary file is created with its final mode (O_EXCL, so never through a planted file
-    or symlink) and fsynced before it is linked in; the directory is fsynced after. Without
-    `overwrite`, an existing `path` raises FileExistsError and is left untouched (link(2) does
-    not clobber, unlike rename(2)). OSError propagates for the caller to phrase.
-    """
-    directory = path.parent
-    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-            os.unlink(tmp)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_directory(directory)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or link in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_private_file(path: Path, *, what: str = "key file") -> bytes:

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from crypto.aead import AeadKey, Algorithm, Sealer, open_sealed
 from crypto.errors import DecryptionError, KeyFileError, KeyringError
+from crypto.files import PRIVATE_MODE, write_file_atomic
 from crypto.kdf import (
     KEY_LEN,
     PURPOSES,
@@ -44,13 +45,7 @@ from crypto.kdf import (
     validate_name,
     validate_purpose,
 )
-from crypto.keyfile import (
-    PRIVATE_MODE,
-    create_master_key,
-    file_mode,
-    load_master_key,
-    write_file_atomic,
-)
+from crypto.keyfile import create_master_key, file_mode, load_master_key
 
 MASTER_KEY_FILE: Final = "master.key"
 KEYRING_FILE: Final = "keyring.json"

@@ -28,7 +28,8 @@ from cryptography.x509.verification import PolicyBuilder, Store
 from cryptography.x509.verification import VerificationError as _X509VerificationError
 
 from crypto.errors import KeyFileError, PkiError, VerificationError
-from crypto.keyfile import PRIVATE_MODE, PUBLIC_MODE, read_private_file, write_file_atomic
+from crypto.files import PRIVATE_MODE, PUBLIC_MODE, write_file_atomic
+from crypto.keyfile import read_private_file
 
 ROLES: Final = ("alpha", "beta", "cortex", "ml", "soar", "operator")
 CA_CERT_FILE: Final = "ca.crt"

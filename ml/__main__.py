@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from crypto.errors import CryptoError
-from crypto.keyfile import write_file_atomic
+from crypto.files import write_file_atomic
 from crypto.keyring import KeyManager
 from mesh.config import config_path_from_env, parse_duration
 from mesh.errors import ConfigError, InvalidArgumentError, MeshError

@@ -32,9 +32,9 @@ from typing import Any, Final, Protocol
 
 from crypto.aead import AeadKey, Sealer, open_sealed, sealed_key_id
 from crypto.errors import DecryptionError
+from crypto.files import write_file_atomic
 from crypto.hashing import blake3_256, sha3_256
 from crypto.kdf import encode_fields
-from crypto.keyfile import write_file_atomic
 from ml.card import FORMAT, FORMAT_VERSION, ModelCard, format_time, is_version, parse_time
 from ml.errors import ModelIntegrityError, ModelNotFoundError
 

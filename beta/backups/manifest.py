@@ -48,8 +48,8 @@ from beta.backups.scan import (
 from beta.errors import BetaError, BetaNotFoundError, IntegrityError
 from crypto.aead import AeadKey, Sealer, open_sealed, sealed_key_id
 from crypto.errors import DecryptionError
+from crypto.files import PRIVATE_MODE, write_file_atomic
 from crypto.kdf import encode_fields
-from crypto.keyfile import PRIVATE_MODE, write_file_atomic
 from mesh import errors as mesh_errors
 
 __all__ = [

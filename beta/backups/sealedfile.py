@@ -23,8 +23,8 @@ from typing import BinaryIO, Final
 
 from crypto.aead import AeadKey, Sealer, open_sealed
 from crypto.errors import DecryptionError
+from crypto.files import fsync_directory
 from crypto.kdf import encode_fields
-from crypto.keyfile import fsync_directory
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

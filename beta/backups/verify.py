@@ -53,8 +53,8 @@ from beta.backups.scan import (
 from beta.errors import BetaConfigError
 from crypto.aead import AeadKey, Sealer, open_sealed
 from crypto.errors import DecryptionError
+from crypto.files import PRIVATE_MODE, write_file_atomic
 from crypto.kdf import encode_fields
-from crypto.keyfile import PRIVATE_MODE, write_file_atomic
 
 __all__ = [
     "DEFAULT_MAX_FAILURES",

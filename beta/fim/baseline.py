@@ -50,7 +50,7 @@ from beta.fim.config import HealPolicyName
 from beta.fim.metadata import FileMeta, FileType, MetaField
 from crypto.aead import Sealer, open_sealed, sealed_key_id
 from crypto.errors import CryptoError, DecryptionError
-from crypto.keyfile import PRIVATE_MODE, write_file_atomic
+from crypto.files import PRIVATE_MODE, write_file_atomic
 from crypto.keyring import KeyManager
 
 __all__ = [

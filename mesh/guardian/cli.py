@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NoReturn, Protocol, TypeVar
 
 from crypto.errors import CryptoError
-from crypto.keyfile import write_file_atomic
+from crypto.files import write_file_atomic
 from mesh.config import config_path_from_env, env_prefix
 from mesh.errors import ConfigError, MeshError
 from mesh.logs import LogConfig, configure_from

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from crypto import kdf, keyfile
+from crypto import files, kdf, keyfile
 from crypto.aead import AeadKey, Algorithm, Sealer, open_sealed, sealed_key_id
 from crypto.errors import DecryptionError, KeyFileError, KeyringError
 from crypto.keyring import KeyManager
@@ -111,7 +111,7 @@ def test_loose_master_key_modes_are_refused_with_the_fix(
 @pytest.mark.parametrize("length", [0, 16, 31, 33, 64])
 def test_wrong_length_master_key_is_refused(tmp_path: Path, length: int) -> None:
     path = tmp_path / "master.key"
-    keyfile.write_file_atomic(path, os.urandom(length))
+    files.write_file_atomic(path, os.urandom(length))
     with pytest.raises(KeyFileError, match=rf"{length} bytes, a master key is exactly 32"):
         keyfile.load_master_key(path)
 

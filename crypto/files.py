@@ -1,0 +1,124 @@
+"""Safe file operations every component builds on: atomic writes, durable renames, capped reads.
+
+The ground floor of the project (no other project module is imported here), so keys, cursors,
+outbox metadata, baselines, manifests and models all get the same crash and planted-file safety:
+
+* `write_file_atomic`: readers see nothing or the whole file; the final mode is set from birth;
+  the temporary name is random and created with O_EXCL|O_NOFOLLOW, so a planted file or symlink
+  is never written through; file and directory are fsynced.
+* `fsync_directory`: make a rename, link or unlink in a directory durable.
+* `read_regular_capped`: read a file that must be a regular file no larger than a cap, without
+  hanging on a planted FIFO and without allocating more than the cap for a huge file.
+
+Errors are `OSError`s (with the path as `filename`) for the caller to phrase in its own error
+tree: `NotRegularFileError` and `FileTooLargeError` for the two refusals made here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+
+__all__ = [
+    "PRIVATE_MODE",
+    "PUBLIC_MODE",
+    "FileTooLargeError",
+    "NotRegularFileError",
+    "fsync_directory",
+    "read_regular_capped",
+    "write_file_atomic",
+]
+
+PRIVATE_MODE = 0o600
+PUBLIC_MODE = 0o644
+_CHUNK = 1024 * 1024
+
+
+class NotRegularFileError(OSError):
+    """The path is a directory, FIFO, device or socket where a regular file was expected."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(errno.EINVAL, "not a regular file", str(path))
+
+
+class FileTooLargeError(OSError):
+    """The file holds more bytes than the caller's cap (checked while reading, not by stat)."""
+
+    def __init__(self, path: Path | str, limit: int) -> None:
+        super().__init__(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        self.limit = limit
+
+
+def write_file_atomic(
+    path: Path, data: bytes, *, mode: int = PRIVATE_MODE, overwrite: bool = False
+) -> None:
+    """Write `data` to `path` so that readers see either nothing or the whole file.
+
+    The temporary file is created with its final mode (O_EXCL, so never through a planted file
+    or symlink) and fsynced before it is linked in; the directory is fsynced after. Without
+    `overwrite`, an existing `path` raises FileExistsError and is left untouched (link(2) does
+    not clobber, unlike rename(2)). OSError propagates for the caller to phrase.
+    """
+    directory = path.parent
+    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename, link or unlink in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_regular_capped(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
+    """The whole content of the regular file `path`, at most `limit` bytes.
+
+    Raises FileNotFoundError, NotRegularFileError (FIFO, directory, device...; opened with
+    O_NONBLOCK so a planted FIFO cannot hang the caller), FileTooLargeError (more than `limit`
+    bytes, counted while reading, so a file that grows after fstat is caught too), or the
+    OSError of the failed open/read. With `follow_symlinks=False` a symlink at `path` is
+    refused (ELOOP) instead of followed.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFileError(path)
+        parts: list[bytes] = []
+        total = 0
+        # Read in pieces: read(limit + 1) would allocate the whole cap up front.
+        while total <= limit and (part := os.read(fd, min(_CHUNK, limit + 1 - total))):
+            parts.append(part)
+            total += len(part)
+    finally:
+        os.close(fd)
+    if total > limit:
+        raise FileTooLargeError(path, limit)
+    return b"".join(parts)
