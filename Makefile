@@ -12,11 +12,12 @@ BUF := $(NPM_DIR)/node_modules/.bin/buf
 STAMP := .stamp
 PYTEST_ARGS ?=
 
-.PHONY: help setup bpf-setup test lint proto demo bench clean
+.PHONY: help setup bpf-setup test unit lint proto demo bench clean
 
 help:
 	@echo "make demo    run QSC on embedded defaults (installs what is missing first)"
 	@echo "make test    lint gates + the whole test suite"
+	@echo "make unit    tests/unit and tests/vectors only: no root, no system packages"
 	@echo "make lint    ruff, mypy, buf lint/format/breaking, generated-code drift"
 	@echo "make proto   regenerate the Python code beside the .proto files"
 	@echo "make bench   benchmarks; they print their figures"
@@ -25,9 +26,14 @@ $(STAMP)/system: tools/install-system-deps.sh
 	tools/install-system-deps.sh
 	@mkdir -p $(STAMP) && touch $@
 
-$(STAMP)/venv: pyproject.toml $(STAMP)/system
+# The runtime dependencies and pytest, from PyPI alone: enough for `make unit`, no apt, no root.
+$(STAMP)/venv-unit: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[all,test]'
+	@mkdir -p $(STAMP) && touch $@
+
+$(STAMP)/venv: pyproject.toml $(STAMP)/system $(STAMP)/venv-unit
 	$(PY) -m pip install --quiet -e '.[all,dev]'
 	@touch $@
 
@@ -57,11 +63,15 @@ lint: setup
 test: lint bpf-setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Tests that need root or a system tool skip themselves when it is missing (`make test` has both).
+unit: $(STAMP)/venv-unit
+	$(PY) -m pytest -q tests/unit tests/vectors $(PYTEST_ARGS)
+
 bench: setup bpf-setup
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
 demo: setup bpf-setup
-	$(PY) -m mesh.demo
+	$(PY) -m demo
 
 clean:
 	rm -rf $(VENV) $(STAMP) $(NPM_DIR)/node_modules build .mypy_cache .pytest_cache .ruff_cache

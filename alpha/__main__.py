@@ -7,7 +7,7 @@ the rules and the TLS identity, prints a summary and exits: 0 when all is well.
 
 Errors print `qsc-alpha: error: ...` without a traceback: exit 2 for bad arguments,
 configuration or rule files, 1 for anything else (unreadable key, locked outbox, I/O errors).
-The command line itself is mesh.guardian.cli's, shared by every guardian.
+The command line itself is mesh.service's, shared by every component.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from alpha.app import Alpha
 from alpha.config import COMPONENT, AlphaConfig, load_alpha_config
 from alpha.rules import RuleEngine, RuleError
+from mesh.command import EXIT_USAGE, ErrorExit
 from mesh.errors import ConfigError
-from mesh.guardian.cli import run_main
 from mesh.identity import load_tls
+from mesh.service import serve
 
 PROG = "qsc-alpha"
 
@@ -42,16 +43,17 @@ def check_config(config: AlphaConfig) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(
+    return serve(
         PROG,
-        load_alpha_config,
-        Alpha,
         argv,
         component=COMPONENT,
+        load_config=load_alpha_config,
+        build=Alpha,
         description="Run Guardian-Alpha (host intrusion detection).",
         check=check_config,
         check_help="validate config, rules and identity; exit",
-        usage_errors=(RuleError,),  # a broken rule file is a configuration error
+        reload=Alpha.reload_rules_in_background,
+        errors=(ErrorExit((RuleError,), EXIT_USAGE),),  # a broken rule file is a config error
     )
 
 

@@ -1,7 +1,9 @@
 """Guardian-Alpha assembled: the guardian runtime, the rules pipeline and the event sources.
 
-    alpha = Alpha(config)          # rules loaded, outbox opened, services and workers added
-    await alpha.run(on_listening)  # serve until SIGTERM/SIGINT; SIGHUP reloads the rules
+    alpha = Alpha(config)                # rules loaded, outbox opened, services and workers added
+    port = await alpha.start()           # serving, workers started
+    alpha.reload_rules_in_background()   # SIGHUP, as mesh.service wires it
+    await alpha.stop()                   # drain, stop the workers, close the outbox
 
 Workers start in this order, after the server listens: the syscall sensor (its process table
 serves the others), memory scans, sockets (which take connects from the eBPF sensor when it
@@ -10,27 +12,20 @@ runs), the sshd log.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 import threading
-from collections.abc import Callable
 
-from alpha._convert import Lookups
 from alpha.config import AlphaConfig
 from alpha.counters import PipelineCounters
 from alpha.memscan import MemoryScanner, ScanMemoryCore
 from alpha.pipeline import Pipeline
 from alpha.rules import RuleEngine
+from alpha.sensors.convert import Lookups
 from alpha.server import AlphaServicer
-from alpha.sources import (
-    AuthSource,
-    LateLookup,
-    MemscanSource,
-    NetworkSource,
-    SyscallSource,
-    socket_protocol,
-)
+from alpha.sources.auth import AuthSource
+from alpha.sources.common import LateLookup
+from alpha.sources.memscan import MemscanSource
+from alpha.sources.network import NetworkSource, socket_protocol
+from alpha.sources.syscalls import SyscallSource
 from mesh.guardian import Guardian
 
 
@@ -83,12 +78,10 @@ class Alpha:
         thread.start()
         return thread
 
-    async def run(self, *, on_listening: Callable[[int], object] | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            loop.add_signal_handler(signal.SIGHUP, self.reload_rules_in_background)
-        try:
-            await self.guardian.run(on_listening=on_listening)
-        finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signal.SIGHUP)
+    async def start(self) -> int:
+        """Serve, then start the workers in the order above; return the bound port."""
+        return await self.guardian.start()
+
+    async def stop(self) -> None:
+        """Drain, stop the workers in reverse, close the outbox. Idempotent."""
+        await self.guardian.stop()

@@ -15,9 +15,10 @@ alpha.counters turns into `GetStatus` entries.
 
 Losses, by stage, go to `losses(stage, n)` (a SensorHandle's `count_loss`): observations that
 cannot be converted (decode) and events the outbox refused (outbox). The sensor's own stages
-(ring buffer, queue) are reported by `alpha.sources`. A rule reload builds the new ruleset off
-to the side and swaps it in (alpha.rules.engine), so no event waits and none is lost; a failed
-reload keeps the old rules and says so through the `rules` sensor handle (degraded).
+(ring buffer, queue) are reported by `alpha.sources.syscalls`. A rule reload builds the new
+ruleset off to the side and swaps it in (alpha.rules.engine), so no event waits and none is
+lost; a failed reload keeps the old rules and says so through the `rules` sensor handle
+(degraded).
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
-from alpha._convert import NO_LOOKUPS, Lookups, observation_to_event
 from alpha.rules import Match, RuleEngine, RuleError
 from alpha.rules.engine import KIND_CATEGORY
+from alpha.sensors.convert import NO_LOOKUPS, Lookups, observation_to_event
 from alpha.sensors.model import Observation
 from mesh.guardian.sensors import LossStage, SensorHandle
 from mesh.logs import log_event

@@ -4,40 +4,40 @@
     qsc-beta baseline init|scan|show ...          the FIM baseline (beta.fim.cli)
     qsc-beta manifest create|verify ...           backup manifests (beta.backups.cli)
 
-`run` serves GuardianService and BetaService; its command line is mesh.guardian.cli's, shared by
-every guardian: once listening it writes the bound port to `--port-file` atomically, SIGTERM or
-SIGINT drains and exits 0, errors print `qsc-beta run: error: ...` without a traceback (exit 2
-for bad arguments or configuration, including a missing keyring; 1 for anything else: an
-unreadable key, a locked outbox, I/O errors). `--check-config` also opens the keyring and
-verifies the baseline. `baseline` given `--config` but no `--keys` (nor $QSC_BETA_KEY_DIR) uses
-the config's [keys] directory, so one file drives both the guardian and its tools.
+`run` serves GuardianService and BetaService; its command line is mesh.service's, shared by
+every component: once listening it writes the bound port to `--port-file` atomically, SIGTERM or
+SIGINT drains and exits 0, errors print `qsc-beta: error: ...` without a traceback (exit 2 for
+bad arguments or configuration, including a missing keyring; 1 for anything else: an unreadable
+key, a locked outbox, I/O errors). `--check-config` also opens the keyring and verifies the
+baseline. `baseline` reads the same file through the same loader (its [fim] and [keys], with the
+`QSC_BETA_*` overrides), so one file drives both the guardian and its tools.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tomllib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from beta.backups import cli as manifest_cli
-from beta.config import COMPONENT, KEY_DIR_ENV, BetaConfig, KeysSection, load_beta_config
+from beta.config import COMPONENT, BetaConfig, load_beta_config
 from beta.fim import BaselineMissingError, BaselineStore
 from beta.fim import cli as baseline_cli
-from mesh.config import config_from_dict
+from mesh.command import EXIT_USAGE, command_parser
 from mesh.errors import ConfigError
-from mesh.guardian.cli import EXIT_USAGE, Runnable, run_main
 from mesh.identity import load_tls
+from mesh.service import serve
+
+if TYPE_CHECKING:
+    from beta.app import Beta
 
 PROG = "qsc-beta"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level help; each group parses its own arguments."""
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Guardian-Beta: integrity assurance for a host."
-    )
+    parser = command_parser(PROG, description="Guardian-Beta: integrity assurance for a host.")
     groups = parser.add_subparsers(dest="group", title="commands", metavar="COMMAND")
     groups.add_parser("run", help="run the guardian (GuardianService and BetaService)")
     groups.add_parser("baseline", help="build, check and inspect the FIM baseline")
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_config(config: BetaConfig) -> str:
     """What --check-config verifies beyond parsing: the certificate is a Beta's, the keyring
     opens, the baseline (if any yet) verifies. Raises the error that would stop a start."""
-    from beta.runtime import open_keys  # the guardian's imports, only when needed
+    from beta.app import open_keys  # the guardian's imports, only when needed
 
     identity = load_tls(config.server.tls).identity
     if identity.role != "beta":
@@ -69,43 +69,22 @@ def check_config(config: BetaConfig) -> str:
     )
 
 
-def _build(config: BetaConfig) -> Runnable:
-    from beta.runtime import Beta
+def _build(config: BetaConfig) -> Beta:
+    from beta.app import Beta
 
     return Beta(config)
-
-
-def _keys_from_config(argv: list[str]) -> list[str]:
-    """`baseline ... --config F` without --keys: add F's [keys] directory."""
-    if os.environ.get(KEY_DIR_ENV) or any(a == "--keys" or a.startswith("--keys=") for a in argv):
-        return argv
-    config: str | None = None
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            config = argv[i + 1]
-        elif arg.startswith("--config="):
-            config = arg.partition("=")[2]
-    if config is None:
-        return argv
-    try:
-        with open(config, "rb") as f:
-            table = tomllib.load(f).get("keys", {})
-        keys = config_from_dict(KeysSection, table, source=f"{config} [keys]")
-    except (OSError, tomllib.TOMLDecodeError, ConfigError):
-        return argv  # beta.fim.cli reports an unreadable config in its own words
-    return [*argv, "--keys", str(keys.directory)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     group, rest = (args[0], args[1:]) if args else ("", [])
     if group == "run":
-        return run_main(
+        return serve(
             PROG,
-            load_beta_config,
-            _build,
             rest,
             component=COMPONENT,
+            load_config=load_beta_config,
+            build=_build,
             command="run",
             description="Run Guardian-Beta (integrity assurance): GuardianService and "
             "BetaService over mTLS.",
@@ -113,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_help="validate config, identity, keyring and baseline; exit",
         )
     if group == "baseline":
-        return baseline_cli.main(_keys_from_config(args))
+        return baseline_cli.main(args)
     if group == "manifest":
         return manifest_cli.main(args)
     build_parser().parse_args(args)  # -h, or an unknown command: argparse says so

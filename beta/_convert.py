@@ -8,7 +8,7 @@ from typing import Final
 
 from beta.fim import Change, ChangeKind, ScanProgress
 from beta.fim.convert import change_to_event
-from beta.fimsource import ScanOutcome
+from beta.sources.fim import ScanOutcome
 from qsc.beta.v1 import beta_service_pb2 as pb
 from qsc.common.v1 import integrity_details_pb2
 

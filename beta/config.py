@@ -9,7 +9,8 @@
     [heal]      the vault and heal validators (the policy is per path: [[fim.paths]] heal)
 
 `qsc-beta run --config beta.toml`; see deploy/beta.toml for a documented example.
-`QSC_BETA_KEY_DIR` (what `qsc-beta baseline` reads) is accepted as `QSC_BETA_KEYS__DIRECTORY`.
+`qsc-beta baseline --config beta.toml` reads only `[fim]` and `[keys]` (`BaselineToolConfig`).
+`QSC_BETA_KEY_DIR` is accepted as `QSC_BETA_KEYS__DIRECTORY`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import ClassVar, Final, Literal
 
 from beta.certs import CertPolicy, ExpiryThreshold, RevocationConfig, Severity, WatchedCertificate
 from beta.fim.config import FimConfig, compile_glob
-from mesh.config import load_config
+from mesh.config import load_config, load_sections
 from mesh.errors import ConfigError
 from mesh.guardian.config import EmbeddedGuardianSections, GuardianRole, GuardianSection
 
@@ -34,6 +35,7 @@ __all__ = [
     "KEY_DIR_ENV",
     "BackupSetSection",
     "BackupsSection",
+    "BaselineToolConfig",
     "BetaConfig",
     "CertsSection",
     "HealSection",
@@ -41,6 +43,7 @@ __all__ = [
     "StateSection",
     "ValidatorSection",
     "WatchedCertSection",
+    "load_baseline_tool_config",
     "load_beta_config",
 ]
 
@@ -313,3 +316,23 @@ def load_beta_config(path: Path | str | None, env: Mapping[str, str] | None = No
     """Load `BetaConfig` from `path` and the `QSC_BETA_*` environment."""
     source = os.environ if env is None else env
     return load_config(BetaConfig, component=COMPONENT, path=path, env=_with_key_dir_alias(source))
+
+
+@dataclass(frozen=True)
+class BaselineToolConfig:
+    """What `qsc-beta baseline` reads of Beta's file: `[fim]` and `[keys]`, so one file (and one
+    set of `QSC_BETA_*` overrides) drives both the guardian and the tool."""
+
+    fim: FimConfig = field(default_factory=FimConfig)
+    keys: KeysSection = field(default_factory=KeysSection)
+
+
+def load_baseline_tool_config(
+    path: Path | str | None, env: Mapping[str, str] | None = None
+) -> BaselineToolConfig:
+    """Load `BaselineToolConfig` from `path` (no file: defaults) and the `QSC_BETA_FIM__*`,
+    `QSC_BETA_KEYS__*` and `QSC_BETA_KEY_DIR` environment; Beta's other sections are not read."""
+    source = os.environ if env is None else env
+    return load_sections(
+        BaselineToolConfig, component=COMPONENT, path=path, env=_with_key_dir_alias(source)
+    )

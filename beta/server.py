@@ -20,10 +20,10 @@ from beta.backups.convert import depth_from_proto, result_to_proto
 from beta.certs.convert import report_to_proto
 from beta.errors import BetaInvalidArgumentError
 from beta.fim import ScanProgress
-from beta.fimsource import FimSource
 from beta.heal import convert as heal_convert
-from beta.healsource import HealSource
-from beta.scheduled import BackupVerifier, CertWatcher
+from beta.sources.fim import FimSource
+from beta.sources.heal import HealSource
+from beta.sources.scheduled import BackupVerifier, CertWatcher
 from mesh.identity import peer_identity
 from mesh.server import ServiceBinding
 from qsc.beta.v1 import beta_service_pb2 as pb

@@ -11,6 +11,11 @@ Algorithm ids: 1 = AES-256-GCM, 2 = XChaCha20-Poly1305. Everything before the ci
 version) is authenticated, and the length prefix keeps header and caller aad from sliding into
 each other. Opening fails with one opaque :class:`crypto.errors.DecryptionError` whatever went
 wrong (unknown key id, wrong algorithm, truncation, tampering, wrong aad).
+
+:class:`RawAead` is the bare AEAD under a caller-supplied nonce, for protocols that derive
+the nonce and carry it nowhere (the mesh's sealed streams): ciphertext || tag only, no header,
+the caller's aad as is. The caller owns nonce uniqueness under the key; decrypting fails with
+the same opaque DecryptionError. Every AEAD call in the project goes through this module.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "TAG_SIZE",
     "AeadKey",
     "Algorithm",
+    "RawAead",
     "Sealer",
     "open_sealed",
     "sealed_key_id",
@@ -130,6 +136,57 @@ def _full_aad(header: bytes, aad: bytes) -> bytes:
     return len(header).to_bytes(4, "big") + header + aad
 
 
+class RawAead:
+    """The bare AEAD of one key: ``ciphertext || tag`` under the caller's nonce and aad.
+
+    No header, no nonce on the wire: for protocols that derive nonces both ends can compute
+    (the mesh's sealed streams, :class:`crypto.nonces.StreamNonce` under per-session keys). The
+    caller owns nonce uniqueness: never encrypt twice under one nonce. A nonce of the wrong
+    length for the key's algorithm is a ValueError (it is the caller's own, not the peer's);
+    anything else that stops `decrypt` is the opaque DecryptionError.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: AeadKey) -> None:
+        if not isinstance(key, AeadKey):
+            raise TypeError("key must be an AeadKey")
+        self._key = key
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return self._key.algorithm
+
+    def _check_nonce(self, nonce: bytes) -> None:
+        size = self._key.algorithm.nonce_size
+        if len(nonce) != size:
+            raise ValueError(f"{self._key.algorithm.value} needs {size}-byte nonces")
+
+    def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+        self._check_nonce(nonce)
+        key = self._key
+        if key._aesgcm is not None:
+            return key._aesgcm.encrypt(nonce, plaintext, aad)
+        return sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            bytes(plaintext), aad, nonce, key.secret
+        )
+
+    def decrypt(self, nonce: bytes, ciphertext: bytes | memoryview, aad: bytes = b"") -> bytes:
+        self._check_nonce(nonce)
+        key = self._key
+        try:
+            if key._aesgcm is not None:
+                return key._aesgcm.decrypt(nonce, ciphertext, aad)
+            return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                bytes(ciphertext), aad, nonce, key.secret
+            )
+        except (InvalidTag, NaclCryptoError, ValueError, TypeError):
+            raise DecryptionError from None
+
+    def __repr__(self) -> str:
+        return f"RawAead({self._key!r})"
+
+
 class Sealer:
     """Seals messages under one key with one nonce discipline.
 
@@ -157,6 +214,7 @@ class Sealer:
         self._key = key
         self._nonces = nonces
         self._aesgcm = key._aesgcm
+        self._raw = RawAead(key)
         # Constant per key: precomputed so a seal only appends the nonce.
         self._prefix = _header(key, b"")
         self._aad_prefix = (len(self._prefix) + key.algorithm.nonce_size).to_bytes(4, "big")
@@ -177,18 +235,11 @@ class Sealer:
         return len(self._prefix) + self._key.algorithm.nonce_size + plaintext_len + TAG_SIZE
 
     def seal(self, plaintext: bytes, aad: bytes = b"") -> bytes:
-        aesgcm = self._aesgcm
-        if aesgcm is None:
-            nonce = self._nonces.next_nonce()
-            header = self._prefix + nonce
-            return header + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
-                bytes(plaintext), self._aad_prefix + header + aad, nonce, self._key.secret
-            )
         total = self.sealed_size(len(plaintext))
-        if total < _SCRATCH_MIN or total > _SCRATCH_MAX:
+        if self._aesgcm is None or total < _SCRATCH_MIN or total > _SCRATCH_MAX:
             nonce = self._nonces.next_nonce()
             header = self._prefix + nonce
-            return header + aesgcm.encrypt(nonce, plaintext, self._aad_prefix + header + aad)
+            return header + self._raw.encrypt(nonce, plaintext, self._aad_prefix + header + aad)
         # `header + encrypt()` makes two output-sized allocations per call; from about 1 MiB
         # glibc then hands the freed pair back to the OS and page-faults it in again on every
         # call (measured 6x slower). Encrypting into a reused per-thread buffer leaves one
@@ -213,13 +264,12 @@ class Sealer:
         header = self._prefix + nonce
         hlen = len(header)
         aesgcm = self._aesgcm
+        full_aad = self._aad_prefix + header + aad
         view[:hlen] = header
         if aesgcm is None:
-            view[hlen:total] = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
-                bytes(plaintext), self._aad_prefix + header + aad, nonce, self._key.secret
-            )
+            view[hlen:total] = self._raw.encrypt(nonce, plaintext, full_aad)
         else:
-            aesgcm.encrypt_into(nonce, plaintext, self._aad_prefix + header + aad, view[hlen:total])
+            aesgcm.encrypt_into(nonce, plaintext, full_aad, view[hlen:total])
         return total
 
 
@@ -272,12 +322,4 @@ def open_sealed(sealed: bytes, keys: AeadKey | Mapping[str, AeadKey], aad: bytes
     view = memoryview(sealed)
     header = bytes(view[:header_len])
     nonce = header[header_len - alg.nonce_size :]
-    full_aad = _full_aad(header, aad)
-    try:
-        if key._aesgcm is not None:
-            return key._aesgcm.decrypt(nonce, view[header_len:], full_aad)
-        return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            bytes(view[header_len:]), full_aad, nonce, key.secret
-        )
-    except (InvalidTag, NaclCryptoError, ValueError, TypeError):
-        raise DecryptionError from None
+    return RawAead(key).decrypt(nonce, view[header_len:], _full_aad(header, aad))

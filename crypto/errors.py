@@ -33,6 +33,22 @@ class NonceStateError(CryptoError):
     """The persisted nonce counter is missing, unreadable or corrupt: refuse rather than reuse."""
 
 
+class StateFileError(CryptoError):
+    """A checksummed state file (:mod:`crypto.statefile`) is missing, unreadable, corrupt or of
+    an unsupported version; ``problem`` says which. Refuse, or act conservatively: never reset."""
+
+    def __init__(self, path: object, problem: str, detail: str = "") -> None:
+        what = {
+            "missing": "does not exist",
+            "unreadable": f"cannot be read: {detail}",
+            "corrupt": "is corrupt",
+            "version": "has an unsupported version",
+        }.get(problem, problem)
+        super().__init__(f"state file {path} {what}")
+        self.path = path
+        self.problem = problem
+
+
 class KemError(CryptoError):
     """A KEM key or ciphertext has the wrong length or form."""
 

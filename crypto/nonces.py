@@ -10,7 +10,8 @@ Three sources, each a :class:`NonceSource`:
 * :class:`CounterNonceSource` - deterministic AES-GCM nonces ``fixed field (4) || counter (8)``,
   persisted crash-safely in a state file bound to the key id, by reserving counter blocks: the
   reserved high-water mark is durably written *before* any counter of the block is handed out, so
-  a process killed at any point restarts past every counter it might have used.
+  a process killed at any point restarts past every counter it might have used. The state file
+  is a :mod:`crypto.statefile`, the mechanism the outbox's sequence high-water mark shares.
 * :class:`SequenceNonceSource` / :class:`StreamNonce` - explicit ``stream id || sequence number``
   nonces for sealed streams whose keys are derived per session and direction (the mesh's sealed
   subscriptions): the sequence number the receiver also expects in the associated data.
@@ -18,21 +19,18 @@ Three sources, each a :class:`NonceSource`:
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import hashlib
 import hmac
-import json
 import os
 import secrets
-import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
-from crypto.errors import NonceExhaustedError, NonceStateError
+from crypto.errors import NonceExhaustedError, NonceStateError, StateFileError
+from crypto.statefile import StateValue, read_state, write_state
 
 AES_GCM_NONCE_SIZE: Final = 12
 XCHACHA_NONCE_SIZE: Final = 24
@@ -123,45 +121,41 @@ class CounterState:
     reserved_until: int  # every counter below this may have been handed out
 
 
-def _state_digest(key_id: str, fixed_field: bytes, reserved_until: int) -> str:
-    # Detects corruption (bit rot, a torn or foreign file), not tampering: whoever can write the
-    # state file can reset it anyway, so it relies on file permissions (0600), not on a MAC.
-    body = f"{_STATE_FORMAT}\x00{_STATE_VERSION}\x00{key_id}\x00{fixed_field.hex()}\x00"
-    return hashlib.sha3_256(f"{body}{reserved_until}".encode()).hexdigest()
+# The file format and its checks are crypto.statefile's; the digest covers these fields, in
+# this order (the order files written before that module existed used).
+_STATE_FIELDS: Final = ("key_id", "fixed_field", "reserved_until")
 
 
-def _encode_state(state: CounterState) -> bytes:
-    doc = {
-        "format": _STATE_FORMAT,
-        "version": _STATE_VERSION,
+def _write_state_durably(path: Path, state: CounterState) -> None:
+    """The file holds the old or the new state, durably, whenever a crash strikes."""
+    fields: dict[str, StateValue] = {
         "key_id": state.key_id,
         "fixed_field": state.fixed_field.hex(),
         "reserved_until": state.reserved_until,
-        "sha3_256": _state_digest(state.key_id, state.fixed_field, state.reserved_until),
     }
-    return (json.dumps(doc, sort_keys=True) + "\n").encode()
+    write_state(path, _STATE_FORMAT, _STATE_VERSION, fields)
 
 
-def _decode_state(raw: bytes, path: Path) -> CounterState:
-    bad = NonceStateError(f"nonce state file {path} is corrupt; refusing to reuse nonces")
+def read_counter_state(path: str | os.PathLike[str]) -> CounterState:
+    """Read and verify a counter state file (for inspection; raises NonceStateError)."""
+    p = Path(path)
+    bad = NonceStateError(f"nonce state file {p} is corrupt; refusing to reuse nonces")
     try:
-        doc = json.loads(raw.decode())
-    except (UnicodeDecodeError, ValueError):
+        doc = read_state(
+            p, _STATE_FORMAT, _STATE_VERSION, _STATE_FIELDS, max_bytes=_MAX_STATE_BYTES
+        )
+    except StateFileError as e:
+        if e.problem == "missing":
+            raise NonceStateError(f"nonce state file {p} does not exist") from None
+        if e.problem == "version":
+            raise NonceStateError(f"nonce state file {p} has unsupported version") from None
+        if e.problem == "unreadable":
+            raise NonceStateError(f"cannot read nonce state file {p}: {e}") from None
         raise bad from None
-    if not isinstance(doc, dict) or doc.get("format") != _STATE_FORMAT:
-        raise bad
-    if doc.get("version") != _STATE_VERSION:
-        raise NonceStateError(f"nonce state file {path} has unsupported version")
-    key_id, fixed_hex, until, digest = (
-        doc.get("key_id"),
-        doc.get("fixed_field"),
-        doc.get("reserved_until"),
-        doc.get("sha3_256"),
-    )
+    key_id, fixed_hex, until = (doc[name] for name in _STATE_FIELDS)
     if not (
         isinstance(key_id, str)
         and isinstance(fixed_hex, str)
-        and isinstance(digest, str)
         and type(until) is int
         and 0 <= until <= 2**64
     ):
@@ -172,48 +166,7 @@ def _decode_state(raw: bytes, path: Path) -> CounterState:
         raise bad from None
     if len(fixed) != _FIXED_FIELD_BYTES:
         raise bad
-    if not hmac.compare_digest(digest, _state_digest(key_id, fixed, until)):
-        raise bad
     return CounterState(key_id, fixed, until)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_state_durably(path: Path, state: CounterState) -> None:
-    """temp file + fsync + os.replace + fsync(dir): the file is the old or the new state."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_encode_state(state))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def read_counter_state(path: str | os.PathLike[str]) -> CounterState:
-    """Read and verify a counter state file (for inspection; raises NonceStateError)."""
-    p = Path(path)
-    try:
-        with p.open("rb") as f:
-            raw = f.read(_MAX_STATE_BYTES + 1)
-    except FileNotFoundError:
-        raise NonceStateError(f"nonce state file {p} does not exist") from None
-    except OSError as e:
-        raise NonceStateError(f"cannot read nonce state file {p}: {e.strerror}") from None
-    if len(raw) > _MAX_STATE_BYTES:
-        raise NonceStateError(f"nonce state file {p} is corrupt; refusing to reuse nonces")
-    return _decode_state(raw, p)
 
 
 class CounterNonceSource:

@@ -31,6 +31,7 @@ from typing import Any, Final
 import grpc
 
 from mesh import identity
+from mesh.backoff import backoff_bound, jittered_delay
 from mesh.config import TlsFiles
 from mesh.errors import ConfigError
 from mesh.identity import load_tls
@@ -69,13 +70,16 @@ class RetryPolicy:
 
     def backoff(self, retry: int) -> float:
         """The upper bound, in seconds, of the wait before retry `retry` (1-based)."""
-        grown = self.initial_backoff.total_seconds() * self.multiplier ** (retry - 1)
-        return min(self.max_backoff.total_seconds(), grown)
+        return backoff_bound(
+            retry,
+            initial=self.initial_backoff.total_seconds(),
+            maximum=self.max_backoff.total_seconds(),
+            multiplier=self.multiplier,
+        )
 
     def delay(self, retry: int, rng: Callable[[], float] = random.random) -> float:
         """The wait, in seconds, before retry `retry`: uniform in [0, backoff] with jitter."""
-        bound = self.backoff(retry)
-        return bound * rng() if self.jitter else bound
+        return jittered_delay(self.backoff(retry), 1.0 if self.jitter else 0.0, rng)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,8 @@ One generic loader, driven by the dataclass field types, serves every component:
 
     cfg = load_config(AlphaConfig, component="alpha", path=Path("/etc/qsc/alpha.toml"))
 
+A tool that reads only some sections of a component's file loads them with `load_sections`.
+
 Precedence: environment > file > dataclass defaults.
 
 Environment overrides: `QSC_<COMPONENT>_<FIELD>[__<FIELD>...]`, each field name upper-cased and
@@ -257,25 +259,56 @@ def load_config(
     _check_schema(cls)
     if any(f.name == _RESERVED_ENV.lower() for f in _init_fields(cls)):
         raise TypeError(f"{cls.__name__}.config: reserved (QSC_<COMPONENT>_CONFIG names the file)")
-    table: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            with open(path, "rb") as f:
-                table = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigLoadError(source, "", "no such file") from None
-        except IsADirectoryError:
-            raise ConfigLoadError(source, "", "is a directory, not a TOML file") from None
-        except OSError as exc:
-            raise ConfigLoadError(source, "", f"cannot read ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigLoadError(source, "", f"invalid TOML: {exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigLoadError(source, "", "invalid TOML: not UTF-8") from None
+    table, source = _read_toml(path)
     overrides = _env_overrides(cls, env_prefix(component), env)
     return typing.cast(T, _build(cls, table, overrides, "", source))
+
+
+def load_sections(
+    cls: type[T],
+    *,
+    component: str,
+    path: Path | str | None,
+    env: Mapping[str, str] = os.environ,
+) -> T:
+    """Some sections of a component's file, for a tool that reads only those: `cls`'s fields
+    name them (`qsc-beta baseline` reads `[fim]` and `[keys]` of beta.toml). The file's other
+    tables, and `QSC_<COMPONENT>_*` variables whose first part names none of `cls`'s fields, are
+    the whole file's loader's to check (`load_config`, when the component starts); for the
+    sections read, precedence, conversions and messages are `load_config`'s."""
+    _check_schema(cls)
+    names = {f.name for f in _init_fields(cls)}
+    prefix = env_prefix(component)
+    table, source = _read_toml(path)
+    ours = {k: v for k, v in table.items() if k in names}
+    upper = {name.upper() for name in names}
+    mine = {
+        var: value
+        for var, value in env.items()
+        if var.startswith(prefix) and var[len(prefix) :].split("__", 1)[0] in upper
+    }
+    overrides = _env_overrides(cls, prefix, mine)
+    return typing.cast(T, _build(cls, ours, overrides, "", source))
+
+
+def _read_toml(path: Path | str | None) -> tuple[dict[str, Any], str]:
+    """The parsed file and its name for messages; no file: an empty table from "defaults"."""
+    if path is None:
+        return {}, "defaults"
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f), source
+    except FileNotFoundError:
+        raise ConfigLoadError(source, "", "no such file") from None
+    except IsADirectoryError:
+        raise ConfigLoadError(source, "", "is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigLoadError(source, "", f"cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigLoadError(source, "", f"invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigLoadError(source, "", "invalid TOML: not UTF-8") from None
 
 
 def config_from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "<dict>") -> T:

@@ -13,10 +13,12 @@ import contextvars
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeAlias
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from crypto.errors import KeyFileError, PkiError, VerificationError
 from crypto.keyfile import read_private_file
@@ -27,14 +29,19 @@ from mesh.errors import IdentityError
 AUTH_PEER_SPIFFE_ID: Final = "peer_spiffe_id"
 
 __all__ = [
+    "SigningKey",
     "TlsFiles",
     "TlsMaterial",
     "bind_peer",
     "identity_from_auth_context",
     "load_tls",
     "peer_identity",
+    "signing_key",
     "unbind_peer",
 ]
+
+# The TLS key types that can also sign sealed-session handshakes (`mesh.stream.sealing`).
+SigningKey: TypeAlias = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
 @dataclass(frozen=True, repr=False)
@@ -46,6 +53,7 @@ class TlsMaterial:
     root_certificates: bytes
     identity: Identity
     trust_domain: str
+    key_path: Path  # where private_key came from, for messages
 
     def __repr__(self) -> str:
         return f"TlsMaterial(identity={self.identity.spiffe_id!r}, private_key=<hidden>)"
@@ -79,7 +87,22 @@ def load_tls(files: TlsFiles) -> TlsMaterial:
         root_certificates=files.ca.read_bytes(),
         identity=identity,
         trust_domain=trust_domain,
+        key_path=files.key,
     )
+
+
+def signing_key(material: TlsMaterial) -> SigningKey:
+    """The TLS private key as the key that signs sealed-session handshakes (both ends: the
+    subscriber's offer, the guardian's accept; the peer checks it against the TLS certificate).
+
+    IdentityError naming the key file unless it is an ECDSA or Ed25519 key.
+    """
+    key = _private_key(material.private_key, material.key_path)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        raise IdentityError(
+            f"TLS key {material.key_path}: sealed sessions need an ECDSA or Ed25519 key"
+        )
+    return key
 
 
 def _certificates(path: Path, what: str) -> list[x509.Certificate]:
@@ -101,12 +124,16 @@ def _verify_own(leaf: x509.Certificate, cas: list[x509.Certificate], files: TlsF
     )
 
 
-def _check_key_matches(key_pem: bytes, leaf: x509.Certificate, files: TlsFiles) -> None:
+def _private_key(key_pem: bytes, path: Path) -> PrivateKeyTypes:
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        return serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
         # Never echo the content: it is a private key, or whatever was put in its place.
-        raise IdentityError(f"TLS key {files.key}: not an unencrypted PEM private key") from None
+        raise IdentityError(f"TLS key {path}: not an unencrypted PEM private key") from None
+
+
+def _check_key_matches(key_pem: bytes, leaf: x509.Certificate, files: TlsFiles) -> None:
+    key = _private_key(key_pem, files.key)
     if key.public_key() != leaf.public_key():
         raise IdentityError(f"TLS key {files.key} does not belong to certificate {files.cert}")
 

@@ -7,6 +7,9 @@
     qsc-ml show --models /var/lib/qsc/models --keyring ...     # authenticate, print the card
     qsc-ml serve --config /etc/qsc/ml.toml                      # also: qsc-ml --config PATH
 
+`serve` is mesh.service's entry (SIGTERM drains, SIGHUP looks for a new model at once,
+`--port-file`, `--check-config` loads config, keyring and model); the other commands run in
+mesh.command's frame.
 Errors print `qsc-ml: error: ...` without a traceback: exit 2 for bad arguments, configuration
 or input files, 1 for anything else (a model that fails authentication, an unreadable keyring).
 """
@@ -14,44 +17,41 @@ or input files, 1 for anything else (a model that fails authentication, an unrea
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Final
 
-from crypto.errors import CryptoError
-from crypto.files import write_file_atomic
 from crypto.keyring import KeyManager
-from mesh.config import config_path_from_env, parse_duration
-from mesh.errors import ConfigError, InvalidArgumentError, MeshError
-from mesh.logs import configure_from
-from ml.config import COMPONENT, load_ml_config
+from mesh.command import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    ErrorExit,
+    command_parser,
+    run_cli,
+)
+from mesh.config import parse_duration
+from mesh.errors import InvalidArgumentError
+from mesh.service import serve
+from ml.config import COMPONENT, MlConfig, load_ml_config
 from ml.data import JSONL_SUFFIXES, read_windows, write_windows
 from ml.forest import TrainParams, parse_fraction_or_auto
 from ml.store import card_path, load_card, load_model, newest
 from ml.synthetic import ANOMALY_KINDS, DEFAULT_START, SyntheticConfig, generate
 from ml.tune import Metrics, Objective
 
+if TYPE_CHECKING:
+    from ml.app import MlService
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
 PROG = "qsc-ml"
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-COMMANDS = ("train", "serve", "tune", "generate", "show")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return code
+# Bad input (a malformed data file, an impossible parameter) is the caller's to fix: usage.
+_ERRORS: Final = (ErrorExit((InvalidArgumentError,), EXIT_USAGE),)
 
 
 def _say(message: str) -> None:
@@ -241,37 +241,20 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _serve(config_path: Path, port_file: Path | None) -> None:
-    from ml.app import MlService
+def _build_service(config: MlConfig) -> MlService:
+    from ml.app import MlService  # onnxruntime and the server, only for `serve`
 
-    config = load_ml_config(config_path)
-    configure_from(config.log)
-    service = MlService(config)
-
-    def listening(port: int) -> None:
-        if port_file is not None:
-            write_file_atomic(port_file, f"{port}\n".encode(), mode=0o644, overwrite=True)
-
-    await service.run(on_listening=listening)
+    return MlService(config)
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    path = args.config or config_path_from_env(COMPONENT)
-    if path is None:
-        return _fail("serve needs --config (or QSC_ML_CONFIG)", EXIT_USAGE)
-    if args.check_config:
-        from ml.app import MlService
-
-        config = load_ml_config(path)
-        service = MlService(config)
-        model = service.registry.require()
-        print(
-            f"{PROG}: configuration OK: model {model.version} ({len(model.features)} features, "
-            f"{model.card.n_estimators} trees), listen {config.server.listen}"
-        )
-        return EXIT_OK
-    asyncio.run(_serve(path, args.port_file))
-    return EXIT_OK
+def check_config(config: MlConfig) -> str:
+    """What --check-config verifies beyond parsing: the keyring opens, the newest model
+    authenticates and loads. Raises the error that would stop a start."""
+    model = _build_service(config).registry.require()
+    return (
+        f"{PROG}: configuration OK: model {model.version} ({len(model.features)} features, "
+        f"{model.card.n_estimators} trees), listen {config.server.listen}"
+    )
 
 
 def _duration(text: str) -> dt.timedelta:
@@ -300,11 +283,10 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=PROG,
-        description="Isolation Forest anomaly scores for QSC: train, serve, tune, generate.",
+    parser = command_parser(
+        PROG, description="Isolation Forest anomaly scores for QSC: train, serve, tune, generate."
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a model version from telemetry windows")
     train.add_argument(
@@ -397,38 +379,36 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(handler=_cmd_generate)
 
-    serve = sub.add_parser("serve", help="run the AnomalyService")
-    serve.add_argument("--config", type=Path, help="TOML file (default: $QSC_ML_CONFIG)")
-    serve.add_argument("--port-file", type=Path, help="write the bound port here once ready")
-    serve.add_argument(
-        "--check-config", action="store_true", help="load config, keyring and model; exit"
-    )
-    serve.set_defaults(handler=_cmd_serve)
+    # `serve` has its own parser (mesh.service); listed here for the help.
+    sub.add_parser("serve", help="run the AnomalyService (`qsc-ml serve --help`)", add_help=False)
     return parser
 
 
+def serve_main(argv: Sequence[str]) -> int:
+    """`qsc-ml serve --config PATH [--port-file PATH] [--check-config]`."""
+    return serve(
+        PROG,
+        argv,
+        component=COMPONENT,
+        command="serve",
+        load_config=load_ml_config,
+        build=_build_service,
+        description="Run the AnomalyService (Isolation Forest scores over mTLS).",
+        check=check_config,
+        check_help="load config, keyring and model; exit",
+        reload=lambda service: service.registry.wake(),
+        errors=_ERRORS,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args_in = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     # `qsc-ml --config PATH` (how the unit file runs it) means `qsc-ml serve --config PATH`.
-    if args_in and args_in[0].startswith("--") and args_in[0] not in ("--help",):
-        args_in.insert(0, "serve")
-    parser = build_parser()
-    args = parser.parse_args(args_in)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    try:
-        code: int = args.handler(args)
-        return code
-    except (ConfigError, InvalidArgumentError) as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except (MeshError, CryptoError) as exc:
-        return _fail(str(exc), EXIT_FAILURE)
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        return _fail(f"{exc.strerror or exc}{where}", EXIT_FAILURE)
-    except KeyboardInterrupt:
-        return 130
+    if args and args[0].startswith("--") and args[0] != "--help":
+        args.insert(0, "serve")
+    if args and args[0] == "serve":
+        return serve_main(args[1:])
+    return run_cli(PROG, build_parser(), args, errors=_ERRORS)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,16 @@
 
     service = MlService(config)             # keyring opened, newest model authenticated and loaded
     port = await service.start()            # listening; the model directory is watched
-    await service.run(on_listening)         # or: start, serve until SIGTERM/SIGINT, stop
+    service.registry.wake()                 # look at the model directory now (SIGHUP)
+    await service.stop()                    # drain, stop watching
 
-SIGHUP makes the watcher look at the model directory at once.
+`qsc-ml serve` runs it in mesh.service, which wires SIGTERM/SIGINT to `stop` and SIGHUP to
+`registry.wake`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-from collections.abc import Callable
 
 from crypto.keyring import KeyManager
 from mesh.server import ComponentServer
@@ -51,15 +50,3 @@ class MlService:
         await self.server.stop()
         if self._watcher is not None:
             await self._watcher
-
-    async def run(self, on_listening: Callable[[int], None] | None = None) -> None:
-        port = await self.start()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            loop.add_signal_handler(signal.SIGHUP, self.registry.wake)
-        if on_listening is not None:
-            on_listening(port)
-        try:
-            await self.server.run()
-        finally:
-            await self.stop()

@@ -10,13 +10,18 @@ Layout (format `qsc-ml-model-card`, version 1)::
                        export_check (max |fused - sklearn| on held-out rows)
     features           schema_version and names, in the order the model takes them
     training           rows, time_start/time_end, data_blake3 (see ml.data.Windows.data_blake3),
-                       files (path, rows, blake3), labelled_anomalies
+                       files (path, rows, blake3), labelled_anomalies, and feature_ranges:
+                       {feature: [min, max]} over the training rows. The service flags a Score
+                       row beyond them (ml.scorer); cards written before ranges were recorded
+                       have none, and their rows are not range-checked (the response says so)
     parameters         n_estimators, max_samples, max_samples_effective, contamination,
                        max_features, seed
     offset             scikit-learn's offset_ (decision_function = score_samples - offset)
     threshold          value, source (offset | f1 | target_fpr), metrics on the feedback
     score_distribution training scores: min, max, mean, std and a few quantiles
     calibration        method, description and knots [quantile, score] (ml.calibration)
+    promoted           only on a version made newest again by `qsc-ml promote` (a deliberate
+                       rollback): time, previous_version (the newest before), reason
     auth               {"seal": base64}: see ml.store
 
 `ModelCard` is the typed view the service needs; `doc` keeps the whole document.
@@ -25,6 +30,7 @@ Layout (format `qsc-ml-model-card`, version 1)::
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,6 +87,9 @@ class ModelCard:
     training_start: dt.datetime | None
     training_end: dt.datetime | None
     training_data_blake3: bytes
+    # Per feature, in `features` order, (min, max) seen in training; None on older cards.
+    feature_ranges: tuple[tuple[float, float], ...] | None
+    promoted_from: str | None  # the version that was newest when `qsc-ml promote` made this one
     doc: Mapping[str, Any]
 
     @classmethod
@@ -103,6 +112,11 @@ class ModelCard:
         if blake.hex() != version:
             raise ValueError("model.blake3 is not the version")
         start, end = training.get("time_start"), training.get("time_end")
+        ranges = training.get("feature_ranges")
+        promoted = doc.get("promoted")
+        promoted_from = None if promoted is None else promoted["previous_version"]
+        if not (promoted_from is None or is_version(promoted_from)):
+            raise ValueError("promoted.previous_version must be 64 hex digits")
         return cls(
             version=version,
             created=parse_time(doc["created"]),
@@ -124,8 +138,25 @@ class ModelCard:
             training_start=None if start is None else parse_time(start),
             training_end=None if end is None else parse_time(end),
             training_data_blake3=_digest(training["data_blake3"]),
+            feature_ranges=None if ranges is None else _ranges(ranges, names),
+            promoted_from=promoted_from,
             doc=doc,
         )
+
+
+def _ranges(value: object, names: tuple[str, ...]) -> tuple[tuple[float, float], ...]:
+    if not isinstance(value, Mapping) or set(value) != set(names):
+        raise ValueError("training.feature_ranges must name exactly the model's features")
+    out = []
+    for name in names:
+        pair = value[name]
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ValueError(f"training.feature_ranges.{name} must be [min, max]")
+        low, high = _float(pair[0]), _float(pair[1])
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ValueError(f"training.feature_ranges.{name} must be finite, min <= max")
+        out.append((low, high))
+    return tuple(out)
 
 
 def _strs(value: object) -> list[str]:

@@ -3,6 +3,11 @@
 Every ML error is an `MlError` and also one of the mesh kinds, so `mesh.status` maps it to its gRPC
 code through the class hierarchy without an ML entry. Messages reach the peer (or the operator's
 terminal): no key material, no raw payloads beyond the offending field's name and a short value.
+
+The client (ml.client) maps a failed call's status back into this tree: INVALID_ARGUMENT to
+`InvalidInputError` naming the field, FAILED_PRECONDITION to `ModelVersionMismatchError`,
+UNAVAILABLE and DEADLINE_EXCEEDED to `ServiceUnavailableError`, UNAUTHENTICATED and
+PERMISSION_DENIED to `AccessDeniedError`, any other code to their base `ServiceCallError`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from mesh.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     MeshError,
+    PermissionDeniedError,
     UnavailableError,
 )
 
@@ -65,3 +71,35 @@ class ModelIntegrityError(MlError, FailedPreconditionError):
 
 class ModelNotFoundError(MlError, FailedPreconditionError):
     """The model directory holds no model (or not the version asked for)."""
+
+
+class ModelRollbackError(ModelIntegrityError):
+    """An authentic model older than the newest this model directory has served or written: a
+    rollback (the newest deleted or an old one put back). Refused; `qsc-ml promote` is the
+    deliberate way back (see ml.revision)."""
+
+
+class RevisionRecordError(ModelIntegrityError):
+    """The model directory's revision record (ml.revision) does not verify: the rollback floor
+    cannot be trusted, so it is reported and never silently reset."""
+
+
+class ServiceCallError(MlError):
+    """A call to the ML service failed (raised by ml.client); `code` is the gRPC status name and
+    `details` the status message. Subclassed per kind below; this base alone is for a code no
+    kind covers (INTERNAL, RESOURCE_EXHAUSTED, ...)."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{details} ({code})" if details else code)
+        self.code = code
+        self.details = details
+
+
+class ServiceUnavailableError(ServiceCallError, UnavailableError):
+    """The ML service cannot answer now (UNAVAILABLE: unreachable, stopping, no model loaded) or
+    did not within the call's deadline (DEADLINE_EXCEEDED); trying again later may help."""
+
+
+class AccessDeniedError(ServiceCallError, PermissionDeniedError):
+    """The ML service refused the caller: its identity (UNAUTHENTICATED) or its role for this RPC
+    (PERMISSION_DENIED)."""

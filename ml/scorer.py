@@ -3,29 +3,40 @@
 `LoadedModel` wraps one authenticated model and its onnxruntime session; it is immutable, so a
 request that picked it up finishes with it even if a newer model replaces it meanwhile.
 Per row: `score` is sklearn's `score_samples` (lower is more anomalous); `decision` is
-`score - threshold` (negative: anomaly); `confidence` comes from `ml.calibration`; `is_anomaly`
-is `score < threshold`. Rows are cast to float32 before scoring, as scikit-learn does.
+`score - threshold` (negative: anomaly); `confidence` comes from `ml.calibration`. Rows are cast
+to float32 before scoring, as scikit-learn does.
+
+Two checks keep a forest from calling the impossible or the unseen normal (an Isolation Forest
+isolates a value far outside its training data no faster than one just past the edge, so
+`cpu_percent = -1e9` used to score like an ordinary window):
+
+* Domain (ml.schema.DOMAINS): a value no host can produce (a negative count, a percentage over
+  100, NaN, beyond float32) is refused: `InvalidInputError` naming `rows[i].values[j]` and the
+  feature.
+* Training range (the card's `training.feature_ranges`): a row with a feature beyond what
+  training saw is `out_of_range`, with the features named; its verdict is OUT_OF_RANGE, it is an
+  anomaly whatever its score, and its confidence is at least that of a row at the threshold.
+  Cards written before ranges were recorded have none: no range check (`range_checked` False).
+
+`is_anomaly` is `score < threshold` or out of range.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from ml.api import BatchScores, BoolArray, FloatArray, ScoreBatch
 from ml.card import ModelCard
 from ml.errors import InvalidInputError, ModelIntegrityError, ModelVersionMismatchError
 from ml.export import DECISION_OUTPUT, INPUT_NAME, SCORE_OUTPUT
-from ml.schema import column_order
+from ml.schema import DOMAINS, column_order
 from ml.store import StoredModel
-
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
 
 META_PREFIX = "qsc."
 
@@ -48,30 +59,6 @@ def onnx_metadata(card: ModelCard | Mapping[str, object]) -> dict[str, str]:
         META_PREFIX + key: json.dumps(value, separators=(",", ":"), allow_nan=False)
         for key, value in sorted(fields.items())
     }
-
-
-@dataclass(frozen=True)
-class ScoreBatch:
-    """A Score request in plain types."""
-
-    schema_version: int
-    feature_names: tuple[str, ...]
-    keys: Sequence[str]
-    rows: Sequence[Sequence[float]]
-    model_version: str = ""
-
-
-@dataclass(frozen=True)
-class BatchScores:
-    """Scores of one batch, in row order, and the model that made them."""
-
-    model_version: str
-    threshold: float
-    keys: Sequence[str]
-    score: FloatArray
-    decision: FloatArray
-    confidence: FloatArray
-    is_anomaly: BoolArray
 
 
 class LoadedModel:
@@ -105,6 +92,17 @@ class LoadedModel:
         self._outputs = [SCORE_OUTPUT, DECISION_OUTPUT]
         self._calibration = self.card.calibration
         self.threshold = self.card.threshold
+        ranges = self.card.feature_ranges
+        self._low: FloatArray | None = None
+        self._high: FloatArray | None = None
+        if ranges is not None:
+            self._low = np.array([r[0] for r in ranges], dtype=np.float64)
+            self._high = np.array([r[1] for r in ranges], dtype=np.float64)
+        # An out-of-range row is an anomaly: it gets at least the confidence of a row exactly at
+        # the threshold, so a consumer weighing confidence never reads it as normal.
+        self._floor_confidence = float(
+            self._calibration.confidence(np.array([self.threshold], dtype=np.float64))[0]
+        )
 
     @property
     def version(self) -> str:
@@ -137,6 +135,18 @@ class LoadedModel:
                 f"model_version: {batch.model_version} asked for, {self.version} is serving"
             )
         score, confidence, anomaly = self.score_matrix(x)
+        outside = self.out_of_range(x)
+        names: list[tuple[str, ...]] = []
+        if outside is not None:
+            flagged: BoolArray = np.asarray(outside.any(axis=1), dtype=np.bool_)
+            anomaly = anomaly | flagged
+            confidence = np.where(
+                flagged, np.maximum(confidence, self._floor_confidence), confidence
+            )
+            names = [
+                tuple(self.features[j] for j in np.flatnonzero(row)) if hit else ()
+                for row, hit in zip(outside, list(flagged), strict=True)
+            ]
         return BatchScores(
             model_version=self.version,
             threshold=self.threshold,
@@ -145,7 +155,16 @@ class LoadedModel:
             decision=score - self.threshold,
             confidence=confidence,
             is_anomaly=anomaly,
+            out_of_range=names,
+            range_checked=outside is not None,
         )
+
+    def out_of_range(self, x: FloatArray) -> BoolArray | None:
+        """Per cell of `x` (model feature order), whether it lies beyond the training range;
+        None when the card records no ranges."""
+        if self._low is None or self._high is None:
+            return None
+        return np.asarray((x < self._low) | (x > self._high), dtype=np.bool_)
 
     def validate(self, batch: ScoreBatch, *, max_rows: int) -> FloatArray:
         """The rows as a float64 matrix in model feature order; InvalidInputError names the
@@ -183,11 +202,16 @@ class LoadedModel:
                     f"rows[{i}].values", f"{len(row)} values for {width} feature_names"
                 )
         x = np.array(batch.rows, dtype=np.float64).reshape(n, width)
-        finite = np.isfinite(x)
-        if not finite.all():
-            i, j = (int(v) for v in np.argwhere(~finite)[0])
-            raise InvalidInputError(
-                f"rows[{i}].values[{j}]",
-                f"{batch.feature_names[j]} is {x[i, j]}; values must be finite numbers",
-            )
+        domains = [DOMAINS[name] for name in batch.feature_names]
+        low = np.array([d.minimum for d in domains], dtype=np.float64)
+        high = np.array([d.maximum for d in domains], dtype=np.float64)
+        allowed = (x >= low) & (x <= high)  # False for NaN as well
+        if not allowed.all():
+            i, j = (int(v) for v in np.argwhere(~allowed)[0])
+            name, value = batch.feature_names[j], x[i, j]
+            if not np.isfinite(value):
+                reason = f"{name} is {value}; values must be finite numbers"
+            else:
+                reason = f"{name} is {value:g}; {name} must be {domains[j].describe()}"
+            raise InvalidInputError(f"rows[{i}].values[{j}]", reason)
         return x[:, order] if order != list(range(width)) else x

@@ -1,6 +1,7 @@
 """`qsc.ml.v1.AnomalyService`: decode, call the core, encode. Domain errors become status codes in
 the mesh interceptor (mesh.status): invalid input INVALID_ARGUMENT naming the field, a pinned
-model version that is not serving FAILED_PRECONDITION, no model yet UNAVAILABLE.
+model version that is not serving FAILED_PRECONDITION, no model yet UNAVAILABLE. GetModel also
+reports a refused newer model (a rollback, or one failing authentication: ml.registry).
 
 Each call reads the registry's current model once and uses it to the end (see ml.registry).
 Small batches are scored on the event loop (tens of microseconds: a thread hop would cost more);
@@ -44,4 +45,8 @@ class AnomalyServicer(pb_grpc.AnomalyServiceServicer):
     async def GetModel(  # noqa: N802 (gRPC method name)
         self, request: pb.GetModelRequest, context: Any
     ) -> pb.GetModelResponse:
-        return _convert.model_response(self._registry.require(), max_batch_rows=self._max_rows)
+        return _convert.model_response(
+            self._registry.require(),
+            max_batch_rows=self._max_rows,
+            refused=self._registry.refused,
+        )

@@ -2,6 +2,9 @@
 
     <dir>/<version>.onnx        the model; version = BLAKE3 (hex) of these bytes
     <dir>/<version>.card.json   its card (ml.card), carrying the model's BLAKE3 and an `auth` seal
+    <dir>/model-revision        the rollback floor: the newest model written or served (ml.revision)
+
+Files are 0600 in a 0700 directory (`MODEL_MODE`): a model tells an attacker what scores normal.
 
 Authentication: `auth.seal` is a `crypto.aead` seal (XChaCha20-Poly1305, random 192-bit nonce) of
 an empty message under the ML keyring's active `model` purpose key, with associated data
@@ -32,18 +35,28 @@ from typing import Any, Final, Protocol
 
 from crypto.aead import AeadKey, Sealer, open_sealed, sealed_key_id
 from crypto.errors import DecryptionError
-from crypto.files import write_file_atomic
+from crypto.files import (
+    FileTooLargeError,
+    NotRegularFileError,
+    read_regular_capped,
+    write_file_atomic,
+)
 from crypto.hashing import blake3_256, sha3_256
 from crypto.kdf import encode_fields
 from ml.card import FORMAT, FORMAT_VERSION, ModelCard, format_time, is_version, parse_time
 from ml.errors import ModelIntegrityError, ModelNotFoundError
+from ml.revision import Revision, advance_revision, read_revision
 
 PURPOSE: Final = "model"  # the keyring purpose (crypto.kdf.PURPOSES)
 MODEL_SUFFIX: Final = ".onnx"
 CARD_SUFFIX: Final = ".card.json"
 MAX_CARD_BYTES: Final = 1024 * 1024
 MAX_MODEL_BYTES: Final = 512 * 1024 * 1024
-PUBLIC_MODE: Final = 0o644  # models and cards are not secret; the seal protects them
+# The model and its card reveal what the detector has learnt (training ranges, thresholds, the
+# trees): an attacker reading them can craft rows that score normal. 0600 in a 0700 directory,
+# as every other file the mesh writes; whoever runs `qsc-ml serve` must own them.
+MODEL_MODE: Final = 0o600
+DIRECTORY_MODE: Final = 0o700
 
 
 class KeySource(Protocol):
@@ -118,8 +131,10 @@ def save_model(
     """Fill in the card's version and model hashes, seal it and write both files (model first).
 
     Writing a version that exists keeps the model file (same bytes by construction) and replaces
-    the card, which refreshes its creation time and makes it the serving one again."""
-    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    the card, which refreshes its creation time and makes it the serving one again. Advances the
+    directory's rollback floor (ml.revision) to the written model; RevisionRecordError when the
+    record does not verify (nothing written then)."""
+    directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
     digest = blake3_256(model_bytes)
     version = digest.hex()
     model = {
@@ -132,40 +147,39 @@ def save_model(
     full = {**doc, "format": FORMAT, "format_version": FORMAT_VERSION}
     full.update(version=version, model=model)
     full.setdefault("created", format_time(dt.datetime.now(dt.UTC)))
-    sealed = seal_card(full, keys.active_key(PURPOSE))
+    seal_key = keys.active_key(PURPOSE)
+    decrypt = keys.decryption_keys(PURPOSE)
+    read_revision(directory, decrypt)  # RevisionRecordError now, before any file is written
+    sealed = seal_card(full, seal_key)
     card = ModelCard.from_json(sealed)  # the document must parse before it is published
     mpath, cpath = model_path(directory, version), card_path(directory, version)
     try:
-        write_file_atomic(mpath, model_bytes, mode=PUBLIC_MODE)
+        write_file_atomic(mpath, model_bytes, mode=MODEL_MODE)
     except FileExistsError:
         if blake3_256(_read_capped(mpath, MAX_MODEL_BYTES)) != digest:
             # Not ours to overwrite silently: whatever is there does not match its name.
             raise ModelIntegrityError(
                 mpath, "exists with other content than its name says"
             ) from None
-    write_file_atomic(cpath, encode_card(sealed), mode=PUBLIC_MODE, overwrite=True)
+    write_file_atomic(cpath, encode_card(sealed), mode=MODEL_MODE, overwrite=True)
+    # The written model is the newest this directory has had: the rollback floor moves up to it
+    # (ml.revision). Checked before anything was written, so a bad record fails the command
+    # instead of leaving a model the service would refuse.
+    advance_revision(directory, Revision.of(card), seal_key=seal_key, keys=decrypt)
     return StoredModel(card, model_bytes, cpath, mpath)
 
 
 def _read_capped(path: Path, limit: int) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        return read_regular_capped(path, limit)
     except FileNotFoundError:
         raise ModelIntegrityError(path, "is missing") from None
+    except NotRegularFileError:
+        raise ModelIntegrityError(path, "is not a regular file") from None
+    except FileTooLargeError:
+        raise ModelIntegrityError(path, f"is larger than {limit} bytes") from None
     except OSError as exc:
         raise ModelIntegrityError(path, f"cannot be opened ({exc.strerror})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ModelIntegrityError(path, "is not a regular file")
-        with open(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise ModelIntegrityError(path, f"cannot be read ({exc.strerror})") from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise ModelIntegrityError(path, f"is larger than {limit} bytes")
-    return data
 
 
 def _authenticate(path: Path, doc: Mapping[str, Any], keys: Mapping[str, AeadKey]) -> None:

@@ -25,7 +25,7 @@ from ml.data import FloatArray, Windows
 from ml.errors import TrainingError
 from ml.export import FusedGraphInfo, fused_onnx, run_onnx
 from ml.forest import Progress, TrainParams, fit_forest
-from ml.schema import SCHEMA_VERSION
+from ml.schema import DOMAINS, SCHEMA_VERSION
 from ml.scorer import LoadedModel, onnx_metadata
 from ml.store import KeySource, StoredModel, save_model
 from ml.tune import Metrics, Objective, choose_threshold, evaluate
@@ -114,7 +114,27 @@ def _training_doc(windows: Windows) -> dict[str, Any]:
             {"path": s.path, "rows": s.rows, "blake3": s.blake3.hex()} for s in windows.sources
         ],
         "labelled_anomalies": None if windows.labels is None else int(windows.labels.sum()),
+        # What the forest has seen: the service flags a Score row beyond it (ml.scorer).
+        "feature_ranges": {
+            name: [float(x.min()), float(x.max())]
+            for name, x in zip(windows.features, windows.values.T, strict=True)
+        },
     }
+
+
+def check_domains(windows: Windows) -> None:
+    """TrainingError naming the first value outside its feature's domain (ml.schema.DOMAINS):
+    a model trained on impossible values would take them for normal, and record them in its
+    training ranges."""
+    for j, name in enumerate(windows.features):
+        domain = DOMAINS[name]
+        column = windows.values[:, j]
+        bad = ~((column >= domain.minimum) & (column <= domain.maximum))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise TrainingError(
+                f"training row {i + 1}: {name} is {column[i]:g}; {name} must be {domain.describe()}"
+            )
 
 
 def train_model(
@@ -128,6 +148,7 @@ def train_model(
     now: dt.datetime | None = None,
 ) -> tuple[StoredModel, FusedGraphInfo, ExportCheck]:
     """Fit, export, check, calibrate and write one model version."""
+    check_domains(windows)
     x = windows.values
     say(f"fitting {params.n_estimators} trees on {windows.rows} rows x {x.shape[1]} features")
     forest = fit_forest(x, params, tree_progress)

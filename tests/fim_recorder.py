@@ -55,3 +55,13 @@ class Recorder:
 
         assert self.wait(seen, timeout), (path, kind, [(c.path, c.kind) for c in self.changes])
         return found[-1]
+
+    def wait_past(self, marker: Path, timeout: float | None = None) -> None:
+        """Create `marker`, a new file under a watched directory, and wait until it is reported.
+
+        The monitor reads inotify in order on one thread and checks a path `coalesce` after its
+        last finished write (close, rename, attribute change), so by then every write finished
+        before the marker has been checked: an absence asserted next is not a matter of timing.
+        """
+        marker.write_text("written after what the test waits past\n")
+        self.wait_for(marker, ChangeKind.CREATED, timeout)

@@ -27,8 +27,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from alpha.auth.follow import LogLine, atomic_write
+from alpha.auth.follow import LogLine
 from alpha.auth.sshd import Method, Record, RecordKind, parse_line, parse_message
+from crypto.files import write_file_atomic
 from mesh.errors import ConfigError
 
 __all__ = [
@@ -272,7 +273,8 @@ def load_history(path: Path, max_users: int = 10000, addresses_per_user: int = 6
 
 
 def save_history(path: Path, history: LoginHistory) -> None:
-    atomic_write(path, json.dumps(history.to_json(), separators=(",", ":")).encode())
+    data = json.dumps(history.to_json(), separators=(",", ":")).encode()
+    write_file_atomic(path, data, overwrite=True)
     history.changed = False
 
 

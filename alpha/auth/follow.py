@@ -27,6 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, Final, Literal
 
+from crypto.files import write_file_atomic
 from mesh.errors import ConfigError, UnavailableError
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "FollowError",
     "JournalFollower",
     "LogLine",
-    "atomic_write",
     "journal_command",
     "open_follower",
     "parse_journal_entry",
@@ -60,18 +60,6 @@ class LogLine:
     time_ns: int | None = None
     pid: int = 0
     program: str = ""
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so a crash leaves the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _decode(raw: bytes | bytearray) -> str:
@@ -218,7 +206,7 @@ class FileFollower:
             "head_len": head_len,
             "head": head,
         }
-        atomic_write(self.state_path, json.dumps(state).encode())
+        write_file_atomic(self.state_path, json.dumps(state).encode(), overwrite=True)
 
     # --- opening
 
@@ -533,7 +521,7 @@ class JournalFollower:
 
     def checkpoint(self) -> None:
         if self._cursor is not None:
-            atomic_write(self.cursor_path, self._cursor.encode())
+            write_file_atomic(self.cursor_path, self._cursor.encode(), overwrite=True)
 
     def stop(self) -> list[LogLine]:
         """Stop journalctl; returns the entries it had already printed (process them too)."""

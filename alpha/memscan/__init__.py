@@ -19,27 +19,27 @@ Interface for the Alpha runtime
 ancestry as the sensor's events; without it they are computed from /proc the way the table seeds
 them. Findings reach `on_findings` once per (exec_id, kind), again when they grow; allowlisted
 JIT runtimes are left out. Kinds and their meaning: `scanner` module docstring.
+
+Modules: `config`, `model` (what a scan finds), `scanner`, `dedup`, `scheduler`, `service`
+(ScanMemory), `convert` (findings -> events), `procfs` (the /proc readers).
 """
 
 from __future__ import annotations
 
-from alpha.memscan.scanner import (
-    DEFAULT_JIT_ALLOWLIST,
-    Deduper,
+from alpha.memscan.config import DEFAULT_JIT_ALLOWLIST, JitAllowlist, MemScanConfig
+from alpha.memscan.dedup import Deduper
+from alpha.memscan.model import (
     Finding,
-    JitAllowlist,
-    MemoryScanner,
-    MemScanConfig,
     Outcome,
     PidScan,
     ScannedProcess,
     ScanResult,
-    ScanScheduler,
-    SchedulerStats,
     ThreatKind,
     TracerInfo,
     Trigger,
 )
+from alpha.memscan.scanner import MemoryScanner
+from alpha.memscan.scheduler import ScanScheduler, SchedulerStats
 from alpha.memscan.service import ScanMemoryCore
 
 __all__ = [

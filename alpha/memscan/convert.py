@@ -1,7 +1,7 @@
 """Memory-scan findings -> protobuf: `qsc.common.v1.Event` (detail `memory_threat`) for the
 outbox, `qsc.alpha.v1.MemoryFinding` for `ScanMemory`.
 
-The event carries what the rule fields `mem.*` and `proc.*` read (alpha/rules/fields.py): the
+The event carries what the rule fields `mem.*` and `proc.*` read (alpha/rules/fields/): the
 threat kind and trigger, the offending regions, the tracer, the preloaded libraries, and the
 process as /proc (or the sensor's process table) knew it. `id`, `guardian` and `observed_time` are
 left to `Guardian.emit`, the `rule` to the rules engine.
@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from alpha.memscan.model import Finding, ScannedProcess, ThreatKind, TracerInfo, Trigger
 from alpha.memscan.procfs import DELETED_SUFFIX, MapEntry
-from alpha.memscan.scanner import Finding, ScannedProcess, ThreatKind, TracerInfo, Trigger
 from qsc.alpha.v1 import alpha_service_pb2
 from qsc.common.v1 import classification_pb2, event_pb2, memory_details_pb2, process_pb2
 

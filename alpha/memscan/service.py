@@ -14,7 +14,9 @@ from typing import Final
 
 from alpha.errors import AlphaInvalidArgumentError, AlphaNotFoundError
 from alpha.memscan import convert
-from alpha.memscan.scanner import Deduper, Finding, MemoryScanner, ScanResult, ThreatKind, Trigger
+from alpha.memscan.dedup import Deduper
+from alpha.memscan.model import Finding, ScanResult, ThreatKind, Trigger
+from alpha.memscan.scanner import MemoryScanner
 from qsc.alpha.v1 import alpha_service_pb2
 from qsc.common.v1 import event_pb2
 

@@ -32,8 +32,8 @@ reasons. Both sensors offer:
 An `Observation` (alpha.sensors.model) is plain data: kind, wall and boot timestamps (ns),
 pid/tid/ppid/uid/gid/euid, comm, syscall and return value, the `ProcessInfo` (exec_id,
 parent_exec_id, bounded ancestry, exe, args, cwd, cgroup, container id) and one typed detail
-per kind. No protobuf here: the runtime converts observations into `qsc.common.v1.Event`s and
-calls `emit_many`.
+per kind. No protobuf here but in `convert` (observations -> `qsc.common.v1.Event`s, which the
+runtime passes to the pipeline and `emit_many`).
 
 Host setup for eBPF (bcc from Debian, kernel headers, tracefs): `tools/setup-bpf.sh`.
 """

@@ -1,7 +1,8 @@
 """`qsc-beta manifest create|verify`: backup manifests from the command line.
 
-Exit codes: 0 done (verify: passed), 1 the command could not run (keyring, unreadable root,
-existing manifest...), 2 usage, 3 verify ran and found failures.
+Exit codes are mesh.command's (0 done, verify: passed; 1 the command could not run: keyring,
+unreadable root, existing manifest...; 2 usage; 130 Ctrl-C) plus one of its own: 3 verify ran and
+found failures.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, Final, TextIO
 
 from google.protobuf import json_format
 
@@ -21,22 +22,32 @@ from beta.backups.manifest import create_manifest
 from beta.backups.scan import Progress
 from beta.backups.verify import VerifyDepth, VerifyResult, verify_backup_set
 from beta.errors import BetaError
-from crypto.errors import CryptoError
 from crypto.keyring import KeyManager
+from mesh.command import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    ErrorExit,
+    command_parser,
+    fail,
+    run_cli,
+)
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "EXIT_VERIFY_FAILED", "main", "register"]
+__all__ = [
+    "ERRORS",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EXIT_VERIFY_FAILED",
+    "main",
+    "register",
+]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_VERIFY_FAILED = 3
+EXIT_VERIFY_FAILED: Final = 3
 PROG = "qsc-beta"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
+# A manifest command that cannot run failed, whatever the kind: a Beta setting it was handed
+# (a bad glob) or a value it refused are not usage errors here.
+ERRORS: Final = (ErrorExit((BetaError, ValueError), EXIT_FAILURE),)
 
 
 def _fraction(text: str) -> float:
@@ -61,7 +72,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Beta, the QSC integrity guardian.")
+    parser = command_parser(PROG, description="Beta, the QSC integrity guardian.")
     register(parser.add_subparsers(title="commands", metavar="COMMAND"))
     return parser
 
@@ -204,7 +215,7 @@ def _print_result(r: VerifyResult) -> None:
 def _verify(args: argparse.Namespace) -> int:
     km = _keys(args)
     if args.subset_fraction < 1 and args.cursor is None and not args.whole_set:
-        return _fail("--subset-fraction below 1 needs --cursor FILE to remember the rotation")
+        return fail(PROG, "--subset-fraction below 1 needs --cursor FILE to remember the rotation")
     decrypt = km.decryption_keys(args.decrypt_purpose) if args.decrypt_purpose else None
     meter = _meter(args)
     try:
@@ -233,31 +244,8 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_OK if result.passed else EXIT_VERIFY_FAILED
 
 
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return EXIT_FAILED
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        (getattr(args, "group_parser", None) or parser).print_help(sys.stderr)
-        return EXIT_USAGE
-    try:
-        code: int = handler(args)
-        sys.stdout.flush()
-    except (CryptoError, BetaError) as exc:
-        return _fail(str(exc))
-    except ValueError as exc:
-        return _fail(str(exc))
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        return _fail(f"{exc.strerror or exc}{where}")
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return run_cli(PROG, build_parser(), argv, errors=ERRORS)
 
 
 if __name__ == "__main__":

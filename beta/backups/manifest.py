@@ -27,13 +27,11 @@ import binascii
 import datetime as dt
 import hashlib
 import json
-import os
-import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Protocol
+from typing import Any, Final, Protocol
 
 from beta.backups.scan import (
     ByteCounter,
@@ -48,7 +46,13 @@ from beta.backups.scan import (
 from beta.errors import BetaError, BetaNotFoundError, IntegrityError
 from crypto.aead import AeadKey, Sealer, open_sealed, sealed_key_id
 from crypto.errors import DecryptionError
-from crypto.files import PRIVATE_MODE, write_file_atomic
+from crypto.files import (
+    PRIVATE_MODE,
+    FileTooLargeError,
+    NotRegularFileError,
+    read_regular_capped,
+    write_file_atomic,
+)
 from crypto.kdf import encode_fields
 from mesh import errors as mesh_errors
 
@@ -202,37 +206,17 @@ def encode_manifest(
 # --- loading --------------------------------------------------------------------------------
 
 
-def _read_capped(f: BinaryIO, limit: int) -> bytes:
-    """Up to limit + 1 bytes, read in pieces: `read(n)` would allocate all n bytes up front."""
-    parts: list[bytes] = []
-    total = 0
-    while total <= limit and (part := f.read(min(1024 * 1024, limit + 1 - total))):
-        parts.append(part)
-        total += len(part)
-    return b"".join(parts)
-
-
 def _read_manifest_bytes(path: Path) -> bytes:
     try:
-        # O_NONBLOCK: a FIFO planted at the path must not hang the guardian.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        return read_regular_capped(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise ManifestMissingError(path, "no such file (never created, or deleted)") from None
+    except NotRegularFileError:
+        raise ManifestTamperedError(path, "is not a regular file") from None
+    except FileTooLargeError:
+        raise ManifestTamperedError(path, f"is larger than {MAX_MANIFEST_BYTES} bytes") from None
     except OSError as exc:
         raise ManifestUnreadableError(path, f"cannot open ({exc.strerror})") from None
-    try:
-        with open(fd, "rb", closefd=False) as f:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ManifestTamperedError(path, "is not a regular file")
-            data = _read_capped(f, MAX_MANIFEST_BYTES)
-    except OSError as exc:
-        raise ManifestUnreadableError(path, f"cannot read ({exc.strerror})") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestTamperedError(path, f"is larger than {MAX_MANIFEST_BYTES} bytes")
-    return data
 
 
 def _split(path: Path, data: bytes) -> tuple[bytes, bytes]:

@@ -14,8 +14,6 @@ holds one chunk in memory, so a multi-GiB file is checked in bounded memory.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import BinaryIO, Final
 
 from crypto.aead import AeadKey, Sealer, open_sealed
 from crypto.errors import DecryptionError
-from crypto.files import fsync_directory
+from crypto.files import PRIVATE_MODE, atomic_file
 from crypto.kdf import encode_fields
 
 __all__ = [
@@ -51,32 +49,22 @@ def _aad(file_id: bytes, index: int, final: bool) -> bytes:
 def seal_file(
     src: Path, dst: Path, sealer: Sealer, *, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> None:
-    """Encrypt `src` into `dst` (written atomically: temporary file, fsync, rename)."""
+    """Encrypt `src` into `dst` (0600, written atomically: temporary file, fsync, rename)."""
     if not 1 <= chunk_size <= MAX_RECORD - 1024:
         raise ValueError(f"chunk size must be 1..{MAX_RECORD - 1024} bytes")
     file_id = secrets.token_bytes(FILE_ID_SIZE)
-    tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        with src.open("rb") as fin, tmp.open("xb") as fout:
-            fout.write(MAGIC + file_id)
-            index = 0
-            chunk = fin.read(chunk_size)
-            while True:
-                # Read one ahead: the last chunk is known only when the next read is empty.
-                following = fin.read(chunk_size)
-                record = sealer.seal(chunk, _aad(file_id, index, not following))
-                fout.write(len(record).to_bytes(4, "big") + record)
-                if not following:
-                    break
-                chunk, index = following, index + 1
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_directory(dst.parent)
+    with src.open("rb") as fin, atomic_file(dst, mode=PRIVATE_MODE, overwrite=True) as fout:
+        fout.write(MAGIC + file_id)
+        index = 0
+        chunk = fin.read(chunk_size)
+        while True:
+            # Read one ahead: the last chunk is known only when the next read is empty.
+            following = fin.read(chunk_size)
+            record = sealer.seal(chunk, _aad(file_id, index, not following))
+            fout.write(len(record).to_bytes(4, "big") + record)
+            if not following:
+                break
+            chunk, index = following, index + 1
 
 
 def _read_exact(f: BinaryIO, n: int, feed: Callable[[bytes], None]) -> bytes:

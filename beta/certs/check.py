@@ -24,11 +24,10 @@ import enum
 import ipaddress
 import os
 import re
-import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -47,6 +46,7 @@ from beta.certs.ocsp import (
     check_revocation,
 )
 from beta.errors import BetaConfigError
+from crypto.files import read_regular_capped
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -183,26 +183,10 @@ _CERT_TYPES: Final = (b"CERTIFICATE", b"X509 CERTIFICATE")
 _BEGIN_CERT: Final = re.compile(rb"-----BEGIN (?:X509 )?CERTIFICATE-----")
 
 
-def _read_capped(f: BinaryIO, limit: int) -> bytes:
-    """Up to limit + 1 bytes, read in pieces: `read(n)` would allocate all n bytes up front."""
-    parts: list[bytes] = []
-    total = 0
-    while total <= limit and (part := f.read(min(1024 * 1024, limit + 1 - total))):
-        parts.append(part)
-        total += len(part)
-    return b"".join(parts)
-
-
 def _read_limited(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    # O_NONBLOCK: a FIFO at a watched path must not hang the guardian.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(22, "not a regular file", str(path))
-        data = _read_capped(f, limit)
-    if len(data) > limit:
-        raise OSError(27, f"larger than {limit} bytes", str(path))
-    return data
+    # A regular file only (a FIFO at a watched path must not hang the guardian); the OSError's
+    # strerror says why not ("not a regular file", "larger than N bytes").
+    return read_regular_capped(path, limit)
 
 
 _Parsed = list[tuple[x509.Certificate | None, str]]  # (certificate, or why it is malformed)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, p
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+
+from crypto.files import FileTooLargeError, read_regular_capped
 
 __all__ = [
     "RevocationConfig",
@@ -440,27 +442,15 @@ def crl_urls(cert: x509.Certificate) -> list[str]:
     ]
 
 
-def _read_capped(f: BinaryIO, limit: int) -> bytes:
-    """Up to limit + 1 bytes, read in pieces: `read(n)` would allocate all n bytes up front."""
-    parts: list[bytes] = []
-    total = 0
-    while total <= limit and (part := f.read(min(1024 * 1024, limit + 1 - total))):
-        parts.append(part)
-        total += len(part)
-    return b"".join(parts)
-
-
 def _read_crl_file(path: Path, limit: int) -> bytes:
     try:
-        with path.open("rb") as f:
-            data = _read_capped(f, limit)
+        return read_regular_capped(path, limit)
+    except FileTooLargeError:
+        raise _AnswerError(RevocationErrorKind.MALFORMED, f"{path}: over {limit} bytes") from None
     except OSError as exc:
         raise _AnswerError(
             RevocationErrorKind.UNREACHABLE, f"{path}: {exc.strerror or exc}"
         ) from None
-    if len(data) > limit:
-        raise _AnswerError(RevocationErrorKind.MALFORMED, f"{path}: over {limit} bytes")
-    return data
 
 
 def _crl_answer(

@@ -1,7 +1,12 @@
 """`qsc-beta baseline init|scan|show`: build, check and inspect the authenticated FIM baseline.
 
-Exit status: 0 no difference, 1 differences found (scan), 2 bad usage or configuration,
-3 the baseline failed verification, 4 any other failure (keys, I/O).
+`--config` (default `$QSC_BETA_CONFIG`) is Beta's own file, read through
+beta.config.load_baseline_tool_config: its `[fim]` and `[keys]` sections with the same
+`QSC_BETA_*` overrides `qsc-beta run` applies; the command line adds paths and excludes and may
+replace the baseline file, the I/O budget and (`--keys`) the keyring.
+
+Exit status, in mesh.command's frame: 0 no difference, 1 failure (keys, I/O), 2 bad usage or
+configuration, 3 the baseline failed verification, 4 differences found (scan), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,13 +18,12 @@ import os
 import re
 import sys
 import time
-import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from beta.errors import BetaError
+from beta.config import COMPONENT, KEY_DIR_ENV, load_baseline_tool_config
 from beta.fim.baseline import (
     Baseline,
     BaselineMissingError,
@@ -30,19 +34,21 @@ from beta.fim.baseline import (
 )
 from beta.fim.config import FimConfig, WatchPath
 from beta.fim.scanner import Scanner, ScanProgress, ScanReport
-from crypto.errors import CryptoError
 from crypto.keyring import KeyManager
-from mesh.config import ConfigLoadError, config_from_dict
+from mesh.command import EXIT_OK, EXIT_USAGE, ErrorExit, UsageError, command_parser, run_cli
+from mesh.config import config_path_from_env
 from mesh.errors import ConfigError
 
-__all__ = ["main"]
+__all__ = ["ERRORS", "EXIT_CHANGES", "EXIT_TAMPERED", "main"]
 
-EXIT_OK: Final = 0
-EXIT_CHANGES: Final = 1
-EXIT_USAGE: Final = 2
+PROG: Final = "qsc-beta"
 EXIT_TAMPERED: Final = 3
-EXIT_FAILURE: Final = 4
-KEY_DIR_ENV: Final = "QSC_BETA_KEY_DIR"
+EXIT_CHANGES: Final = 4
+# Before mesh.command's own rules: a FIM setting is a BetaError too, but a usage error here.
+ERRORS: Final = (
+    ErrorExit((BaselineTamperedError,), EXIT_TAMPERED, label="BASELINE TAMPERED"),
+    ErrorExit((BaselineMissingError, ConfigError), EXIT_USAGE),
+)
 _RATE_RE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?", re.IGNORECASE)
 _UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -54,15 +60,13 @@ examples:
   qsc-beta baseline scan --config /etc/qsc/beta.toml --keys /var/lib/qsc/beta/keys --io-budget 50M
   qsc-beta baseline show --baseline /var/lib/qsc/beta/fim-baseline.qsc --keys KEYS --path /etc/ssh
 
-The configuration is the [fim] table of Beta's TOML file (or a file holding only its keys).
-Keys come from the Beta keyring (`qsc keys init --dir DIR --component beta`); the baseline is
-sealed with its "baseline" purpose key. Exit status: 0 no difference, 1 differences found,
-2 bad usage or configuration, 3 baseline failed verification, 4 other failure.
+The configuration is Beta's TOML file (default $QSC_BETA_CONFIG): its [fim] and [keys] tables,
+with the QSC_BETA_FIM__* and QSC_BETA_KEYS__* overrides `qsc-beta run` applies.
+Keys come from the Beta keyring (`qsc keys init --dir DIR --component beta`): --keys, else
+$QSC_BETA_KEY_DIR, else the config's [keys] directory; the baseline is sealed with its
+"baseline" purpose key. Exit status: 0 no difference, 1 failure, 2 bad usage or configuration,
+3 baseline failed verification, 4 differences found.
 """
-
-
-class _UsageError(Exception):
-    pass
 
 
 def _rate(text: str) -> int:
@@ -73,8 +77,8 @@ def _rate(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="qsc-beta",
+    parser = command_parser(
+        PROG,
         description="QSC Guardian-Beta tools.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -87,16 +91,18 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    base.set_defaults(group_parser=base)
     sub = base.add_subparsers(dest="command", metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, *, scanning: bool) -> None:
-        p.add_argument("--config", type=Path, help="Beta TOML file ([fim] table)")
+        p.add_argument(
+            "--config", type=Path, help="Beta TOML file ([fim], [keys]; default $QSC_BETA_CONFIG)"
+        )
         p.add_argument("--baseline", type=Path, help="baseline file (overrides the config)")
         p.add_argument(
             "--keys",
             type=Path,
-            default=os.environ.get(KEY_DIR_ENV) or None,
-            help=f"Beta key directory (default ${KEY_DIR_ENV})",
+            help=f"Beta key directory (default ${KEY_DIR_ENV}, or the config's [keys] directory)",
         )
         if not scanning:
             return
@@ -131,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--allow-missing", action="store_true", help="accept watched paths that do not exist"
     )
+    init.set_defaults(handler=_timed(_init))
     scan = sub.add_parser("scan", help="compare the watched paths with the baseline")
     common(scan, scanning=True)
     scan.add_argument(
@@ -142,54 +149,61 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not record accepted log rotations in the baseline",
     )
+    scan.set_defaults(handler=_timed(_scan))
     show = sub.add_parser("show", help="print the baseline (after verifying it)")
     common(show, scanning=False)
     show.add_argument("--path", dest="prefix", help="only entries at or below this path")
     show.add_argument("--json", action="store_true", help="JSON on stdout")
+    show.set_defaults(handler=_timed(_show))
     return parser
+
+
+def _timed(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`command`, saying how long it ran when Ctrl-C stops it (a scan can take hours)."""
+
+    def run(args: argparse.Namespace) -> int:
+        started = time.monotonic()
+        try:
+            return command(args)
+        except KeyboardInterrupt:
+            elapsed = time.monotonic() - started
+            print(f"\n{PROG}: interrupted after {elapsed:.1f}s", file=sys.stderr)
+            raise
+
+    return run
 
 
 # --- configuration --------------------------------------------------------------------------
 
 
-def _load_config(args: argparse.Namespace) -> FimConfig:
-    table: dict[str, Any] = {}
-    source = "command line"
-    if args.config is not None:
-        source = f"{args.config} [fim]"
-        try:
-            with open(args.config, "rb") as f:
-                doc = tomllib.load(f)
-        except OSError as exc:
-            raise _UsageError(f"{args.config}: cannot read ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise _UsageError(f"{args.config}: invalid TOML: {exc}") from None
-        fim = doc.get("fim", doc)
-        if not isinstance(fim, dict):
-            raise _UsageError(f"{args.config}: [fim] must be a table")
-        table = dict(fim)
-    try:
-        config = config_from_dict(FimConfig, table, source=source)
-        extra = [WatchPath(Path(p)) for p in getattr(args, "path", [])]
-        extra += [WatchPath(Path(p), log=True) for p in getattr(args, "log_path", [])]
-        exclude = tuple(getattr(args, "exclude", []))
-        budget = getattr(args, "io_budget", None)
-        return replace(
-            config,
-            paths=config.paths + tuple(extra),
-            exclude=config.exclude + exclude,
-            baseline=args.baseline or config.baseline,
-            io_budget=budget if budget is not None else config.io_budget,
+def _load_config(args: argparse.Namespace) -> tuple[FimConfig, Path]:
+    """The [fim] configuration with the command line's additions (`show` takes its --baseline
+    verbatim instead), and the keyring directory."""
+    path = args.config or config_path_from_env(COMPONENT)
+    tool = load_baseline_tool_config(path)
+    config = tool.fim
+    extra = [WatchPath(Path(p)) for p in getattr(args, "path", [])]
+    extra += [WatchPath(Path(p), log=True) for p in getattr(args, "log_path", [])]
+    budget = getattr(args, "io_budget", None)
+    scanning = hasattr(args, "path")
+    config = replace(
+        config,
+        paths=config.paths + tuple(extra),
+        exclude=config.exclude + tuple(getattr(args, "exclude", [])),
+        baseline=(args.baseline if scanning else None) or config.baseline,
+        io_budget=budget if budget is not None else config.io_budget,
+    )
+    return config, args.keys or tool.keys.directory
+
+
+def _store(args: argparse.Namespace, baseline: Path, keys: Path) -> BaselineStore:
+    # A keyring nobody named on the command line that is not there: say how to name one.
+    if args.keys is None and not (keys / "keyring.json").exists():
+        raise UsageError(
+            f"no keyring in {keys}: give --keys DIR (or set {KEY_DIR_ENV}, or [keys] directory "
+            "in --config)"
         )
-    except (ConfigLoadError, ConfigError) as exc:
-        raise _UsageError(str(exc)) from None
-
-
-def _store(args: argparse.Namespace, baseline: Path) -> BaselineStore:
-    if args.keys is None:
-        raise _UsageError(f"--keys DIR is required (or set {KEY_DIR_ENV})")
-    keys = KeyManager.open(args.keys, "beta")
-    return BaselineStore(baseline, keys)
+    return BaselineStore(baseline, KeyManager.open(keys, COMPONENT))
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -273,18 +287,18 @@ def _change_line(c: Change) -> str:
 
 
 def _init(args: argparse.Namespace) -> int:
-    config = _load_config(args)
+    config, keys = _load_config(args)
     if not config.paths:
-        raise _UsageError("no watched paths: give --path or a config with [[fim.paths]]")
+        raise UsageError("no watched paths: give --path or a config with [[fim.paths]]")
     missing = [r.root for r in config.paths if not os.path.lexists(r.root)]
     if missing and not args.allow_missing:
-        raise _UsageError(
+        raise UsageError(
             f"watched path(s) do not exist: {', '.join(missing)} (pass --allow-missing to "
             "record them as absent)"
         )
-    store = _store(args, config.baseline)
+    store = _store(args, config.baseline, keys)
     if store.exists() and not args.force:
-        raise _UsageError(
+        raise UsageError(
             f"a baseline already exists at {config.baseline}; pass --force to accept the "
             "current state as its next version"
         )
@@ -305,8 +319,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    config = _load_config(args)
-    store = _store(args, config.baseline)
+    config, keys = _load_config(args)
+    store = _store(args, config.baseline, keys)
     baseline = store.load()
     if baseline.config_digest and baseline.config_digest != config_digest(config.digest_text):
         print(
@@ -343,12 +357,9 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    if args.baseline is None:
-        config = _load_config(args)
-        path = config.baseline
-    else:
-        path = args.baseline
-    baseline = _store(args, path).load()
+    config, keys = _load_config(args)
+    path = args.baseline or config.baseline
+    baseline = _store(args, path, keys).load()
     entries = list(baseline.under(args.prefix.rstrip("/") or "/")) if args.prefix else None
     if entries is None:
         entries = [baseline.entries[p] for p in sorted(baseline.entries)]
@@ -411,30 +422,7 @@ def _header(baseline: Baseline, path: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.group != "baseline" or not getattr(args, "command", None):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    started = time.monotonic()
-    try:
-        command = {"init": _init, "scan": _scan, "show": _show}[args.command]
-        return command(args)
-    except _UsageError as exc:
-        print(f"qsc-beta: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BaselineTamperedError as exc:
-        print(f"qsc-beta: BASELINE TAMPERED: {exc}", file=sys.stderr)
-        return EXIT_TAMPERED
-    except BaselineMissingError as exc:
-        print(f"qsc-beta: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (BetaError, CryptoError) as exc:
-        print(f"qsc-beta: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print(f"\nqsc-beta: interrupted after {time.monotonic() - started:.1f}s", file=sys.stderr)
-        return 130
+    return run_cli(PROG, _parser(), argv, errors=ERRORS)
 
 
 if __name__ == "__main__":

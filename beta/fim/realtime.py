@@ -1,7 +1,7 @@
 """Realtime FIM: inotify watches, coalescing, periodic full scans, degraded mode, suppression.
 
-`FimMonitor` runs two threads. The **event thread** reads inotify (through libc by ctypes: three
-calls, no dependency) and keeps a pending set of dirty paths; a path is checked against the
+`FimMonitor` runs two threads. The **event thread** reads inotify (`beta.fim.inotify`: libc by
+ctypes, no dependency) and keeps a pending set of dirty paths; a path is checked against the
 baseline once its burst settles (see `FimConfig.coalesce`/`settle`/`max_delay`), so a thousand
 writes to one file cost one hash. New directories are watched as they appear and their content
 checked at once (files created before the watch existed are not missed). The **scan thread** runs
@@ -25,19 +25,17 @@ owner and xattrs on its temporary file *before* renaming it into place.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import enum
 import errno
 import logging
 import os
 import select
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final
 
 from beta.fim.baseline import (
     Baseline,
@@ -52,157 +50,44 @@ from beta.fim.baseline import (
     tampered_change,
 )
 from beta.fim.config import FimConfig, WatchPath
+from beta.fim.inotify import (
+    DIR_MASK,
+    FILE_MASK,
+    IN_ATTRIB,
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    IN_UNMOUNT,
+    Inotify,
+    InotifyEvent,
+    InotifyLike,
+)
 from beta.fim.metadata import VOLATILE_FIELDS
 from beta.fim.scanner import Scanner, ScanReport
 
 __all__ = [
     "FimMonitor",
     "HealthObservation",
-    "Inotify",
-    "InotifyEvent",
     "SensorStatus",
 ]
 
 _log = logging.getLogger("qsc.beta.fim")
 
-# <sys/inotify.h>
-IN_MODIFY: Final = 0x00000002
-IN_ATTRIB: Final = 0x00000004
-IN_CLOSE_WRITE: Final = 0x00000008
-IN_MOVED_FROM: Final = 0x00000040
-IN_MOVED_TO: Final = 0x00000080
-IN_CREATE: Final = 0x00000100
-IN_DELETE: Final = 0x00000200
-IN_DELETE_SELF: Final = 0x00000400
-IN_MOVE_SELF: Final = 0x00000800
-IN_UNMOUNT: Final = 0x00002000
-IN_Q_OVERFLOW: Final = 0x00004000
-IN_IGNORED: Final = 0x00008000
-IN_ONLYDIR: Final = 0x01000000
-IN_DONT_FOLLOW: Final = 0x02000000
-IN_EXCL_UNLINK: Final = 0x04000000
-IN_ISDIR: Final = 0x40000000
-IN_NONBLOCK: Final = os.O_NONBLOCK
-IN_CLOEXEC: Final = os.O_CLOEXEC
-
-_CHANGES: Final = (
-    IN_MODIFY
-    | IN_ATTRIB
-    | IN_CLOSE_WRITE
-    | IN_MOVED_FROM
-    | IN_MOVED_TO
-    | IN_CREATE
-    | IN_DELETE
-    | IN_DELETE_SELF
-    | IN_MOVE_SELF
-)
-DIR_MASK: Final = _CHANGES | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
-FILE_MASK: Final = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF
 # Events after which the file is complete: check soon. A bare IN_MODIFY means a writer may
 # still be at work: wait for it to settle.
 _READY: Final = (
     IN_CLOSE_WRITE | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE | IN_DELETE_SELF
 )
-_EVENT: Final = struct.Struct("iIII")
-_READ_SIZE: Final = 64 * 1024
 _MAX_QUEUED: Final = "/proc/sys/fs/inotify/max_queued_events"
 _MAX_WATCHES: Final = "/proc/sys/fs/inotify/max_user_watches"
 SENSOR_NAME: Final = "fim.inotify"
-
-
-# --- inotify --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InotifyEvent:
-    wd: int
-    mask: int
-    cookie: int
-    name: bytes
-
-
-def parse_events(buf: bytes) -> list[InotifyEvent]:
-    out: list[InotifyEvent] = []
-    off = 0
-    while off + _EVENT.size <= len(buf):
-        wd, mask, cookie, length = _EVENT.unpack_from(buf, off)
-        start = off + _EVENT.size
-        name = buf[start : start + length].split(b"\0", 1)[0]
-        out.append(InotifyEvent(wd, mask, cookie, name))
-        off = start + length
-    return out
-
-
-class _Libc:
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.init1 = libc.inotify_init1
-        self.init1.argtypes = [ctypes.c_int]
-        self.init1.restype = ctypes.c_int
-        self.add_watch = libc.inotify_add_watch
-        self.add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self.add_watch.restype = ctypes.c_int
-        self.rm_watch = libc.inotify_rm_watch
-        self.rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
-        self.rm_watch.restype = ctypes.c_int
-
-
-_libc: _Libc | None = None
-
-
-def _lib() -> _Libc:
-    global _libc
-    if _libc is None:
-        _libc = _Libc()
-    return _libc
-
-
-class InotifyLike(Protocol):
-    def fileno(self) -> int: ...
-    def add_watch(self, path: str, mask: int) -> int: ...
-    def rm_watch(self, wd: int) -> None: ...
-    def read_events(self) -> list[InotifyEvent]: ...
-    def close(self) -> None: ...
-
-
-class Inotify:
-    """One inotify instance (non-blocking). OSError carries errno and the path."""
-
-    def __init__(self) -> None:
-        fd = int(_lib().init1(IN_NONBLOCK | IN_CLOEXEC))
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-        self._fd = fd
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def add_watch(self, path: str, mask: int) -> int:
-        wd = _lib().add_watch(self._fd, os.fsencode(path), mask)
-        if wd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
-        return int(wd)
-
-    def rm_watch(self, wd: int) -> None:
-        _lib().rm_watch(self._fd, wd)  # EINVAL: already gone with its inode; nothing to do
-
-    def read_events(self) -> list[InotifyEvent]:
-        out: list[InotifyEvent] = []
-        while True:
-            try:
-                buf = os.read(self._fd, _READ_SIZE)
-            except BlockingIOError:
-                return out
-            if not buf:
-                return out
-            out.extend(parse_events(buf))
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 # --- health ---------------------------------------------------------------------------------

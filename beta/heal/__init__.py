@@ -34,7 +34,7 @@ from beta.heal.healer import (
 )
 from beta.heal.model import HealProposal, HealRecord, HealState, ValidatorResult
 from beta.heal.queue import HealConflictError, HealExpiredError, HealQueue
-from beta.heal.state import HealStateError, HealStateTamperedError
+from beta.heal.sealed_doc import HealStateError, HealStateTamperedError
 from beta.heal.validate import ValidatorRule, run_validator
 
 __all__ = [

@@ -19,8 +19,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from beta.heal.state import HealStateTamperedError, SealedStateFile
+from beta.heal.sealed_doc import HealStateTamperedError, SealedStateFile
 from crypto.keyring import KeyManager
+from mesh.backoff import backoff_bound
 
 __all__ = ["BackoffConfig", "LoopGuard"]
 
@@ -40,9 +41,10 @@ class BackoffConfig:
             raise ValueError("max_attempts must be at least 1")
 
     def wait_after(self, attempts: int) -> float:
-        """Seconds to wait after `attempts` (>= 1) attempts."""
-        seconds = self.initial.total_seconds() * float(2 ** min(attempts - 1, 62))
-        return min(seconds, self.maximum.total_seconds())
+        """Seconds to wait after `attempts` (>= 1) attempts (no jitter: one guardian, one file)."""
+        return backoff_bound(
+            attempts, initial=self.initial.total_seconds(), maximum=self.maximum.total_seconds()
+        )
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,6 @@ class LoopGuard:
 
 def _entry(item: Any) -> _Entry:
     version, attempts, last, ok = item
-    if not (type(version) is int and type(attempts) is int and type(ok) is int):
+    if not (type(version) is int and type(attempts) is int and type(ok) is int) or attempts < 1:
         raise ValueError("malformed ledger entry")
     return _Entry(version, attempts, float(last), bool(ok))

@@ -62,6 +62,7 @@ from beta.heal.queue import HealConflictError, HealExpiredError, HealQueue
 from beta.heal.validate import ValidatorRule, run_validator
 from beta.vault.safefs import UnsafePathError, check_path, open_parent
 from beta.vault.store import Vault
+from crypto.files import fsync_directory
 from crypto.hashing import blake3_256
 from crypto.keyring import KeyManager
 
@@ -521,6 +522,9 @@ class Healer:
         """Write, validate and rename the candidate. (validator result, the file after the
         swap), or (result, None) when the validator rejected it and nothing was swapped."""
         meta = entry.meta
+        # Not crypto.files' atomic write: the candidate needs the baseline's owner, mode,
+        # xattrs and mtime, a name the monitor excludes, and a validator run on it between the
+        # fsync and the rename (which a rejection must be able to skip without raising).
         with open_parent(path) as (dir_fd, name):
             tmp = f".{name}.{secrets.token_hex(6)}{HEAL_TEMP_SUFFIX}"
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -564,7 +568,7 @@ class Healer:
                     self._suppress(path, entry.blake3)
                 os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 swapped = True
-                os.fsync(dir_fd)
+                fsync_directory(dir_fd)
                 return result, _observe_at(dir_fd, name)
             finally:
                 if not swapped:

@@ -21,7 +21,7 @@ from typing import Any, Final
 from beta.errors import BetaError, BetaInvalidArgumentError, BetaNotFoundError
 from beta.fim.config import HealPolicyName
 from beta.heal.model import HealProposal, HealRecord, HealState
-from beta.heal.state import HealStateTamperedError, SealedStateFile
+from beta.heal.sealed_doc import HealStateTamperedError, SealedStateFile
 from crypto.keyring import KeyManager
 from mesh.errors import FailedPreconditionError
 

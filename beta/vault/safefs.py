@@ -11,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
-import stat
 from collections.abc import Iterator
 from typing import Final
 
 from beta.errors import BetaInvalidArgumentError
+from crypto.files import (
+    FileTooLargeError,
+    NotRegularFileError,
+    read_regular_capped,
+    write_file_atomic,
+)
 
 __all__ = [
     "UnsafePathError",
@@ -28,7 +32,6 @@ __all__ = [
 ]
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
 class UnsafePathError(BetaInvalidArgumentError):
@@ -89,54 +92,25 @@ def open_dir(path: str) -> int:
     return _open_dir_chain(_components(path))
 
 
-def read_regular_at(dir_fd: int, name: str, max_bytes: int) -> tuple[bytes, os.stat_result]:
-    """Content and fstat of regular file `name` in `dir_fd`, never following a symlink.
+def read_regular_at(dir_fd: int, name: str, max_bytes: int) -> bytes:
+    """Content of regular file `name` in `dir_fd`, never following a symlink.
 
     UnsafePathError for a symlink or a non-regular file, ValueError when larger than
     `max_bytes`, OSError (FileNotFoundError...) otherwise.
     """
     try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        return read_regular_capped(name, max_bytes, follow_symlinks=False, dir_fd=dir_fd)
+    except NotRegularFileError:
+        raise UnsafePathError(f"{name!r} is not a regular file") from None
+    except FileTooLargeError:
+        raise ValueError(f"{name!r} is larger than {max_bytes} bytes") from None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):
             raise UnsafePathError(f"{name!r} is a symlink or a special file") from None
         raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePathError(f"{name!r} is not a regular file")
-        if st.st_size > max_bytes:
-            raise ValueError(f"{name!r} is larger than {max_bytes} bytes")
-        chunks: list[bytes] = []
-        total = 0
-        while chunk := os.read(fd, 1 << 20):
-            total += len(chunk)
-            if total > max_bytes:  # grew while read
-                raise ValueError(f"{name!r} is larger than {max_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks), st
-    finally:
-        os.close(fd)
 
 
 def write_atomic_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600) -> None:
-    """Readers of `name` see the old file or the whole new one: a temporary created O_EXCL with
-    its final mode, written, fsynced, renamed over `name`, then the directory fsynced."""
-    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask must not widen or narrow it
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-    os.fsync(dir_fd)
+    """Readers of `name` see the old file or the whole new one (`crypto.files`' atomic write,
+    relative to the walked directory fd so no path is looked up again)."""
+    write_file_atomic(name, data, mode=mode, overwrite=True, dir_fd=dir_fd)

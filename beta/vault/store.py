@@ -417,7 +417,7 @@ class Vault:
         path = self._allowed(path)
         with open_parent(path) as (dir_fd, name):
             try:
-                data, _ = read_regular_at(dir_fd, name, self.config.max_bytes)
+                data = read_regular_at(dir_fd, name, self.config.max_bytes)
             except ValueError as exc:
                 raise VaultError(f"{path}: {exc}") from None
         return self.put(
@@ -523,7 +523,7 @@ class Vault:
     def _read(self, rec: VaultRecord) -> VaultCopy:
         what = f"copy of {rec.path} v{rec.version}"
         try:
-            blob, _ = read_regular_at(
+            blob = read_regular_at(
                 self._obj_fd, rec.object_name, self.config.max_bytes + _SEAL_OVERHEAD
             )
         except FileNotFoundError:
@@ -558,7 +558,7 @@ class Vault:
 
     def _load_index(self) -> _Index:
         try:
-            raw, _ = read_regular_at(self._dir_fd, INDEX_FILE, _MAX_INDEX_BYTES)
+            raw = read_regular_at(self._dir_fd, INDEX_FILE, _MAX_INDEX_BYTES)
         except (UnsafePathError, ValueError):
             raise VaultTamperedError("index", "not a plain file of plausible size") from None
         end = raw.find(b"\n", 0, _MAX_HEADER)

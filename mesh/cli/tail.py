@@ -33,10 +33,10 @@ from mesh.channel import ChannelConfig
 from mesh.config import TlsFiles
 from mesh.errors import MeshError
 from mesh.logs import configure_logging
+from mesh.stream.cursor import FileCursorStore
 from mesh.stream.subscriber import (
     GUARDIAN_ROLES,
     CursorOutOfRangeError,
-    CursorStore,
     GuardianSubscriber,
     ReconnectPolicy,
     SubscriberConfig,
@@ -323,13 +323,13 @@ def _config(args: argparse.Namespace, start_after: int, latest: bool) -> Subscri
 
 
 async def _follow(args: argparse.Namespace, state: _State, out: TextIO) -> None:
-    store = CursorStore(args.cursor_file) if args.cursor_file else None
+    store = FileCursorStore(args.cursor_file) if args.cursor_file else None
     if args.from_seq:
         start_after, latest = args.from_seq - 1, False
     elif args.from_oldest:
         start_after, latest = 0, False
     else:
-        has_cursor = store is not None and store.load() is not None
+        has_cursor = store is not None and await store.load() is not None
         start_after, latest = 0, not has_cursor
     config = _config(args, start_after, latest)
     write = format_json if args.json else format_event

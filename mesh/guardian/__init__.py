@@ -8,7 +8,7 @@ sensors and services to it.
 from __future__ import annotations
 
 from .config import GuardianConfig, load_guardian_config
-from .runtime import Guardian, Worker, uuid7
+from .runtime import Guardian, Worker
 from .sensors import LossStage, SensorHandle, SensorRegistry, SensorState
 
 __all__ = [
@@ -20,5 +20,4 @@ __all__ = [
     "SensorState",
     "Worker",
     "load_guardian_config",
-    "uuid7",
 ]

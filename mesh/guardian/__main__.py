@@ -5,7 +5,7 @@ Once listening it writes the bound port (decimal, newline) atomically to `--port
 `qsc-guardian: error: ...` (no traceback): exit 2 for bad arguments or configuration (an invalid
 value, a role or host the certificate does not certify, an address that cannot be bound), 1 for
 anything else (unreadable or mismatched key, locked outbox, I/O errors). The command line itself
-is mesh.guardian.cli's, shared with Alpha and Beta.
+is mesh.service's, shared by every component.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .cli import run_main
+from mesh.service import serve
+
 from .config import COMPONENT, GuardianConfig, load_guardian_config
 from .runtime import Guardian
 from .synthetic import SyntheticSource
@@ -29,12 +30,12 @@ def build(config: GuardianConfig) -> Guardian:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(
+    return serve(
         PROG,
-        load_guardian_config,
-        build,
         argv,
         component=COMPONENT,
+        load_config=load_guardian_config,
+        build=build,
         description="Run a QSC guardian (GuardianService over mTLS).",
     )
 

@@ -2,9 +2,25 @@
 
 Guarantees and the decisions behind them:
 
-* **Numbering.** Each event gets the next gapless per-guardian sequence number (from 1) when it is
-  appended; a reopen continues after the last valid record. ``append_many`` numbers a batch
-  contiguously and writes it with one ``write()``.
+* **Numbering.** Each event gets the next per-guardian sequence number (from 1) when it is
+  appended; ``append_many`` numbers a batch contiguously and writes it with one ``write()``.
+  Numbers are gapless except where a gap event names a range.
+* **No seq is ever issued twice.** A sequence number once *numbered* (written, whether or not a
+  reader has seen it yet) is never given to another event, whatever happens to the segments:
+  ``STATE`` (a :mod:`crypto.statefile`, as the nonce counters use) holds a reserved high-water
+  mark, raised in blocks and written durably *before* any number of the block is used (a block
+  grows while reservations come fast, so appends pay about one durable write a second at most).
+  ``SEQ_HINT``, a shared memory map updated after every write (no syscall), holds the exact last
+  number with the kernel's boot id: after a ``kill -9`` or a clean stop it is exact, so a reopen
+  continues after ``max(last valid record, hint)`` and a tail found shorter than that (cut or
+  truncated segments, removed files) is reported by a gap event
+  (``GAP_REASON_MISSING_RECORDS``) naming exactly the missing range. After a reboot the hint is
+  not trusted: numbering continues after the reserved mark and the gap is an upper bound (a clean
+  ``close`` lowers the mark to the last seq, so only an unclean reboot over-reports). A ``STATE``
+  that is missing or damaged while segments exist never resets numbering: the outbox logs an
+  error, keeps the damaged file as ``STATE.damaged``, continues 2**20 numbers (more than any
+  reservation) beyond the last valid record and reports that range as missing (an upper bound).
+  So does a ``STATE`` older than the records (restored from a backup).
 * **Crash safety.** A record is written with ``os.write`` (no user-space buffer) before ``append``
   returns, so once it returns the bytes are in the kernel page cache and a ``kill -9`` cannot lose
   them, whatever the fsync policy. ``fsync="always"`` also ``fdatasync``s before returning (power
@@ -17,18 +33,26 @@ Guarantees and the decisions behind them:
 * **Torn tail.** On open the last segment is validated record by record (CRC-32 over length, seq
   and payload; see :mod:`mesh.stream.outbox_segment`). Invalid bytes with no valid record after
   them are a torn tail (an append that never returned): they are cut, logged with the byte count
-  and reported as ``status().truncated_bytes``; numbering continues after the last valid record.
+  and reported as ``status().truncated_bytes``. Numbering continues after the last number ever
+  issued (above), so the cut records, if they had been numbered, are reported as missing.
 * **Corruption.** Damage *followed by* valid records (in the last segment on open, in a sealed
   segment when it is first read, or anywhere a read finds new damage) is never skipped silently:
   the lost range is logged as an error, counted in ``corrupted_total`` and reported by an
   ordinary gap event (``GAP_REASON_CORRUPTED_RECORDS``) appended at the head of the outbox; reads
-  jump over it. Each range is reported once per process (a reopen rescans and reports again).
+  jump over it. Each sequence number is reported once in the outbox's lifetime: the ranges
+  reported (those still retained) are kept in ``STATE``, written after the gap event is synced,
+  and a later scan, in this process or after a reopen, reports only what they do not cover (a
+  crash between the two reports a range twice rather than never).
 * **Disk budget.** Before an append would take the segments past ``disk_budget_bytes``, the oldest
   whole segments are dropped. A gap event (``GAP_REASON_DISK_BUDGET``) naming the exact first and
-  last seq and the count is written and synced *before* the files are unlinked, so a crash between
-  the two over-reports and never loses silently. Dropped events count in ``dropped_total``.
+  last seq and the count is written and synced, then ``STATE`` records the drop, *before* the
+  files are unlinked; a reopen finishes unlinking what ``STATE`` says was removed, so a crash
+  never loses silently nor reports a drop twice. Dropped events count in ``dropped_total``.
+* **Lifetime counters.** ``dropped_total``, ``expired_total`` and ``corrupted_total`` count since
+  the outbox was created: they live in ``STATE`` and survive restarts.
 * **Retention.** Sealed segments whose newest record is older than ``retention`` are deleted
-  without a gap event: ageing out is expected, not loss. The active segment never expires. A
+  without a gap event: ageing out is expected, not loss (``STATE`` records the removal first, as
+  for the budget). The active segment never expires. A
   subscriber whose cursor is older than the oldest retained record (ageing or budget) gets
   :class:`OutOfRangeError` carrying ``oldest_available_seq``; after a budget drop it then finds the
   gap event further on.
@@ -43,7 +67,9 @@ import bisect
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
+import struct
 import threading
 import time
 import uuid
@@ -54,7 +80,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self
 
+from crypto.errors import StateFileError
+from crypto.files import fsync_directory
+from crypto.statefile import StateValue, read_state, write_state
 from mesh import errors
+from mesh.ids import uuid7
 from mesh.stream.outbox_segment import (
     HEADER_SIZE,
     SEQ_FIELD_MAX,
@@ -87,7 +117,33 @@ _log = logging.getLogger(__name__)
 MiB: Final = 1024 * 1024
 GiB: Final = 1024 * MiB
 _LOCK_FILE: Final = "LOCK"
+_STATE_FILE: Final = "STATE"
+_HINT_FILE: Final = "SEQ_HINT"
+_STATE_FORMAT: Final = "qsc-outbox-state"
+_STATE_VERSION: Final = 1
+# The digest covers the fields in this order.
+_STATE_FIELDS: Final = (
+    "reserved",
+    "removed_through",
+    "dropped_total",
+    "expired_total",
+    "corrupted_total",
+    "reported",
+)
+_MAX_STATE_BYTES: Final = 1 << 20
+# Reported ranges kept in STATE, newest first kept: past this an old range could be reported again
+# (over-reporting, never silence); only an attacker damaging thousands of spots gets there.
+_MAX_REPORTED: Final = 4096
+# Numbers reserved per durable write of STATE: the block doubles while reservations come less
+# than a second apart and halves when they come slower than every 10 s. Bounds what an unclean
+# reboot can over-report.
+_MIN_RESERVE: Final = 4096
+_MAX_RESERVE: Final = 1 << 20
+# How far past the last valid record numbering resumes when STATE is missing or damaged: more
+# than any one reservation, so more than the outbox can have numbered unseen in normal operation.
+_UNKNOWN_MARGIN: Final = _MAX_RESERVE
 _MIN_SEGMENT_BYTES: Final = 4096
+_DEFAULT_SEGMENT_BYTES: Final = 16 * MiB
 _MAX_SEGMENT_BYTES: Final = 1 << 31  # the record length field is 32 bits
 # How often appends look for expired segments, at most (clock seconds).
 _EXPIRY_CHECK_SECONDS: Final = 60.0
@@ -95,6 +151,10 @@ _EXPIRY_CHECK_SECONDS: Final = 60.0
 _READ_ATTEMPTS: Final = 3
 
 FsyncPolicy = Literal["always", "interval"]
+# A lost range to report: first seq, last seq, gap reason.
+_Lost = tuple[int, int, "pipeline_details_pb2.GapReason.ValueType"]
+_MISSING: Final = pipeline_details_pb2.GAP_REASON_MISSING_RECORDS
+_CORRUPTED: Final = pipeline_details_pb2.GAP_REASON_CORRUPTED_RECORDS
 
 
 class OutboxError(errors.MeshError):
@@ -129,7 +189,7 @@ class RecordTooLargeError(OutboxError, errors.InvalidArgumentError):
 class OutboxConfig:
     """How an outbox stores events. Sizes in bytes."""
 
-    segment_bytes: int = 16 * MiB
+    segment_bytes: int = _DEFAULT_SEGMENT_BYTES
     disk_budget_bytes: int = 1 * GiB
     # Sealed segments whose newest event is older than this are deleted.
     retention: timedelta = timedelta(days=7)
@@ -147,8 +207,15 @@ class OutboxConfig:
             )
         # Room for the active segment, one batch of up to two segments and the dropped ones.
         if self.disk_budget_bytes < 4 * self.segment_bytes:
+            # Say what the minimum is with the segment size in force: an operator who only set
+            # the budget would otherwise not know the default segment size makes it 64 MiB.
+            which = " (the default)" if self.segment_bytes == _DEFAULT_SEGMENT_BYTES else ""
             raise errors.ConfigError(
-                "outbox.disk_budget_bytes", "must be at least 4 x outbox.segment_bytes"
+                "outbox.disk_budget_bytes",
+                f"must be at least 4 x outbox.segment_bytes: {self.segment_bytes} bytes"
+                f"{which}, so at least {4 * self.segment_bytes} bytes "
+                f"({4 * self.segment_bytes / MiB:g} MiB); lower outbox.segment_bytes "
+                f"(at least {_MIN_SEGMENT_BYTES}) for a smaller budget",
             )
         if self.retention <= timedelta(0):
             raise errors.ConfigError("outbox.retention", "must be positive")
@@ -173,11 +240,13 @@ class OutboxStatus:
     disk_bytes: int
     disk_budget_bytes: int
     segments: int
+    # The three totals count since the outbox was created (they survive restarts, in STATE).
     # Events dropped under the disk budget (each range also reported by a gap event).
     dropped_total: int
     # Events deleted by retention (no gap event: ageing is not loss).
     expired_total: int
-    # Events lost to on-disk damage (each range also reported by a gap event).
+    # Events lost to on-disk damage or missing from the tail on reopen (each range also reported
+    # by a gap event; after an unclean reboot the missing range is an upper bound).
     corrupted_total: int
     # Bytes of torn tail cut when this outbox was opened.
     truncated_bytes: int
@@ -219,7 +288,17 @@ class Outbox:
         self._expired_total = 0
         self._corrupted_total = 0
         self._truncated_bytes = 0
-        self._reported: set[tuple[int, int]] = set()
+        # Disjoint, sorted ranges already reported by a gap event (persisted in STATE).
+        self._reported: list[tuple[int, int]] = []
+        # Durable high-water mark: no seq above it was ever numbered (STATE).
+        self._reserved = 0
+        self._reserve_block = _MIN_RESERVE
+        self._reserved_at = -1e9
+        # Every seq up to here was removed on purpose (budget, retention); STATE.
+        self._removed_through = 0
+        self._hint: _SeqHint | None = None
+        # hint.store once the hint is open (a bound method: appends pay one call, no lookups).
+        self._store_hint: Callable[[int], None] = _ignore
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, int]] = []
         self._closed = False
         # Set when a failed append could not be rolled back: appends refused until reopened.
@@ -246,7 +325,7 @@ class Outbox:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         if created:
-            _fsync_dir(directory.parent)
+            fsync_directory(directory.parent)
         lock_fd = os.open(directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -258,13 +337,19 @@ class Outbox:
             lost = outbox._recover()
             if lost:
                 outbox._report_lost(lost)
+            outbox._start_flusher()
         except BaseException:
             outbox._release()
             raise
         return outbox
 
-    def _recover(self) -> tuple[tuple[int, int], ...]:
-        """Load the segments, validate the last one; return the damaged ranges it holds."""
+    def _recover(self) -> list[_Lost]:
+        """Load STATE and the segments, validate the last one, continue the numbering after every
+        number ever issued; return the ranges to report (damage, missing tail)."""
+        known = self._load_state()
+        hint = _SeqHint(self._dir / _HINT_FILE)
+        self._hint = hint
+        exact = hint.read()
         found = sorted(
             (first, entry)
             for entry in self._dir.iterdir()
@@ -275,11 +360,29 @@ class Outbox:
             stat = path.stat()
             last = found[i + 1][0] - 1 if i + 1 < len(found) else None
             segments.append(Segment(first, path, stat.st_size, stat.st_mtime, last_seq=last))
+        # A crash between recording a removal (budget, retention) and unlinking: finish it.
+        finished = 0
+        while len(segments) > 1 and (segments[0].last_seq or 0) <= self._removed_through:
+            segments.pop(0).path.unlink(missing_ok=True)
+            finished += 1
+        if finished:
+            fsync_directory(self._dir)
+        lost: list[_Lost] = []
         if not segments:
-            path = self._dir / segment_file_name(1)
+            # New, or every segment file was removed behind our back: start after every number
+            # STATE or the hint knows of, and report what was retained as missing.
+            top = max(self._reserved if exact is None else exact, self._removed_through)
+            if not known and top:
+                _log.error("outbox %s: segments missing; numbering resumes at %d", self._dir, top)
+            if top > self._removed_through:
+                lost.append((self._removed_through + 1, top, _MISSING))
+            path = self._dir / segment_file_name(top + 1)
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-            _fsync_dir(self._dir)
-            segments.append(Segment(1, path, 0, self._clock()))
+            fsync_directory(self._dir)
+            segments.append(Segment(top + 1, path, 0, self._clock()))
+            new = True
+        else:
+            new = False
         active = segments[-1]
         result = scan(
             active.path.read_bytes(),
@@ -293,36 +396,151 @@ class Outbox:
             os.ftruncate(self._fd, result.valid_end)
         # After a kill -9 the tail may still be only in the page cache: make durable_seq true.
         os.fdatasync(self._fd)
+        valid = active.first_seq - 1 if result.last_valid_seq is None else result.last_valid_seq
+        if new:
+            top = valid
+        elif known is None:
+            # STATE lost or damaged: how far numbering went is unknown. Never reset it.
+            top = valid + _UNKNOWN_MARGIN
+            _log.error(
+                "outbox %s: no valid %s while segments exist; numbering resumes conservatively "
+                "at %d, seq %d-%d reported as possibly missing",
+                self._dir,
+                _STATE_FILE,
+                top + 1,
+                valid + 1,
+                top,
+            )
+        else:
+            # The hint is exact after a kill -9 or a clean stop; after a reboot only the durable
+            # mark bounds what was numbered.
+            top = max(valid, self._reserved if exact is None else exact)
+            if valid > self._reserved:
+                # Records past the durable mark: STATE is older than the segments (restored from
+                # a backup?). What was numbered after them is unknown.
+                top = max(top, valid + _UNKNOWN_MARGIN)
+                _log.error(
+                    "outbox %s: records up to seq %d lie past the high-water mark %d of %s; "
+                    "numbering resumes conservatively at %d",
+                    self._dir,
+                    valid,
+                    self._reserved,
+                    _STATE_FILE,
+                    top + 1,
+                )
+        if top > valid:
+            lost.append((valid + 1, top, _MISSING))
         if result.tail_bytes:
             self._truncated_bytes = result.tail_bytes
             _log.warning(
-                "outbox %s: cut a torn tail of %d bytes from %s; numbering continues after seq %s",
+                "outbox %s: cut a torn tail of %d bytes from %s after seq %d; numbering "
+                "continues after seq %d",
                 self._dir,
                 result.tail_bytes,
                 active.path.name,
-                result.last_valid_seq
-                if result.last_valid_seq is not None
-                else active.first_seq - 1,
+                valid,
+                top,
             )
         active.size = result.valid_end
         active.records = result.records
         active.apply_scan(result)
         self._set_segments(tuple(segments))
-        self._last_seq = (
-            active.first_seq - 1 if result.last_valid_seq is None else result.last_valid_seq
-        )
+        self._last_seq = top
+        # Nothing exists between the last valid record and top: all of it is "durable".
         self._durable_seq = self._last_seq
         self._disk_bytes = sum(segment.size for segment in segments)
         with self._lock:
+            # Reserve before anything is numbered; this also writes a new or rebuilt STATE.
+            self._reserve_locked(top + 1)
+            hint.start(top)
+            self._store_hint = hint.store
             self._expire_locked(self._clock())
+        # Logged by _report_lost, range by range, unless a gap event reported it already.
+        lost.extend((a, b, _CORRUPTED) for a, b in result.lost)
+        return lost
+
+    def _start_flusher(self) -> None:
         if self._config.fsync == "interval":
             self._flusher = threading.Thread(
                 target=self._flush_loop, name=f"qsc-outbox-fsync:{self._dir.name}", daemon=True
             )
             self._flusher.start()
-        if result.lost:
-            _log.error("outbox %s: damaged records in %s", self._dir, active.path.name)
-        return result.lost
+
+    def _load_state(self) -> bool | None:
+        """Read STATE into the counters: ``True`` when valid, ``False`` when there is none and no
+        segment either (a new outbox), ``None`` when it is missing or damaged beside segments
+        (kept as STATE.damaged for the operator)."""
+        path = self._dir / _STATE_FILE
+        try:
+            doc = read_state(
+                path, _STATE_FORMAT, _STATE_VERSION, _STATE_FIELDS, max_bytes=_MAX_STATE_BYTES
+            )
+            ints = [v for name in _STATE_FIELDS[:-1] if type(v := doc[name]) is int and v >= 0]
+            reported = doc["reported"]
+            if len(ints) != len(_STATE_FIELDS) - 1 or not isinstance(reported, list):
+                raise StateFileError(path, "corrupt")
+            ranges: list[tuple[int, int]] = []
+            for item in reported:
+                if not (
+                    isinstance(item, list)
+                    and len(item) == 2
+                    and all(type(v) is int for v in item)
+                    and 1 <= item[0] <= item[1]
+                    and (not ranges or ranges[-1][1] < item[0])
+                ):
+                    raise StateFileError(path, "corrupt")
+                ranges.append((item[0], item[1]))
+        except StateFileError as e:
+            has_segments = any(
+                parse_segment_file_name(entry.name) is not None for entry in self._dir.iterdir()
+            )
+            if e.problem == "missing" and not has_segments:
+                return False
+            if e.problem != "missing":
+                os.replace(path, path.with_name(_STATE_FILE + ".damaged"))
+            _log.error("outbox %s: %s", self._dir, e)
+            return None
+        (
+            self._reserved,
+            self._removed_through,
+            self._dropped_total,
+            self._expired_total,
+            self._corrupted_total,
+        ) = ints
+        self._reported = ranges
+        return True
+
+    def _persist_locked(self, *, reserved: int | None = None) -> None:
+        """Write STATE durably (old or new content whatever the crash). Caller holds the lock."""
+        first = self._firsts[0] if self._firsts else 0
+        # Ranges no longer retained can never be scanned again.
+        kept = [r for r in self._reported if r[1] >= first][-_MAX_REPORTED:]
+        self._reported = kept
+        mark = self._reserved if reserved is None else reserved
+        fields: dict[str, StateValue] = {
+            "reserved": mark,
+            "removed_through": self._removed_through,
+            "dropped_total": self._dropped_total,
+            "expired_total": self._expired_total,
+            "corrupted_total": self._corrupted_total,
+            "reported": [[a, b] for a, b in kept],
+        }
+        write_state(self._dir / _STATE_FILE, _STATE_FORMAT, _STATE_VERSION, fields)
+        self._reserved = mark
+
+    def _reserve_locked(self, need: int) -> None:
+        """Make the durable mark cover ``need`` (and a block beyond) before it is numbered."""
+        if need <= self._reserved and self._reserved_at > 0:
+            return
+        now = time.monotonic()
+        if now - self._reserved_at < 1.0:
+            self._reserve_block = min(self._reserve_block * 2, _MAX_RESERVE)
+        elif now - self._reserved_at > 10.0:
+            self._reserve_block = max(self._reserve_block // 2, _MIN_RESERVE)
+        # ``need`` is past every number issued so far, so this may also lower a mark a previous
+        # process reserved but never used.
+        self._persist_locked(reserved=need + self._reserve_block)
+        self._reserved_at = now
 
     def close(self) -> None:
         """Sync everything written, stop the flusher, release the directory. Idempotent."""
@@ -337,6 +555,13 @@ class Outbox:
         with self._sync_lock:
             os.fdatasync(self._fd)
             self._durable_seq = self._last_seq
+        if not self._broken:
+            try:
+                # Nothing above last_seq was numbered: lower the mark, so a reboot before the
+                # next open (when the hint is not trusted) reports no phantom gap.
+                self._persist_locked(reserved=self._last_seq)
+            except OSError:
+                _log.exception("outbox %s: could not lower the high-water mark", self._dir)
         self._release()
         _wake(waiters)
 
@@ -349,6 +574,10 @@ class Outbox:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+        if self._hint is not None:
+            self._store_hint = _ignore
+            self._hint.close()
+            self._hint = None
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -418,6 +647,8 @@ class Outbox:
     def _write_locked(self, bodies: Sequence[bytes], now: float) -> tuple[int, int]:
         """Number and write ``bodies``, rolling segments as they fill. Caller holds the lock."""
         first = self._last_seq + 1
+        if first + len(bodies) - 1 > self._reserved:
+            self._reserve_locked(first + len(bodies) - 1)
         every = self._config.index_every
         i = 0
         while i < len(bodies):
@@ -452,6 +683,9 @@ class Outbox:
             active.newest_time = now
             active.size += written
             self._disk_bytes += written
+            # After the write, before any reader can see the seqs: a kill -9 in between leaves
+            # the hint behind the records, never ahead (a reopen then trusts the records).
+            self._store_hint(seq - 1)
             self._last_seq = seq - 1
             if self._config.fsync == "always":
                 self._durable_seq = self._last_seq
@@ -499,7 +733,7 @@ class Outbox:
                 os.close(fd)
                 path.unlink(missing_ok=True)
             raise
-        _fsync_dir(self._dir)
+        fsync_directory(self._dir)
         old.last_seq = self._last_seq
         old.indexed = True
         self._set_segments(
@@ -531,11 +765,15 @@ class Outbox:
             os.fdatasync(self._fd)
         dropped, kept = self._segments[:drop], self._segments[drop:]
         self._set_segments(kept)
+        # Recorded before the unlinks: a reopen finishes them instead of dropping and counting
+        # the same range again.
+        self._dropped_total += last - first + 1
+        self._removed_through = max(self._removed_through, last)
+        self._persist_locked()
         for segment in dropped:
             segment.path.unlink(missing_ok=True)
-        _fsync_dir(self._dir)
+        fsync_directory(self._dir)
         self._disk_bytes -= freed
-        self._dropped_total += last - first + 1
         _log.warning(
             "outbox %s: disk budget of %d bytes reached; dropped seq %d-%d (%d events), "
             "reported by gap event seq %d",
@@ -563,11 +801,13 @@ class Outbox:
         expired = self._segments[drop].first_seq - self._segments[0].first_seq
         dropped, kept = self._segments[:drop], self._segments[drop:]
         self._set_segments(kept)
+        self._expired_total += expired
+        self._removed_through = max(self._removed_through, kept[0].first_seq - 1)
+        self._persist_locked()
         for segment in dropped:
             segment.path.unlink(missing_ok=True)
             self._disk_bytes -= segment.size
-        _fsync_dir(self._dir)
-        self._expired_total += expired
+        fsync_directory(self._dir)
         _log.info(
             "outbox %s: retention expired seq %d-%d",
             self._dir,
@@ -605,9 +845,12 @@ class Outbox:
         self, first: int, last: int, reason: pipeline_details_pb2.GapReason.ValueType, now: float
     ) -> event_pb2.Event:
         count = last - first + 1
-        why = "disk budget" if reason == pipeline_details_pb2.GAP_REASON_DISK_BUDGET else "damage"
+        why = {
+            pipeline_details_pb2.GAP_REASON_DISK_BUDGET: "disk budget",
+            _MISSING: "missing from the outbox's tail",
+        }.get(reason, "damage")
         event = event_pb2.Event(
-            id=_uuid7(now),
+            id=uuid7(now),
             guardian=self._guardian,
             severity=classification_pb2.SEVERITY_HIGH,
             category=classification_pb2.CATEGORY_SYSTEM,
@@ -629,30 +872,42 @@ class Outbox:
         widest.gap.first_seq = widest.gap.count = top
         return HEADER_SIZE + len(widest.SerializeToString()) + SEQ_FIELD_MAX + 64
 
-    def _report_lost(self, ranges: Iterable[tuple[int, int]]) -> None:
-        """Append one corruption gap event per damaged range not reported yet."""
+    def _report_lost(self, ranges: Iterable[_Lost]) -> None:
+        """Append one gap event per lost range, for the numbers no gap event reported yet.
+
+        Scans may find a range again, or a wider one (new damage next to old, a rescan after a
+        reopen): only the numbers outside every range already reported are reported, so the gap
+        counts add up to the loss. The reported ranges are persisted after the gap events are
+        synced: a crash in between reports a range twice rather than never.
+        """
         with self._lock:
             if self._closed or self._broken:
                 return
-            fresh = [r for r in ranges if r not in self._reported and r[1] >= self.first_seq]
+            fresh: list[_Lost] = []
+            for a, b, reason in ranges:
+                for part in _uncovered((max(a, self.first_seq), b), self._reported):
+                    fresh.append((*part, reason))
+                    self._reported = _covered(self._reported, part)
             if not fresh:
                 return
             now = self._clock()
-            reason = pipeline_details_pb2.GAP_REASON_CORRUPTED_RECORDS
-            bodies = [self._serialize(self._gap_event(a, b, reason, now)) for a, b in fresh]
+            bodies = [self._serialize(self._gap_event(a, b, why, now)) for a, b, why in fresh]
             self._make_room_locked(_upper_bytes(bodies), now)
             first, _ = self._write_locked(bodies, now)
-            for offset, (a, b) in enumerate(fresh):
-                self._reported.add((a, b))
+            if self._config.fsync == "interval":
+                os.fdatasync(self._fd)
+            for offset, (a, b, reason) in enumerate(fresh):
                 self._corrupted_total += b - a + 1
                 _log.error(
-                    "outbox %s: seq %d-%d (%d events) damaged on disk; reported by gap seq %d",
+                    "outbox %s: seq %d-%d (%d events) %s; reported by gap seq %d",
                     self._dir,
                     a,
                     b,
                     b - a + 1,
+                    "missing" if reason == _MISSING else "damaged on disk",
                     first + offset,
                 )
+            self._persist_locked()
             waiters = self._take_waiters_locked()
         _wake(waiters)
 
@@ -722,7 +977,7 @@ class Outbox:
             )
             segment.apply_scan(result)
         if result.lost:
-            self._report_lost(result.lost)
+            self._report_lost((a, b, _CORRUPTED) for a, b in result.lost)
 
     def _rescan(self, segment: Segment, upper: int, end: int, offset: int) -> None:
         """A read found damage no scan knew of: learn where it ends and report what it cost."""
@@ -740,7 +995,7 @@ class Outbox:
             segment.skips.update(result.skips)
         _log.error("outbox %s: damage found at %s:%d", self._dir, segment.path.name, offset)
         if result.lost:
-            self._report_lost(result.lost)
+            self._report_lost((a, b, _CORRUPTED) for a, b in result.lost)
 
     async def wait_for_seq_after(self, seq: int, timeout: float) -> int:
         """Wait until a record newer than ``seq`` exists, at most ``timeout`` seconds; return the
@@ -791,7 +1046,7 @@ class Outbox:
 
     @property
     def dropped_total(self) -> int:
-        """Events dropped under the disk budget since this outbox was opened."""
+        """Events dropped under the disk budget since this outbox was created (kept in STATE)."""
         return self._dropped_total
 
     def status(self) -> OutboxStatus:
@@ -855,17 +1110,120 @@ def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, int]]) -
             loop.call_soon_threadsafe(event.set)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _uncovered(span: tuple[int, int], covered: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``span`` (inclusive) outside the disjoint sorted ranges ``covered``."""
+    a, b = span
+    out: list[tuple[int, int]] = []
+    if a > b:
+        return out
+    for c, d in covered:
+        if d < a:
+            continue
+        if c > b:
+            break
+        if c > a:
+            out.append((a, c - 1))
+        a = max(a, d + 1)
+        if a > b:
+            return out
+    if a <= b:
+        out.append((a, b))
+    return out
+
+
+def _covered(covered: Sequence[tuple[int, int]], span: tuple[int, int]) -> list[tuple[int, int]]:
+    """``covered`` with ``span`` added, merged into disjoint sorted ranges."""
+    out: list[tuple[int, int]] = []
+    a, b = span
+    placed = False
+    for c, d in covered:
+        if d + 1 < a:
+            out.append((c, d))
+        elif b + 1 < c:
+            if not placed:
+                out.append((a, b))
+                placed = True
+            out.append((c, d))
+        else:
+            a, b = min(a, c), max(b, d)
+    if not placed:
+        out.append((a, b))
+    out.sort()
+    return out
+
+
+def _ignore(_: int) -> None:
+    pass
+
+
+def _boot_id() -> bytes | None:
+    """The running kernel's boot id: page-cache contents survive exactly as long as it."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with open("/proc/sys/kernel/random/boot_id", "rb") as file:
+            return uuid.UUID(file.read().strip().decode()).bytes
+    except (OSError, ValueError):
+        return None
 
 
-def _uuid7(now: float) -> str:
-    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, version, 74 random bits."""
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (int(now * 1000) & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76 | ((rand >> 62) & 0xFFF) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
-    return str(uuid.UUID(int=value))
+class _SeqHint:
+    """The last seq numbered, in a shared memory map, stamped with the boot id.
+
+    A store is one memory write, no syscall, so it costs appends nothing measurable. The page
+    cache keeps it through a ``kill -9``; a reboot may lose or tear it, hence the boot id: it is
+    only trusted within the boot that wrote it. Two slots, written alternately, each holding the
+    value and its complement: a process killed in the middle of one store leaves that slot
+    invalid and the other one write older (the records of that write are on disk, so the
+    reopen trusts them).
+    """
+
+    _HEAD: Final = struct.Struct("<4s16s")
+    _VALUE: Final = struct.Struct("<QQ")
+    _SLOT_SIZE: Final = 36
+    _MAGIC: Final = b"QSH1"
+    _MASK: Final = (1 << 64) - 1
+
+    def __init__(self, path: Path) -> None:
+        self._boot = _boot_id()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            size = 2 * self._SLOT_SIZE
+            if os.fstat(self._fd).st_size != size:
+                os.ftruncate(self._fd, size)
+            self._map = mmap.mmap(self._fd, size)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._slot = 0
+
+    def read(self) -> int | None:
+        """The last seq stored in this boot, or ``None`` (another boot, never stored, torn)."""
+        if self._boot is None:
+            return None
+        best: int | None = None
+        for slot in (0, 1):
+            offset = slot * self._SLOT_SIZE
+            magic, boot = self._HEAD.unpack_from(self._map, offset)
+            last, check = self._VALUE.unpack_from(self._map, offset + self._HEAD.size)
+            if magic != self._MAGIC or boot != self._boot or check != last ^ self._MASK:
+                continue
+            if best is None or last > best:
+                best = last
+                self._slot = 1 - slot  # overwrite the older slot first
+        return best
+
+    def store(self, last: int) -> None:
+        offset = self._slot * self._SLOT_SIZE
+        self._VALUE.pack_into(self._map, offset + self._HEAD.size, last, last ^ self._MASK)
+        self._slot ^= 1
+
+    def start(self, last: int) -> None:
+        """Stamp both slots with this boot and ``last`` (after :meth:`read`, before stores)."""
+        for slot in (0, 1):
+            offset = slot * self._SLOT_SIZE
+            # The value first: a slot is never valid with this boot's stamp and an old value.
+            self._VALUE.pack_into(self._map, offset + self._HEAD.size, last, last ^ self._MASK)
+            self._HEAD.pack_into(self._map, offset, self._MAGIC, self._boot or bytes(16))
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)

@@ -67,17 +67,14 @@ from collections.abc import Iterable, Sequence
 from typing import Final, NoReturn, TypeAlias, cast
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError
-from nacl import bindings as sodium
-from nacl.exceptions import CryptoError as NaclCryptoError
 
 from crypto import pki
-from crypto.aead import TAG_SIZE, AeadKey, Algorithm
+from crypto.aead import TAG_SIZE, AeadKey, Algorithm, RawAead
 from crypto.errors import (
     CryptoError,
     DecryptionError,
@@ -88,6 +85,7 @@ from crypto.errors import (
 from crypto.kdf import InfoField, build_info
 from crypto.kem import QSC_HYBRID_KEM, X25519_SIZE, HybridPrivateKey
 from crypto.nonces import StreamNonce
+from mesh.identity import SigningKey
 from qsc.common.v1.event_pb2 import EventBatch
 from qsc.guardian.v1.sealed_session_pb2 import (
     SealedBatch,
@@ -113,7 +111,6 @@ __all__ = [
 
 Suite: TypeAlias = SealingSuite.ValueType
 SigAlg: TypeAlias = SignatureAlgorithm.ValueType
-SigningKey: TypeAlias = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 AES_SUITE: Final = SealingSuite.SEALING_SUITE_X25519_MLKEM1024_HKDF_SHA256_AES_256_GCM
 XCHACHA_SUITE: Final = SealingSuite.SEALING_SUITE_X25519_MLKEM1024_HKDF_SHA256_XCHACHA20_POLY1305
@@ -266,35 +263,8 @@ class _SessionKeys:
         return f"_SessionKeys({self.key_id!r})"
 
 
-class _Cipher:
-    """The suite's raw AEAD (nonce derived, never sent; no crypto.aead header on the wire)."""
-
-    __slots__ = ("_aesgcm", "_key")
-
-    def __init__(self, key: AeadKey) -> None:
-        self._key = key
-        self._aesgcm = AESGCM(key.secret) if key.algorithm is Algorithm.AES_256_GCM else None
-
-    def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        if self._aesgcm is not None:
-            return self._aesgcm.encrypt(nonce, plaintext, aad)
-        return bytes(
-            sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
-                plaintext, aad, nonce, self._key.secret
-            )
-        )
-
-    def decrypt(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
-        if self._aesgcm is not None:
-            return self._aesgcm.decrypt(nonce, ciphertext, aad)
-        return bytes(
-            sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-                ciphertext, aad, nonce, self._key.secret
-            )
-        )
-
-    def __repr__(self) -> str:
-        return f"_Cipher({self._key!r})"
+# The sessions' cipher: crypto.aead's raw AEAD (nonce derived, never sent; no header on the wire).
+_Cipher = RawAead
 
 
 def _batch_aad(session_id: bytes, number: int, first: int, last: int, count: int) -> bytes:
@@ -322,7 +292,8 @@ class _NoCopy:
 
 class _Session(_NoCopy):
     """What both ends of one sealed session hold: its keys, id and suite, and the
-    guardian-to-subscriber cipher and nonces (batch n is sealed and opened under nonce n)."""
+    guardian-to-subscriber cipher and nonces (batch n is sealed and opened under nonce n, with
+    `crypto.aead.RawAead`: the nonce is derived, never sent, and no header goes on the wire)."""
 
     __slots__ = ("_cipher", "_keys", "_nonce", "_session_id", "_suite")
 
@@ -466,7 +437,7 @@ class SessionOpener(_Session):
                 self._nonce.for_sequence(number), sealed.ciphertext, aad
             )
             batch = EventBatch.FromString(plaintext)
-        except (InvalidTag, NaclCryptoError, DecodeError, ValueError, TypeError):
+        except (DecryptionError, DecodeError, ValueError, TypeError):
             raise SealedStreamError() from None
         # Authentic, but a guardian bug must not let the clear fields (which subscribers use
         # for cursors) disagree with what was sealed.

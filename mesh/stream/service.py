@@ -45,10 +45,9 @@ from datetime import timedelta
 from typing import Any, Final, Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from mesh.errors import FailedPreconditionError, IdentityError, PermissionDeniedError
-from mesh.identity import TlsMaterial, peer_identity
+from mesh.identity import SigningKey, TlsMaterial, peer_identity, signing_key
 from mesh.logs import log_event
 from mesh.server import ServiceBinding
 from mesh.stream import outbox as outbox_mod
@@ -65,7 +64,7 @@ from mesh.stream.batching import (
     subscribe_context,
 )
 from mesh.stream.outbox import Outbox, OutboxStatus, Record
-from mesh.stream.sealing import HandshakeError, SessionSealer, SigningKey, accept_offer
+from mesh.stream.sealing import HandshakeError, SessionSealer, accept_offer
 from qsc.common.v1 import event_pb2, identity_pb2, pipeline_details_pb2
 from qsc.guardian.v1 import guardian_service_pb2 as pb
 from qsc.guardian.v1 import guardian_service_pb2_grpc as pb_grpc
@@ -101,9 +100,8 @@ class SealingIdentity:
 
     @classmethod
     def from_tls(cls, material: TlsMaterial) -> SealingIdentity:
-        key = serialization.load_pem_private_key(material.private_key, password=None)
         chain = tuple(x509.load_pem_x509_certificates(material.cert_chain))
-        return cls(key, chain)  # type: ignore[arg-type]  # accept_offer checks the key type
+        return cls(signing_key(material), chain)
 
     def __repr__(self) -> str:
         return f"SealingIdentity(leaf={self.chain[0].subject.rfc4514_string()!r}, key=<hidden>)"

@@ -1,10 +1,13 @@
 """The subscriber side of the guardian stream: resumable, deduplicated, (by default) sealed.
 
     config = SubscriberConfig(channel=ChannelConfig("web-01:7443", tls), expected_role="alpha")
-    async with GuardianSubscriber(config, cursor_store=CursorStore(path)) as sub:
+    store = FileCursorStore(path)               # mesh.stream.cursor; optional
+    async with GuardianSubscriber(config, cursor_store=store) as sub:
         async for batch in sub.batches():       # or: async for event in sub.events()
-            store(batch.events)
+            store_events(batch.events)
             await sub.commit()                  # optional: batches() also commits by itself
+
+To run several guardians into one consumer, see :mod:`mesh.stream.fanin`.
 
 Guarantees and the decisions behind them:
 
@@ -16,8 +19,9 @@ Guarantees and the decisions behind them:
 * **Resume.** UNAVAILABLE, a stream that ends (the guardian drains on SIGTERM), a guardian
   restart, a stream silent for ``idle_timeout``, and other transient codes make the subscriber
   dial again after a backoff with jitter (:class:`ReconnectPolicy`, reset once a stream is
-  established) and ask for the events after ``cursor``. Each attempt opens a fresh channel, so
-  only this policy decides when the guardian is dialled again.
+  established) and ask for the events after ``cursor``. Each attempt opens a fresh channel with
+  the ``dial`` callable (:func:`mesh.channel.open_channel` unless a caller, e.g. a test, passes
+  its own), so only this policy decides when the guardian is dialled again.
 * **Sealed sessions** (default). Each connection runs the handshake of
   :mod:`mesh.stream.sealing` with the key of our TLS certificate, and verifies the guardian:
   chain to our CA, our trust domain, role (``expected_role``, or any guardian role when None) and
@@ -38,13 +42,15 @@ Guarantees and the decisions behind them:
   guardian's latest (its outbox was reset) raises it too, with ``ahead`` set. Neither is retried.
 * **Gap events** are ordinary events for the consumer: they are the guardian's loss report. The
   subscriber also logs each at WARNING.
-* **Cursor store** (optional): a file written atomically (temp file, fsync, rename, fsync of the
-  directory) holding the guardian's SPIFFE ID and the seq. It is written after each batch once
-  the consumer comes back for more (a crash while it handles a batch redelivers that batch on
-  restart) and by :meth:`GuardianSubscriber.commit`. A stored cursor of another guardian is
-  refused (:class:`ForeignCursorError`) before anything is delivered. The guardian's identity is
-  the verified SPIFFE ID on sealed streams; on unsealed ones (debugging only) it is what
-  GetStatus reports, not cryptographically bound.
+* **Cursor store** (optional, :mod:`mesh.stream.cursor`): read once, before the first dial, for
+  the resume point. A stored cursor of another guardian is refused (:class:`ForeignCursorError`)
+  once the guardian is identified, before anything is delivered or saved. With
+  ``commit_cursor`` (default) the subscriber writes the store after each batch once the consumer
+  comes back for more (a crash while it handles a batch redelivers that batch on restart) and in
+  :meth:`GuardianSubscriber.commit`. Without it only :meth:`~GuardianSubscriber.commit` writes,
+  and a consumer may instead store ``batch.cursor`` itself, in the transaction that stores the
+  batch. The guardian's identity is the verified SPIFFE ID on sealed streams; on unsealed ones
+  (debugging only) it is what GetStatus reports, not cryptographically bound.
 """
 
 from __future__ import annotations
@@ -53,28 +59,22 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import logging
-import os
 import random
 import re
-import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import timedelta
-from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
 import grpc
 import grpc.aio
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from crypto import pki
 from crypto.errors import CryptoError, PkiError
-from crypto.keyfile import read_private_file
+from mesh.backoff import backoff_bound, jittered_delay
 from mesh.channel import ChannelConfig, RetryPolicy, open_channel
 from mesh.errors import (
     ConfigError,
@@ -83,8 +83,16 @@ from mesh.errors import (
     OutOfRangeError,
     UnavailableError,
 )
-from mesh.identity import load_tls
+from mesh.identity import load_tls, signing_key
 from mesh.logs import log_event
+from mesh.stream.cursor import (
+    CursorFileError,
+    CursorStore,
+    CursorStoreError,
+    ForeignCursorError,
+    StoredCursor,
+    refuse_foreign,
+)
 from mesh.stream.sealing import (
     DEFAULT_SUITES,
     HandshakeError,
@@ -101,15 +109,15 @@ __all__ = [
     "GUARDIAN_ROLES",
     "CursorFileError",
     "CursorOutOfRangeError",
-    "CursorStore",
+    "CursorStoreError",
     "DeliveredBatch",
+    "Dialer",
     "ForeignCursorError",
     "GuardianIdentityError",
     "GuardianSubscriber",
     "GuardianUnavailableError",
     "ReconnectPolicy",
     "SealedBatchRejectedError",
-    "StoredCursor",
     "StreamProtocolError",
     "SubscriberConfig",
     "SubscriberError",
@@ -136,7 +144,9 @@ _RETRYABLE: Final = frozenset(
     }
 )
 _OLDEST_RE: Final = re.compile(r"oldest available seq\D{0,3}(\d+)", re.IGNORECASE)
-_CURSOR_FORMAT: Final = "qsc-stream-cursor-v1"
+
+# Opens the channel of one connection attempt (mesh.channel.open_channel by default).
+Dialer = Callable[[ChannelConfig], grpc.aio.Channel]
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -198,14 +208,6 @@ class CursorOutOfRangeError(SubscriberError, OutOfRangeError):
         return 0 if self.ahead else self.lost_last - self.cursor
 
 
-class ForeignCursorError(SubscriberError):
-    """A stored cursor (or the previous connection) belongs to another guardian."""
-
-
-class CursorFileError(SubscriberError):
-    """The cursor file cannot be read or written; the message names the file."""
-
-
 class GuardianUnavailableError(SubscriberError, UnavailableError):
     """No stream could be established for ``ReconnectPolicy.give_up_after``."""
 
@@ -264,15 +266,15 @@ class ReconnectPolicy:
 
     def bound(self, attempt: int) -> float:
         """The longest wait, in seconds, before attempt `attempt` (1-based) of a reconnect."""
-        if attempt < 1:
-            raise ValueError("attempt is 1-based")
-        exponent = min(attempt - 1, 64)  # past this the max always wins; avoids float overflow
-        grown = self.initial_backoff.total_seconds() * self.multiplier**exponent
-        return min(self.max_backoff.total_seconds(), grown)
+        return backoff_bound(
+            attempt,
+            initial=self.initial_backoff.total_seconds(),
+            maximum=self.max_backoff.total_seconds(),
+            multiplier=self.multiplier,
+        )
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        bound = self.bound(attempt)
-        return bound * (1.0 - self.jitter * rng())
+        return jittered_delay(self.bound(attempt), self.jitter, rng)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,6 +371,13 @@ class DeliveredBatch:
     last_seq: int
     # When the batch was received (time.time()), for latency measurements.
     received_at: float
+    # The SPIFFE ID of the guardian it came from (verified on sealed streams).
+    guardian: str
+
+    @property
+    def cursor(self) -> StoredCursor:
+        """The cursor to store once this batch is stored: it resumes right after the batch."""
+        return StoredCursor(self.guardian, self.last_seq)
 
 
 @dataclasses.dataclass
@@ -392,83 +401,6 @@ class SubscriberStats:
 def gap_of(event: event_pb2.Event) -> event_pb2.Event | None:
     """The event itself if it is a gap event (a loss report), else None."""
     return event if event.WhichOneof("detail") == "gap" else None
-
-
-# --- the cursor store -----------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class StoredCursor:
-    guardian: str  # the guardian's SPIFFE ID
-    seq: int
-
-
-class CursorStore:
-    """One guardian's cursor in a small JSON file, replaced atomically on every save."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> StoredCursor | None:
-        """The stored cursor; None when the file does not exist."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise CursorFileError(f"cursor file {self.path}: {exc.strerror or exc}") from None
-        try:
-            data = json.loads(raw)
-            if not isinstance(data, dict) or data.get("format") != _CURSOR_FORMAT:
-                raise ValueError("not a QSC stream cursor file")
-            guardian, seq = data["guardian"], data["seq"]
-            if not isinstance(guardian, str) or not guardian.startswith("spiffe://"):
-                raise ValueError("guardian must be a SPIFFE ID")
-            if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**64:
-                raise ValueError("seq must be an unsigned 64-bit integer")
-        except (ValueError, KeyError) as exc:
-            # Never restart from scratch silently over a damaged cursor: that replays or skips.
-            raise CursorFileError(f"cursor file {self.path} is invalid: {exc}") from None
-        return StoredCursor(guardian, seq)
-
-    def seq_for(self, guardian: str) -> int | None:
-        """The stored seq if the file belongs to `guardian`; ForeignCursorError otherwise."""
-        stored = self.load()
-        if stored is None:
-            return None
-        if stored.guardian != guardian:
-            raise ForeignCursorError(
-                f"cursor file {self.path} belongs to {stored.guardian}, not to {guardian}; "
-                "use a cursor file per guardian"
-            )
-        return stored.seq
-
-    def save(self, cursor: StoredCursor) -> None:
-        """Write to a temp file beside the target, fsync, rename over it, fsync the directory:
-        a crash leaves the old cursor or the new one, never a torn file."""
-        body = json.dumps(
-            {"format": _CURSOR_FORMAT, "guardian": cursor.guardian, "seq": cursor.seq},
-            sort_keys=True,
-        ).encode()
-        directory = self.path.parent
-        tmp = directory / f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, body + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise CursorFileError(f"cursor file {self.path}: {exc.strerror or exc}") from None
 
 
 # --- one connection -------------------------------------------------------------------------
@@ -497,9 +429,10 @@ class _Connection:
     async def read(self) -> pb.SubscribeResponse | None:
         """The next response; None at a clean end of the stream."""
         try:
-            if self._idle is None:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the read completes, and the subscriber's task would not stop.
+            async with asyncio.timeout(self._idle):
                 return await self._responses.__anext__()
-            return await asyncio.wait_for(self._responses.__anext__(), self._idle)
         except StopAsyncIteration:
             return None
         except TimeoutError:
@@ -521,17 +454,23 @@ class GuardianSubscriber:
         config: SubscriberConfig,
         *,
         cursor_store: CursorStore | None = None,
+        commit_cursor: bool = True,
+        dial: Dialer = open_channel,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.config = config
         self.store = cursor_store
+        # False: batches()/events() never write the store; the consumer commits (see module doc).
+        self.commit_cursor = commit_cursor
         self.stats = SubscriberStats()
+        self._dial = dial
         self._rng = rng
         tls = config.channel.tls
         material = load_tls(tls)  # IdentityError naming the file, now rather than at dial
         self._trust_domain = material.trust_domain
         self._cas = pki.load_certificates(tls.ca)
-        self._identity_key = _load_signing_key(tls.key) if config.sealed else None
+        # The TLS key signs our sealed-session offers (the guardian checks it against our cert).
+        self._identity_key = signing_key(material) if config.sealed else None
         # Our interceptors must not retry behind our back: this loop owns reconnects.
         self._channel_config = dataclasses.replace(
             config.channel, retry=RetryPolicy(max_attempts=1)
@@ -539,9 +478,12 @@ class GuardianSubscriber:
         self._cursor = config.start_after_seq
         self._positioned = not config.start_at_latest
         self._committed: int | None = None
+        self._stored: StoredCursor | None = None
+        self._store_read = False
         self._guardian: str | None = None
         self._latest_seq = 0
         self._oldest_seq = 0
+        self._connected = False
         self._running = False
         self._closed = False
 
@@ -566,12 +508,17 @@ class GuardianSubscriber:
     def oldest_seq(self) -> int:
         return self._oldest_seq
 
+    @property
+    def connected(self) -> bool:
+        """A stream is established (verified, subscribed) and not yet interrupted."""
+        return self._connected
+
     async def commit(self) -> None:
         """Persist ``cursor`` to the store (no-op without a store or before identification)."""
         if self.store is None or self._guardian is None or self._committed == self._cursor:
             return
         cursor = StoredCursor(self._guardian, self._cursor)
-        await asyncio.to_thread(self.store.save, cursor)
+        await self.store.commit(cursor)
         self._committed = cursor.seq
 
     async def close(self) -> None:
@@ -597,7 +544,8 @@ class GuardianSubscriber:
                 self._cursor = batch.last_seq
                 if batch.events:
                     yield batch
-                await self.commit()
+                if self.commit_cursor:
+                    await self.commit()
 
     async def events(self) -> AsyncGenerator[event_pb2.Event, None]:
         """New events one by one, until an error or the consumer stops."""
@@ -607,7 +555,8 @@ class GuardianSubscriber:
                     self._cursor = event.seq
                     yield event
                 self._cursor = batch.last_seq
-                await self.commit()
+                if self.commit_cursor:
+                    await self.commit()
 
     # -- the reconnect loop ----------------------------------------------------------------------
 
@@ -620,19 +569,17 @@ class GuardianSubscriber:
         attempt = 0
         down_since: float | None = None
         try:
-            if (
-                self.store is not None
-                and self.config.prefer_stored_cursor
-                and not self.stats.connects
-            ):
+            if self.store is not None and not self._store_read:
                 # Whose cursor it is gets checked once the guardian is identified.
-                stored = await asyncio.to_thread(self.store.load)
-                if stored is not None:
-                    self._cursor, self._positioned = stored.seq, True
+                self._stored = await self.store.load()
+                self._store_read = True
+                if self._stored is not None and self.config.prefer_stored_cursor:
+                    self._cursor, self._positioned = self._stored.seq, True
             while not self._closed:
                 conn: _Connection | None = None
                 try:
                     conn = await self._connect()
+                    self._connected = True
                     attempt, down_since = 0, None
                     while True:
                         batch = await self._next_batch(conn)
@@ -650,6 +597,7 @@ class GuardianSubscriber:
                 except _StreamInterruptedError as exc:
                     reason = str(exc)
                 finally:
+                    self._connected = False
                     if conn is not None:
                         await conn.close()
                 attempt += 1
@@ -729,7 +677,7 @@ class GuardianSubscriber:
                 self._identity_key, suites=cfg.suites, context=context
             )
             request.sealed_session.CopyFrom(offer)
-        channel = open_channel(self._channel_config)
+        channel = self._dial(self._channel_config)
         try:
             idle = None if cfg.idle_timeout is None else cfg.idle_timeout.total_seconds()
             if not cfg.sealed:
@@ -835,7 +783,7 @@ class GuardianSubscriber:
             )
         if self._guardian is None and self.store is not None:
             # Refuse another guardian's cursor before anything is delivered or saved.
-            await asyncio.to_thread(self.store.seq_for, guardian)
+            refuse_foreign(self.store, self._stored, guardian)
         self._guardian = guardian
 
     # -- messages --------------------------------------------------------------------------------
@@ -866,12 +814,16 @@ class GuardianSubscriber:
                 if not sealed and self._positioned:
                     through = response.progress.delivered_through_seq
                     if through > self._cursor:
-                        return DeliveredBatch((), self._cursor + 1, through, time.time())
+                        return DeliveredBatch(
+                            (), self._cursor + 1, through, time.time(), conn.guardian
+                        )
                 continue
             else:
                 what = "sealed" if sealed else "unsealed"
                 raise StreamProtocolError(f"unexpected {kind!r} message on a {what} stream")
-            return DeliveredBatch(batch.events, batch.first_seq, batch.last_seq, time.time())
+            return DeliveredBatch(
+                batch.events, batch.first_seq, batch.last_seq, time.time(), conn.guardian
+            )
 
     def _progress(self, progress: event_pb2.Progress, sealed: bool) -> None:
         self._latest_seq = max(self._latest_seq, progress.latest_seq)
@@ -907,9 +859,7 @@ class GuardianSubscriber:
         for event in events:
             if event.WhichOneof("detail") == "gap":
                 self._report_gap(event)
-        return DeliveredBatch(
-            events, max(batch.first_seq, cursor + 1), batch.last_seq, batch.received_at
-        )
+        return dataclasses.replace(batch, events=events, first_seq=max(batch.first_seq, cursor + 1))
 
     def _report_hole(self, cursor: int, first: int) -> None:
         if cursor == 0:
@@ -937,15 +887,3 @@ class GuardianSubscriber:
             last_lost=gap.last_seq,
             count=gap.count,
         )
-
-
-def _load_signing_key(path: Path) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
-    """The TLS key signs our sealed-session offers (the guardian checks it against our cert)."""
-    data = read_private_file(path, what="TLS key")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise IdentityError(f"TLS key {path}: not an unencrypted PEM private key") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
-        raise IdentityError(f"TLS key {path}: sealed sessions need an ECDSA or Ed25519 key")
-    return key

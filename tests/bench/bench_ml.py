@@ -45,10 +45,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from crypto.keyring import KeyManager
 from crypto.pki import init_ca, issue_leaf, write_leaf
+from ml.api import ScoreBatch
 from ml.export import INPUT_NAME, fused_onnx, skl2onnx_onnx
 from ml.forest import TrainParams, fit_forest
 from ml.schema import FEATURES, SCHEMA_VERSION
-from ml.scorer import LoadedModel, ScoreBatch
+from ml.scorer import LoadedModel
 from ml.store import load_model
 from ml.synthetic import ANOMALY_KINDS, SyntheticConfig, generate
 from ml.training import train_model

@@ -654,8 +654,9 @@ def test_process_in_a_new_cgroup_is_attributed(env: Env) -> None:
 
 
 def test_status_is_healthy_and_alive(env: Env) -> None:
-    subprocess.run(["true"], check=True)
-    time.sleep(0.3)
+    true = subprocess.Popen(["true"])
+    assert true.wait(timeout=10) == 0
+    env.seen.wait_for(of(Kind.EXEC, true.pid), what="true exec")  # polled and delivered
     status = env.sensor.status()
     assert status.mode is SensorMode.EBPF
     assert status.state is SensorState.HEALTHY, status.reasons

@@ -35,15 +35,14 @@ from mesh.config import TlsFiles
 from mesh.identity import load_tls
 from mesh.server import ComponentServer, ServerConfig
 from mesh.stream.batching import StreamSettings
+from mesh.stream.cursor import FileCursorStore, StoredCursor
 from mesh.stream.outbox import Outbox, OutboxConfig
 from mesh.stream.service import GuardianServicer, SealingIdentity
 from mesh.stream.subscriber import (
-    CursorStore,
     GuardianIdentityError,
     GuardianSubscriber,
     ReconnectPolicy,
     SealedBatchRejectedError,
-    StoredCursor,
     SubscriberConfig,
     SubscriptionRefusedError,
 )
@@ -364,7 +363,7 @@ def test_sigterm_ends_the_stream_cleanly_and_the_subscriber_resumes(
 def test_a_new_subscriber_resumes_from_the_saved_cursor(
     pki: Pki, finite: GuardianProcess, tmp_path: Path
 ) -> None:
-    store = CursorStore(tmp_path / "cursor.json")
+    store = FileCursorStore(tmp_path / "cursor.json")
 
     async def first() -> list[int]:
         sub = GuardianSubscriber(
@@ -390,7 +389,7 @@ def test_a_new_subscriber_resumes_from_the_saved_cursor(
         return [e.seq for e in seen]
 
     one = asyncio.run(first())
-    saved = store.load()
+    saved = store.read()
     assert saved is not None
     assert (saved.guardian, saved.seq) == (f"spiffe://{TD}/alpha/web-01", 250)
     two = asyncio.run(second())
@@ -494,7 +493,7 @@ def tail_from_a_lost_cursor(pki: Pki, g: GuardianProcess, tmp_path: Path, oldest
     """`qsc tail` with a cursor older than the outbox: an error, or with --from-oldest a jump
     that names the lost range."""
     cursor = tmp_path / "old.cursor"
-    CursorStore(cursor).save(StoredCursor(f"spiffe://{TD}/alpha/web-01", 5))
+    FileCursorStore(cursor).write(StoredCursor(f"spiffe://{TD}/alpha/web-01", 5))
     refused = _qsc(*_tail_args(pki, g.port, "--cursor-file", cursor, "--count", "2"), check=False)
     assert refused.returncode == 1
     assert f"events 6 to {oldest - 1} are no longer available" in refused.stderr

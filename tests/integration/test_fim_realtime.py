@@ -175,8 +175,7 @@ def test_beta_own_restore_is_suppressed(running: tuple[FimMonitor, Recorder], et
     tmp.write_text("root ALL=(ALL) ALL\n")
     os.chmod(tmp, good.meta.mode)
     os.rename(tmp, target)
-    time.sleep(0.5)
-    assert monitor.wait_idle()
+    rec.wait_past(etc / "after-the-restore")
     assert len(rec.of(target)) == 1  # only the attack
     assert rec.of(tmp) == []
     assert monitor.stats.suppressed >= 1
@@ -198,18 +197,17 @@ def test_logs_in_realtime(tmp_path: Path) -> None:
             for _ in range(50):  # a daemon appending
                 f.write(b"more\n")
                 f.flush()
-        time.sleep(0.5)
-        assert monitor.wait_idle()
-        assert rec.changes == []
+        rec.wait_past(logs / "marker-1")
+        assert [c.path for c in rec.changes] == [str(logs / "marker-1")]  # growth is no change
         os.rename(log, logs / "auth.log.1")  # logrotate
         log.write_bytes(b"")
         rotated = rec.wait_for(log, ChangeKind.LOG_ROTATED)
         assert "auth.log.1" in rotated.detail
-        time.sleep(0.3)
-        assert monitor.wait_idle()
-        assert [c.kind for c in rec.changes] == [ChangeKind.LOG_ROTATED]  # no delete/create
+        rec.wait_past(logs / "marker-2")
+        not_markers = [(c.path, c.kind) for c in rec.changes if "marker-" not in c.path]
+        assert not_markers == [(str(log), ChangeKind.LOG_ROTATED)]  # no delete/create
         log.write_bytes(b"x" * 400)
-        time.sleep(0.3)
+        rec.wait_past(logs / "marker-3")  # the monitor has seen the log at 400 bytes
         with log.open("r+b") as f:
             f.truncate(10)  # someone wipes the tail
         rec.wait_for(log, ChangeKind.LOG_TRUNCATED)

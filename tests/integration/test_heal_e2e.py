@@ -474,6 +474,13 @@ class Recorder:
     def of(self, path: Path) -> list[Change]:
         return [c for c in self.changes if c.path == str(path)]
 
+    def wait_past(self, marker: Path) -> None:
+        """Create `marker` under a watched directory and wait for its report: the monitor handles
+        inotify in order on one thread, so every write finished before it has been checked."""
+        marker.write_text("written after the heal\n")
+        [created] = self.wait_for(marker, 1)
+        assert created.kind is ChangeKind.CREATED
+
 
 def test_heal_raises_no_fim_event_but_tampering_does(world: World) -> None:
     rec = Recorder()
@@ -491,8 +498,7 @@ def test_heal_raises_no_fim_event_but_tampering_does(world: World) -> None:
         record = healer.on_change(change)
         assert record is not None
         assert record.state is HealState.VERIFIED, record.failure_reason
-        time.sleep(0.5)
-        assert monitor.wait_idle()
+        rec.wait_past(world.etc / "after-heal-1")
         assert len(rec.of(target)) == 1  # only the tampering
         assert all(not c.path.endswith(HEAL_TEMP_SUFFIX) for c in rec.changes)
         assert monitor.stats.suppressed >= 1
@@ -505,13 +511,12 @@ def test_heal_raises_no_fim_event_but_tampering_does(world: World) -> None:
         record = healer.on_change(meta_change)
         assert record is not None
         assert record.state is HealState.VERIFIED
-        time.sleep(0.5)
-        assert monitor.wait_idle()
+        rec.wait_past(world.etc / "after-heal-2")
         assert len(rec.of(other)) == 1
         assert stat.S_IMODE(other.stat().st_mode) == 0o640
         # Someone else writing afterwards is reported again.
         target.write_text("PermitRootLogin yes\n")
         rec.wait_for(target, 2)
-        assert len(rec.changes) == 3
+        assert len(rec.changes) == 3 + 2  # and the two markers
     finally:
         monitor.stop()

@@ -22,8 +22,7 @@ import grpc
 import pytest
 
 from alpha.errors import AlphaNotFoundError
-from alpha.memscan import convert
-from alpha.memscan.scanner import (
+from alpha.memscan import (
     Finding,
     MemoryScanner,
     MemScanConfig,
@@ -31,6 +30,7 @@ from alpha.memscan.scanner import (
     ScanScheduler,
     ThreatKind,
     Trigger,
+    convert,
 )
 from alpha.memscan.service import ScanMemoryCore
 from alpha.sensors.model import ExecDetail, Kind, Observation, ProcessInfo, Stdio

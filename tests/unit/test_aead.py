@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from crypto.aead import AeadKey, Algorithm, Sealer, open_sealed, sealed_key_id
+from crypto.aead import AeadKey, Algorithm, RawAead, Sealer, open_sealed, sealed_key_id
 from crypto.errors import DecryptionError, NonceExhaustedError
 from crypto.nonces import CounterNonceSource, RandomNonceSource, SequenceNonceSource, StreamNonce
 
@@ -278,3 +278,69 @@ def test_longest_key_id_round_trips() -> None:
     sealed = Sealer(key).seal(b"x")
     assert sealed_key_id(sealed) == "k" * 64
     assert open_sealed(sealed, key) == b"x"
+
+
+# --- the raw primitive (caller's nonce, no header) -------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("size", [0, 1, 4096])
+def test_raw_round_trip_is_ciphertext_and_tag_only(alg: Algorithm, size: int) -> None:
+    raw = RawAead(make_key(alg))
+    nonce = StreamNonce(1, alg.nonce_size).for_sequence(3)
+    plaintext = os.urandom(size)
+    sealed = raw.encrypt(nonce, plaintext, b"aad")
+    assert len(sealed) == size + 16  # no header, no nonce on the wire
+    assert raw.decrypt(nonce, sealed, b"aad") == plaintext
+    assert raw.decrypt(nonce, memoryview(sealed), b"aad") == plaintext
+
+
+def test_raw_aes_gcm_is_the_plain_aead() -> None:
+    key = make_key(Algorithm.AES_256_GCM)
+    nonce = os.urandom(12)
+    assert RawAead(key).encrypt(nonce, b"payload", b"ad") == AESGCM(key.secret).encrypt(
+        nonce, b"payload", b"ad"
+    )
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("damage", ["nonce", "aad", "tag", "body", "truncated", "key"])
+def test_raw_decrypt_fails_with_the_one_opaque_error(alg: Algorithm, damage: str) -> None:
+    key = make_key(alg)
+    nonce = StreamNonce(1, alg.nonce_size).for_sequence(1)
+    sealed = RawAead(key).encrypt(nonce, b"event batch", b"aad")
+    raw, aad = RawAead(key), b"aad"
+    if damage == "nonce":
+        nonce = StreamNonce(1, alg.nonce_size).for_sequence(2)
+    elif damage == "aad":
+        aad = b"aae"
+    elif damage == "tag":
+        sealed = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    elif damage == "body":
+        sealed = bytes([sealed[0] ^ 0x80]) + sealed[1:]
+    elif damage == "truncated":
+        sealed = sealed[:15]
+    else:
+        raw = RawAead(make_key(alg))
+    with pytest.raises(DecryptionError) as info:
+        raw.decrypt(nonce, sealed, aad)
+    assert str(info.value) == str(DecryptionError())
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_raw_nonce_length_is_checked(alg: Algorithm) -> None:
+    raw = RawAead(make_key(alg))
+    good = bytes(alg.nonce_size)
+    sealed = raw.encrypt(good, b"x")
+    other = 24 if alg.nonce_size == 12 else 12
+    for bad in (bytes(other), bytes(alg.nonce_size - 1), bytes(alg.nonce_size + 1), b""):
+        with pytest.raises(ValueError, match=f"{alg.nonce_size}-byte nonces"):
+            raw.encrypt(bad, b"x")
+        with pytest.raises(ValueError, match=f"{alg.nonce_size}-byte nonces"):
+            raw.decrypt(bad, sealed)
+
+
+def test_raw_repr_never_shows_the_secret() -> None:
+    key = make_key(Algorithm.XCHACHA20_POLY1305)
+    assert key.secret.hex() not in repr(RawAead(key))
+    assert "store-2025-01" in repr(RawAead(key))

@@ -1,4 +1,5 @@
-"""alpha._convert: every observation kind the sensor produces -> the typed event the rules read.
+"""alpha.sensors.convert: every observation kind the sensor produces -> the typed event the rules
+read (and alpha._convert: rules and validations for AlphaService).
 
 Pure: hand-built observations, no sensor, no /proc. Each test also reads the event back through
 the rule fields (alpha.rules.fields), since those are what the default rules see.
@@ -11,18 +12,17 @@ from typing import Any
 
 import pytest
 
-from alpha._convert import (
+from alpha._convert import rule_to_proto, validation_to_proto
+from alpha.rulecheck import validate
+from alpha.rules import load_default
+from alpha.rules.fields import Event, lookup
+from alpha.sensors.convert import (
     BPF_PROG_TYPES,
     UNSET_AUID,
     Lookups,
     module_name,
     observation_to_event,
-    rule_to_proto,
-    validation_to_proto,
 )
-from alpha.rulecheck import validate
-from alpha.rules import load_default
-from alpha.rules.fields import Event, lookup
 from alpha.sensors.model import (
     UNKNOWN_STDIO,
     Ancestor,

@@ -2,7 +2,7 @@
 emitted at once, losses only in the runtime's periodic loss reports, with the exact counts.
 
 The loop below is what runs in production: `SyscallSource.monitor()` once per
-MONITOR_INTERVAL_S (alpha.sources), and `SensorRegistry.report_losses()` once per
+MONITOR_INTERVAL_S (alpha.sources.common), and `SensorRegistry.report_losses()` once per
 `[guardian] loss_report_interval` (mesh.guardian.runtime).
 """
 
@@ -24,7 +24,8 @@ from alpha.sensors.model import (
     SensorStats,
     SensorStatus,
 )
-from alpha.sources import MONITOR_INTERVAL_S, LateLookup, SyscallSource
+from alpha.sources.common import MONITOR_INTERVAL_S, LateLookup
+from alpha.sources.syscalls import SyscallSource
 from mesh.guardian.config import GuardianSection
 from mesh.guardian.sensors import SensorRegistry
 from qsc.common.v1 import event_pb2, pipeline_details_pb2

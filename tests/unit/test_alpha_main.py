@@ -1,4 +1,4 @@
-"""`qsc-alpha`'s command line through mesh.guardian.cli.run_main: messages and exit codes, without
+"""`qsc-alpha`'s command line through mesh.service.serve: messages and exit codes, without
 starting a guardian (the serving path is tests/bpf/test_alpha_e2e.py's, the bare guardian's
 tests/integration/test_guardian_service.py's)."""
 

@@ -31,7 +31,7 @@ from alpha.sensors.model import (
     SocketDetail,
     Stdio,
 )
-from alpha.sources import AuthSource
+from alpha.sources.auth import AuthSource
 from mesh.guardian.sensors import LossStage, SensorRegistry, SensorState
 from qsc.common.v1 import classification_pb2 as cls
 from qsc.common.v1 import event_pb2, memory_details_pb2, pipeline_details_pb2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from beta.backups.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, main
+from beta.backups.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, main
 from crypto.keyring import KeyManager
 
 
@@ -78,9 +78,9 @@ def test_rotation_and_errors(
     keys, root, manifest = setup
     common = [str(root), "-m", str(manifest), "--keys", str(keys)]
     assert main(["manifest", "create", *common]) == EXIT_OK
-    assert main(["manifest", "create", *common]) == EXIT_FAILED  # exists, no --force
+    assert main(["manifest", "create", *common]) == EXIT_FAILURE  # exists, no --force
     assert "already exists" in capsys.readouterr().err
-    assert main(["manifest", "verify", *common, "--subset-fraction", "0.5"]) == EXIT_FAILED
+    assert main(["manifest", "verify", *common, "--subset-fraction", "0.5"]) == EXIT_FAILURE
     cursor = str(tmp_path / "cursor")
     args = ["manifest", "verify", *common, "--subset-fraction", "0.5", "--cursor", cursor]
     assert main(args) == EXIT_OK
@@ -88,7 +88,7 @@ def test_rotation_and_errors(
     assert main(args) == EXIT_OK
     assert "subset 2/2" in capsys.readouterr().out
     bad_keys = [str(root), "-m", str(manifest), "--keys", str(tmp_path / "nokeys")]
-    assert main(["manifest", "verify", *bad_keys]) == EXIT_FAILED
+    assert main(["manifest", "verify", *bad_keys]) == EXIT_FAILURE
     with pytest.raises(SystemExit) as exc:
         main(["manifest", "verify", *common, "--subset-fraction", "2"])
     assert exc.value.code == EXIT_USAGE

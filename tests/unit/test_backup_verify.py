@@ -308,6 +308,7 @@ def test_cursor_inside_the_set_is_not_an_unexpected_file(
     for _ in range(3):
         r = verify_backup_set(root, manifest, km, subset_fraction=0.5, cursor_path=cursor)
         assert r.passed, r.failures
+        assert cursor.is_file()  # so the next run verifies a set that holds it
 
 
 def test_large_file_is_hashed_in_bounded_memory(tmp_path: Path, km: KeyManager) -> None:

@@ -12,12 +12,8 @@ import pytest
 
 from beta.fim.baseline import BaselineStore, BaselineTamperedError, ChangeKind
 from beta.fim.config import FimConfig, WatchPath
-from beta.fim.realtime import (
-    FimMonitor,
-    InotifyEvent,
-    SensorStatus,
-    parse_events,
-)
+from beta.fim.inotify import InotifyEvent, parse_events
+from beta.fim.realtime import FimMonitor, SensorStatus
 from beta.fim.scanner import Scanner
 from crypto.keyring import KeyManager
 from tests.fim_recorder import Recorder

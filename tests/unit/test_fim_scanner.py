@@ -109,6 +109,7 @@ def test_every_kind_of_tampering(tree: Path) -> None:
     assert str(tree / "cache" / "more") not in changes
 
 
+@pytest.mark.root
 @needs_root
 def test_owner_and_capability_tampering(tree: Path) -> None:
     config = _config(tree)

@@ -15,8 +15,7 @@ import grpc
 import pytest
 
 from alpha.errors import AlphaInvalidArgumentError, AlphaNotFoundError
-from alpha.memscan import convert
-from alpha.memscan.scanner import (
+from alpha.memscan import (
     Deduper,
     Finding,
     JitAllowlist,
@@ -27,6 +26,7 @@ from alpha.memscan.scanner import (
     ScanScheduler,
     ThreatKind,
     Trigger,
+    convert,
 )
 from alpha.memscan.service import ScanMemoryCore
 from alpha.rules import RuleEngine
@@ -454,8 +454,8 @@ def test_dedup_is_bounded() -> None:
 
 
 def _fake_finding(pid: int) -> Finding:
+    from alpha.memscan.model import ScannedProcess
     from alpha.memscan.procfs import ProcStatus
-    from alpha.memscan.scanner import ScannedProcess
 
     info = ProcessInfo(pid, 1, f"e{pid}", "", "x", "/x", (), "/", 0, 0, 0, 0, "/", "", "")
     status = ProcStatus("x", "S", pid, 1, 0, (0, 0, 0, 0), (0, 0, 0, 0), 1, False, True)

@@ -105,5 +105,5 @@ def test_serve_needs_a_config(
 ) -> None:
     monkeypatch.delenv("QSC_ML_CONFIG", raising=False)
     assert main(["serve"]) == EXIT_USAGE
-    assert "serve needs --config" in capsys.readouterr().err
+    assert "qsc-ml: error: --config is required (or set QSC_ML_CONFIG)" in capsys.readouterr().err
     assert main([]) == EXIT_USAGE

@@ -1,6 +1,5 @@
 """Scoring in process: request validation names the field, features may come in any order,
-verdicts and confidence follow the card; the protobuf conversion; the schema mirrors the proto;
-the configuration loads."""
+verdicts and confidence follow the card; the protobuf conversion; the configuration loads."""
 
 from __future__ import annotations
 
@@ -13,15 +12,15 @@ import pytest
 from crypto.keyring import KeyManager
 from mesh.config import ConfigLoadError
 from ml import _convert
+from ml.api import ScoreBatch
 from ml.config import MlConfig, load_ml_config
 from ml.errors import InvalidInputError, ModelVersionMismatchError
 from ml.forest import TrainParams
 from ml.schema import FEATURES, SCHEMA_VERSION
-from ml.scorer import LoadedModel, ScoreBatch
+from ml.scorer import LoadedModel
 from ml.synthetic import SyntheticConfig, generate
 from ml.training import train_model
 from qsc.ml.v1 import anomaly_service_pb2 as pb
-from qsc.ml.v1 import host_features_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,15 +157,6 @@ def test_protobuf_round_trip(model: LoadedModel) -> None:
     assert len(info.score_quantiles) == len(card.calibration.quantiles)
     assert "empirical CDF" in info.calibration
     assert info.parent_version == ""
-
-
-def test_schema_mirrors_the_proto_enum() -> None:
-    names = [
-        v.name.removeprefix("HOST_FEATURE_").lower()
-        for v in host_features_pb2.HostFeature.DESCRIPTOR.values
-        if v.number != 0
-    ]
-    assert tuple(names) == FEATURES
 
 
 def test_deploy_example_loads_with_env_overrides(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
+import shutil
 import struct
 import threading
 import time
@@ -211,7 +213,9 @@ def _fill(directory: Path, count: int, config: OutboxConfig = SMALL) -> None:
 
 
 @pytest.mark.parametrize("damage", ["cut_mid_record", "flip_in_last_record", "garbage_appended"])
-def test_torn_tail_is_cut_and_numbering_continues(tmp_path: Path, damage: str) -> None:
+def test_a_torn_tail_is_cut_and_its_numbers_are_never_issued_again(
+    tmp_path: Path, damage: str
+) -> None:
     directory = tmp_path / "outbox"
     _fill(directory, 100)
     last = segments(directory)[-1]
@@ -231,23 +235,144 @@ def test_torn_tail_is_cut_and_numbering_continues(tmp_path: Path, damage: str) -
         valid_seq, cut = 100, 154
     with open_outbox(directory) as box:
         assert box.status().truncated_bytes == cut
-        assert box.last_seq == valid_seq
-        assert last.stat().st_size == size - (last_length if damage != "garbage_appended" else 0)
-        assert box.append(make_event(1000)) == valid_seq + 1
-        assert [r.seq for r in box.read_after(0, 1000)] == list(range(1, valid_seq + 2))
-        assert box.status().corrupted_total == 0
-        assert gap_events(box) == []
+        if valid_seq == 100:  # only garbage was cut: nothing lost, nothing to report
+            assert last.stat().st_size == size
+            assert box.last_seq == 100
+            assert gap_events(box) == []
+            assert box.append(make_event(1000)) == 101
+            assert [r.seq for r in box.read_after(0, 1000)] == list(range(1, 102))
+            return
+        # Record 100 had been written (and maybe read): its number is reported, never reused.
+        [(gap_seq, gap)] = gap_events(box)
+        assert gap_seq == 101
+        assert (gap.first_seq, gap.last_seq, gap.count) == (100, 100, 1)
+        assert gap.reason == pipeline_details_pb2.GAP_REASON_MISSING_RECORDS
+        assert box.status().corrupted_total == 1
+        # Cut back to record 99; the gap event follows it.
+        assert record_spans(last)[-1][:2] == (101, size - last_length)
+        assert box.append(make_event(1000)) == 102
+        assert [r.seq for r in box.read_after(0, 1000)] == [*range(1, 100), 101, 102]
 
 
-def test_a_wholly_torn_last_segment_keeps_its_numbering(tmp_path: Path) -> None:
+def test_a_subscriber_past_a_cut_tail_gets_a_gap_and_every_new_event(tmp_path: Path) -> None:
+    """The attack: a subscriber committed everything; the tail loses a few bytes while the
+    guardian is down; the guardian appends on restart; the subscriber resumes."""
+    directory = tmp_path / "outbox"
+    with open_outbox(directory) as box:
+        box.append_many([make_event(i) for i in range(100)])
+        committed = box.read_after(0, 1000)[-1].seq
+    assert committed == 100
+    last = segments(directory)[-1]
+    os.truncate(last, last.stat().st_size - 3)
+    with open_outbox(directory) as box:
+        new = [box.append(make_event(1000 + i)) for i in range(5)]
+        assert min(new) > committed  # no seq a subscriber holds is reused
+        got = box.read_after(committed, 1000)
+        events = [parse(r.payload) for r in got]
+        gaps = [e.gap for e in events if e.HasField("gap")]
+        assert [(g.first_seq, g.last_seq, g.count) for g in gaps] == [(100, 100, 1)]
+        assert gaps[0].reason == pipeline_details_pb2.GAP_REASON_MISSING_RECORDS
+        assert [r.seq for r, e in zip(got, events, strict=True) if not e.HasField("gap")] == new
+        assert [e.id for e in events if not e.HasField("gap")] == [
+            f"event-{1000 + i}" for i in range(5)
+        ]
+
+
+def test_a_wholly_torn_last_segment_is_reported_and_never_renumbered(tmp_path: Path) -> None:
     directory = tmp_path / "outbox"
     _fill(directory, 200)
     last = segments(directory)[-1]
     first = int(last.stem)
     os.truncate(last, 7)
     with open_outbox(directory) as box:
-        assert box.last_seq == first - 1
-        assert box.append(make_event(1)) == first
+        assert box.last_seq == 201  # the gap event
+        [(_, gap)] = gap_events(box)
+        assert (gap.first_seq, gap.last_seq) == (first, 200)
+        assert box.append(make_event(1)) == 202
+    with open_outbox(directory) as box:  # the jump inside the segment is not reported again
+        assert len(gap_events(box)) == 1
+        assert box.status().corrupted_total == 200 - first + 1
+
+
+def _crash_after_appending(directory: Path, count: int) -> None:
+    """Append in a child process that exits without closing (as a kill -9 would)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            box = open_outbox(directory, OutboxConfig(segment_bytes=8192, fsync="always"))
+            box.append_many([make_event(i) for i in range(count)])
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+
+
+def test_after_a_kill_the_exact_hint_continues_without_a_gap(tmp_path: Path) -> None:
+    directory = tmp_path / "outbox"
+    _crash_after_appending(directory, 50)
+    with open_outbox(directory) as box:
+        assert box.last_seq == 50
+        assert gap_events(box) == []
+        assert box.append(make_event(0)) == 51
+
+
+def test_after_an_unclean_reboot_numbering_resumes_past_the_durable_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "outbox"
+    _crash_after_appending(directory, 50)
+    state = json.loads((directory / "STATE").read_text())
+    reserved = state["reserved"]
+    assert reserved >= 50
+    # Another boot: the page-cache hint is not trusted, only the durable mark is.
+    monkeypatch.setattr("mesh.stream.outbox._boot_id", lambda: b"\x01" * 16)
+    with open_outbox(directory) as box:
+        [(gap_seq, gap)] = gap_events(box)
+        # An upper bound: everything that may have been numbered past the last record.
+        assert (gap.first_seq, gap.last_seq) == (51, reserved)
+        assert gap_seq == reserved + 1
+        assert box.append(make_event(0)) == reserved + 2
+
+
+def test_a_clean_close_lowers_the_mark_so_a_reboot_reports_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "outbox"
+    _fill(directory, 50)
+    assert json.loads((directory / "STATE").read_text())["reserved"] == 50
+    monkeypatch.setattr("mesh.stream.outbox._boot_id", lambda: b"\x01" * 16)
+    with open_outbox(directory) as box:
+        assert gap_events(box) == []
+        assert box.append(make_event(0)) == 51
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled"])
+def test_a_lost_high_water_mark_never_resets_numbering(tmp_path: Path, damage: str) -> None:
+    directory = tmp_path / "outbox"
+    _fill(directory, 100)
+    state = directory / "STATE"
+    if damage == "missing":
+        state.unlink()
+    else:
+        state.write_bytes(state.read_bytes().replace(b'"reserved": 100', b'"reserved": 1'))
+    with open_outbox(directory) as box:
+        [(gap_seq, gap)] = gap_events(box)
+        assert gap.reason == pipeline_details_pb2.GAP_REASON_MISSING_RECORDS
+        assert gap.first_seq == 101
+        assert gap.last_seq >= 100 + 4096  # more than any reservation: conservative
+        assert box.append(make_event(0)) == gap_seq + 1
+    assert (directory / "STATE.damaged").exists() == (damage == "garbled")
+    with open_outbox(directory) as box:  # rebuilt: no second report
+        assert len(gap_events(box)) == 1
+
+
+def test_the_mark_is_reserved_before_numbers_are_used(tmp_path: Path) -> None:
+    directory = tmp_path / "outbox"
+    with open_outbox(directory) as box:
+        for i in range(3000):
+            box.append(make_event(i))
+            if i % 500 == 0:
+                assert json.loads((directory / "STATE").read_text())["reserved"] >= box.last_seq
 
 
 @pytest.mark.parametrize("where", ["payload", "length"])
@@ -307,6 +432,76 @@ def test_damage_appearing_after_indexing_is_found_by_the_read(tmp_path: Path) ->
         assert seq not in [r.seq for r in box.read_after(0, 1000)]
         [(_, gap)] = gap_events(box)
         assert (gap.first_seq, gap.last_seq) == (seq, seq)
+
+
+def test_new_damage_next_to_reported_damage_reports_only_the_new_record(tmp_path: Path) -> None:
+    directory = tmp_path / "outbox"
+    _fill(directory, 300)
+    sealed = segments(directory)[1]
+    spans = record_spans(sealed)
+    for _, offset, _ in spans[3:5]:
+        flip(sealed, offset + HEADER_SIZE + 1)
+    with open_outbox(directory) as box:
+        box.read_after(0, 1000)
+        flip(sealed, spans[5][1] + HEADER_SIZE + 1)  # the record right after the damage
+        box.read_after(0, 1000)
+        gaps = [gap for _, gap in gap_events(box)]
+        assert [(g.first_seq, g.last_seq) for g in gaps] == [
+            (spans[3][0], spans[4][0]),
+            (spans[5][0], spans[5][0]),
+        ]
+        assert sum(g.count for g in gaps) == box.status().corrupted_total == 3
+
+
+@pytest.mark.parametrize("where", ["last", "sealed"])
+def test_a_reopen_does_not_report_damage_again(tmp_path: Path, where: str) -> None:
+    directory = tmp_path / "outbox"
+    _fill(directory, 300)
+    path = segments(directory)[-1 if where == "last" else 1]
+    flip(path, record_spans(path)[2][1] + HEADER_SIZE + 1)
+    for _ in range(3):
+        with open_outbox(directory) as box:
+            box.read_after(0, 1000)  # a sealed segment is scanned on its first read
+            gaps = gap_events(box)
+            assert len(gaps) == 1
+            assert sum(gap.count for _, gap in gaps) == box.status().corrupted_total == 1
+
+
+def test_lifetime_counters_survive_a_restart(tmp_path: Path) -> None:
+    config = OutboxConfig(segment_bytes=8192, disk_budget_bytes=4 * 8192)
+    directory = tmp_path / "outbox"
+    with open_outbox(directory, config) as box:
+        for i in range(1000):
+            box.append(make_event(i))
+        dropped = box.dropped_total
+        assert dropped > 0
+    with open_outbox(directory, config) as box:
+        assert box.dropped_total == box.status().dropped_total == dropped
+        for i in range(1000):
+            box.append(make_event(i))
+        assert box.dropped_total > dropped
+        dropped = box.dropped_total
+    with open_outbox(directory, config) as box:
+        assert box.dropped_total == dropped
+
+
+def test_a_crash_between_recording_a_drop_and_unlinking_finishes_it(tmp_path: Path) -> None:
+    config = OutboxConfig(segment_bytes=8192, disk_budget_bytes=4 * 8192)
+    directory = tmp_path / "outbox"
+    kept = tmp_path / "kept"
+    with open_outbox(directory, config) as box:
+        while len(segments(directory)) < 4:
+            box.append(make_event(0))
+        shutil.copy(segments(directory)[0], kept)
+        while box.dropped_total == 0:
+            box.append(make_event(0))
+        dropped, first = box.dropped_total, box.first_seq
+    oldest = directory / "00000000000000000001.seg"
+    shutil.copy(kept, oldest)  # as if the unlink had not happened before the crash
+    with open_outbox(directory, config) as box:
+        assert not oldest.exists()
+        assert (box.dropped_total, box.first_seq) == (dropped, first)
+        assert len(gap_events(box)) == 1
 
 
 def test_scan_reports_lost_ranges_and_resumes() -> None:
@@ -653,3 +848,11 @@ def test_invalid_config_names_the_key(field: str, value: object) -> None:
     with pytest.raises(errors.ConfigError) as caught:
         OutboxConfig(**kwargs)  # type: ignore[arg-type]
     assert caught.value.key == f"outbox.{field}"
+
+
+def test_the_budget_error_says_the_default_segment_size_makes_the_minimum_64_mib() -> None:
+    with pytest.raises(errors.ConfigError, match=r"\(the default\).*\(64 MiB\)"):
+        OutboxConfig(disk_budget_bytes=32 * 1024 * 1024)
+    with pytest.raises(errors.ConfigError, match=r"at least 16777216 bytes \(16 MiB\)"):
+        OutboxConfig(segment_bytes=4 << 20, disk_budget_bytes=8 << 20)
+    assert OutboxConfig(segment_bytes=4 << 20, disk_budget_bytes=16 << 20)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from mesh.errors import ConfigError, PolicyViolationError
-from mesh.policy import DEFAULT_MODES, PolicyCounters, PqMode, PqPolicy, enforce, transport_of
+from mesh.policy import (
+    DEFAULT_MODES,
+    PolicyCounters,
+    PqMode,
+    PqPolicy,
+    Transport,
+    enforce,
+    transport_of,
+)
 
 
 def _auth(group: str | None, version: str | None = "TLSv1.3") -> dict[str, list[bytes]]:
@@ -52,8 +60,14 @@ def test_require_refuses_classical_naming_the_group() -> None:
 
 def test_prefer_allows_classical_and_require_allows_hybrid() -> None:
     policy = PqPolicy()
-    enforce(transport_of(_auth("X25519"), policy), "operator", policy)
-    enforce(transport_of(_auth("X25519MLKEM768"), policy), "alpha", policy)
+    classical = transport_of(_auth("X25519"), policy)
+    assert classical == Transport(tls_version="TLSv1.3", group="X25519", hybrid=False)
+    enforce(classical, "operator", policy)  # prefer: allowed (a refusal raises)
+    with pytest.raises(PolicyViolationError):  # the same handshake, a role that requires
+        enforce(classical, "alpha", policy)
+    hybrid = transport_of(_auth("X25519MLKEM768"), policy)
+    assert hybrid == Transport(tls_version="TLSv1.3", group="X25519MLKEM768", hybrid=True)
+    enforce(hybrid, "alpha", policy)  # require: allowed
 
 
 def test_missing_group_counts_as_classical() -> None:

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$qsc/common/v1/pipeline_details.proto\x12\rqsc.common.v1\"c\n\x03Gap\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12(\n\x06reason\x18\x04 \x01(\x0e\x32\x18.qsc.common.v1.GapReason\"\x93\x01\n\x0cLossCounters\x12\x18\n\x10ring_buffer_lost\x18\x01 \x01(\x04\x12\x1e\n\x16kernel_queue_overflows\x18\x02 \x01(\x04\x12\x15\n\rdecode_errors\x18\x03 \x01(\x04\x12\x1a\n\x12user_queue_dropped\x18\x04 \x01(\x04\x12\x16\n\x0eoutbox_dropped\x18\x05 \x01(\x04\"\xf8\x01\n\x0cSensorHealth\x12\x0e\n\x06sensor\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.qsc.common.v1.SensorState\x12\x32\n\x0eprevious_state\x18\x03 \x01(\x0e\x32\x1a.qsc.common.v1.SensorState\x12\x0f\n\x07reasons\x18\x04 \x03(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12)\n\x04loss\x18\x06 \x01(\x0b\x32\x1b.qsc.common.v1.LossCounters\x12/\n\nloss_delta\x18\x07 \x01(\x0b\x32\x1b.qsc.common.v1.LossCounters*e\n\tGapReason\x12\x1a\n\x16GAP_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16GAP_REASON_DISK_BUDGET\x10\x01\x12 \n\x1cGAP_REASON_CORRUPTED_RECORDS\x10\x02*y\n\x0bSensorState\x12\x1c\n\x18SENSOR_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SENSOR_STATE_HEALTHY\x10\x01\x12\x19\n\x15SENSOR_STATE_DEGRADED\x10\x02\x12\x17\n\x13SENSOR_STATE_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$qsc/common/v1/pipeline_details.proto\x12\rqsc.common.v1\"c\n\x03Gap\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12(\n\x06reason\x18\x04 \x01(\x0e\x32\x18.qsc.common.v1.GapReason\"\x93\x01\n\x0cLossCounters\x12\x18\n\x10ring_buffer_lost\x18\x01 \x01(\x04\x12\x1e\n\x16kernel_queue_overflows\x18\x02 \x01(\x04\x12\x15\n\rdecode_errors\x18\x03 \x01(\x04\x12\x1a\n\x12user_queue_dropped\x18\x04 \x01(\x04\x12\x16\n\x0eoutbox_dropped\x18\x05 \x01(\x04\"\xf8\x01\n\x0cSensorHealth\x12\x0e\n\x06sensor\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.qsc.common.v1.SensorState\x12\x32\n\x0eprevious_state\x18\x03 \x01(\x0e\x32\x1a.qsc.common.v1.SensorState\x12\x0f\n\x07reasons\x18\x04 \x03(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12)\n\x04loss\x18\x06 \x01(\x0b\x32\x1b.qsc.common.v1.LossCounters\x12/\n\nloss_delta\x18\x07 \x01(\x0b\x32\x1b.qsc.common.v1.LossCounters*\x85\x01\n\tGapReason\x12\x1a\n\x16GAP_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16GAP_REASON_DISK_BUDGET\x10\x01\x12 \n\x1cGAP_REASON_CORRUPTED_RECORDS\x10\x02\x12\x1e\n\x1aGAP_REASON_MISSING_RECORDS\x10\x03*y\n\x0bSensorState\x12\x1c\n\x18SENSOR_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SENSOR_STATE_HEALTHY\x10\x01\x12\x19\n\x15SENSOR_STATE_DEGRADED\x10\x02\x12\x17\n\x13SENSOR_STATE_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qsc.common.v1.pipeline_details_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GAPREASON']._serialized_start=557
-  _globals['_GAPREASON']._serialized_end=658
-  _globals['_SENSORSTATE']._serialized_start=660
-  _globals['_SENSORSTATE']._serialized_end=781
+  _globals['_GAPREASON']._serialized_start=558
+  _globals['_GAPREASON']._serialized_end=691
+  _globals['_SENSORSTATE']._serialized_start=693
+  _globals['_SENSORSTATE']._serialized_end=814
   _globals['_GAP']._serialized_start=55
   _globals['_GAP']._serialized_end=154
   _globals['_LOSSCOUNTERS']._serialized_start=157

@@ -33,6 +33,13 @@ class _GapReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GapReason.V
     """Records were found corrupted on disk (after the torn tail, which is never acknowledged, was cut)
     and were discarded.
     """
+    GAP_REASON_MISSING_RECORDS: _GapReason.ValueType  # 3
+    """Records that had been numbered are missing when the outbox reopens: its tail was cut short or
+    truncated (bit rot, a disk that lied about fsync, a snapshot restore) or segment files were
+    removed. Numbering continues after the lost range, so no sequence number is issued twice. After
+    an unclean reboot, or when the outbox's high-water mark itself was lost, the range is an upper
+    bound: it can include numbers that were reserved but never used.
+    """
 
 class GapReason(_GapReason, metaclass=_GapReasonEnumTypeWrapper):
     """Why a range of sequence numbers was lost."""
@@ -44,6 +51,13 @@ GAP_REASON_DISK_BUDGET: GapReason.ValueType  # 1
 GAP_REASON_CORRUPTED_RECORDS: GapReason.ValueType  # 2
 """Records were found corrupted on disk (after the torn tail, which is never acknowledged, was cut)
 and were discarded.
+"""
+GAP_REASON_MISSING_RECORDS: GapReason.ValueType  # 3
+"""Records that had been numbered are missing when the outbox reopens: its tail was cut short or
+truncated (bit rot, a disk that lied about fsync, a snapshot restore) or segment files were
+removed. Numbering continues after the lost range, so no sequence number is issued twice. After
+an unclean reboot, or when the outbox's high-water mark itself was lost, the range is an upper
+bound: it can include numbers that were reserved but never used.
 """
 Global___GapReason: _TypeAlias = GapReason  # noqa: Y015
 

@@ -25,27 +25,31 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fqsc/ml/v1/anomaly_service.proto\x12\tqsc.ml.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\nFeatureRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\"\x81\x01\n\x0cScoreRequest\x12\x1e\n\x16\x66\x65\x61ture_schema_version\x18\x01 \x01(\r\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12#\n\x04rows\x18\x03 \x03(\x0b\x32\x15.qsc.ml.v1.FeatureRow\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"`\n\x08RowScore\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\x01\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x12\n\nis_anomaly\x18\x05 \x01(\x08\"^\n\rScoreResponse\x12#\n\x06scores\x18\x01 \x03(\x0b\x32\x13.qsc.ml.v1.RowScore\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x01\"\x11\n\x0fGetModelRequest\"0\n\rScoreQuantile\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\r\n\x05score\x18\x02 \x01(\x01\"\xd0\x05\n\x10GetModelResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x1e\n\x16\x66\x65\x61ture_schema_version\x18\x02 \x01(\r\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x14\n\x0cn_estimators\x18\x04 \x01(\r\x12\x13\n\x0bmax_samples\x18\x05 \x01(\r\x12\x15\n\rcontamination\x18\x06 \x01(\x01\x12\x1a\n\x12\x63ontamination_auto\x18\x07 \x01(\x08\x12\x0e\n\x06offset\x18\x08 \x01(\x01\x12\x11\n\tthreshold\x18\t \x01(\x01\x12.\n\ntrain_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rtraining_rows\x18\x0b \x01(\x04\x12\x37\n\x13training_start_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11training_end_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14training_data_blake3\x18\x0e \x01(\x0c\x12\x15\n\ronnx_sha3_256\x18\x0f \x01(\x0c\x12\x13\n\x0b\x63\x61libration\x18\x10 \x01(\t\x12\x31\n\x0fscore_quantiles\x18\x11 \x03(\x0b\x32\x18.qsc.ml.v1.ScoreQuantile\x12-\n\tload_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10threshold_source\x18\x13 \x01(\t\x12\x16\n\x0eparent_version\x18\x14 \x01(\t\x12\x14\n\x0cmax_features\x18\x15 \x01(\x01\x12\x16\n\x0emax_batch_rows\x18\x16 \x01(\r\x12\x30\n\x0c\x63reated_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x91\x01\n\x0e\x41nomalyService\x12:\n\x05Score\x12\x17.qsc.ml.v1.ScoreRequest\x1a\x18.qsc.ml.v1.ScoreResponse\x12\x43\n\x08GetModel\x12\x1a.qsc.ml.v1.GetModelRequest\x1a\x1b.qsc.ml.v1.GetModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fqsc/ml/v1/anomaly_service.proto\x12\tqsc.ml.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\nFeatureRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\"\x81\x01\n\x0cScoreRequest\x12\x1e\n\x16\x66\x65\x61ture_schema_version\x18\x01 \x01(\r\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12#\n\x04rows\x18\x03 \x03(\x0b\x32\x15.qsc.ml.v1.FeatureRow\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"\xa4\x01\n\x08RowScore\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\x01\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x12\n\nis_anomaly\x18\x05 \x01(\x08\x12#\n\x07verdict\x18\x06 \x01(\x0e\x32\x12.qsc.ml.v1.Verdict\x12\x1d\n\x15out_of_range_features\x18\x07 \x03(\t\"u\n\rScoreResponse\x12#\n\x06scores\x18\x01 \x03(\x0b\x32\x13.qsc.ml.v1.RowScore\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x15\n\rrange_checked\x18\x04 \x01(\x08\"\x11\n\x0fGetModelRequest\"0\n\rScoreQuantile\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\r\n\x05score\x18\x02 \x01(\x01\"\xeb\x06\n\x10GetModelResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x1e\n\x16\x66\x65\x61ture_schema_version\x18\x02 \x01(\r\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x14\n\x0cn_estimators\x18\x04 \x01(\r\x12\x13\n\x0bmax_samples\x18\x05 \x01(\r\x12\x15\n\rcontamination\x18\x06 \x01(\x01\x12\x1a\n\x12\x63ontamination_auto\x18\x07 \x01(\x08\x12\x0e\n\x06offset\x18\x08 \x01(\x01\x12\x11\n\tthreshold\x18\t \x01(\x01\x12.\n\ntrain_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rtraining_rows\x18\x0b \x01(\x04\x12\x37\n\x13training_start_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11training_end_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14training_data_blake3\x18\x0e \x01(\x0c\x12\x15\n\ronnx_sha3_256\x18\x0f \x01(\x0c\x12\x13\n\x0b\x63\x61libration\x18\x10 \x01(\t\x12\x31\n\x0fscore_quantiles\x18\x11 \x03(\x0b\x32\x18.qsc.ml.v1.ScoreQuantile\x12-\n\tload_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10threshold_source\x18\x13 \x01(\t\x12\x16\n\x0eparent_version\x18\x14 \x01(\t\x12\x14\n\x0cmax_features\x18\x15 \x01(\x01\x12\x16\n\x0emax_batch_rows\x18\x16 \x01(\r\x12\x30\n\x0c\x63reated_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0e\x66\x65\x61ture_ranges\x18\x18 \x03(\x0b\x32\x17.qsc.ml.v1.FeatureRange\x12\x17\n\x0frefused_version\x18\x19 \x01(\t\x12\x16\n\x0erefused_reason\x18\x1a \x01(\t\x12\x18\n\x10rollback_refused\x18\x1b \x01(\x08\x12\x1d\n\x15promoted_from_version\x18\x1c \x01(\t\"6\n\x0c\x46\x65\x61tureRange\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\x01\x12\x0b\n\x03max\x18\x03 \x01(\x01*g\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVERDICT_NORMAL\x10\x01\x12\x15\n\x11VERDICT_ANOMALOUS\x10\x02\x12\x18\n\x14VERDICT_OUT_OF_RANGE\x10\x03\x32\x91\x01\n\x0e\x41nomalyService\x12:\n\x05Score\x12\x17.qsc.ml.v1.ScoreRequest\x1a\x18.qsc.ml.v1.ScoreResponse\x12\x43\n\x08GetModel\x12\x1a.qsc.ml.v1.GetModelRequest\x1a\x1b.qsc.ml.v1.GetModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qsc.ml.v1.anomaly_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_VERDICT']._serialized_start=1543
+  _globals['_VERDICT']._serialized_end=1646
   _globals['_FEATUREROW']._serialized_start=79
   _globals['_FEATUREROW']._serialized_end=120
   _globals['_SCOREREQUEST']._serialized_start=123
   _globals['_SCOREREQUEST']._serialized_end=252
-  _globals['_ROWSCORE']._serialized_start=254
-  _globals['_ROWSCORE']._serialized_end=350
-  _globals['_SCORERESPONSE']._serialized_start=352
-  _globals['_SCORERESPONSE']._serialized_end=446
-  _globals['_GETMODELREQUEST']._serialized_start=448
-  _globals['_GETMODELREQUEST']._serialized_end=465
-  _globals['_SCOREQUANTILE']._serialized_start=467
-  _globals['_SCOREQUANTILE']._serialized_end=515
-  _globals['_GETMODELRESPONSE']._serialized_start=518
-  _globals['_GETMODELRESPONSE']._serialized_end=1238
-  _globals['_ANOMALYSERVICE']._serialized_start=1241
-  _globals['_ANOMALYSERVICE']._serialized_end=1386
+  _globals['_ROWSCORE']._serialized_start=255
+  _globals['_ROWSCORE']._serialized_end=419
+  _globals['_SCORERESPONSE']._serialized_start=421
+  _globals['_SCORERESPONSE']._serialized_end=538
+  _globals['_GETMODELREQUEST']._serialized_start=540
+  _globals['_GETMODELREQUEST']._serialized_end=557
+  _globals['_SCOREQUANTILE']._serialized_start=559
+  _globals['_SCOREQUANTILE']._serialized_end=607
+  _globals['_GETMODELRESPONSE']._serialized_start=610
+  _globals['_GETMODELRESPONSE']._serialized_end=1485
+  _globals['_FEATURERANGE']._serialized_start=1487
+  _globals['_FEATURERANGE']._serialized_end=1541
+  _globals['_ANOMALYSERVICE']._serialized_start=1649
+  _globals['_ANOMALYSERVICE']._serialized_end=1794
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,40 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Verdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VERDICT_UNSPECIFIED: _Verdict.ValueType  # 0
+    """Not set (a server from before verdicts)."""
+    VERDICT_NORMAL: _Verdict.ValueType  # 1
+    """`score` is at or above the threshold and every feature lies within its training range."""
+    VERDICT_ANOMALOUS: _Verdict.ValueType  # 2
+    """`score` is below the threshold; every feature lies within its training range."""
+    VERDICT_OUT_OF_RANGE: _Verdict.ValueType  # 3
+    """At least one feature lies beyond the range seen in training (`out_of_range_features`). The
+    forest's score extrapolates there and says little, so the row counts as an anomaly
+    (`is_anomaly` true, `confidence` at least that of a row at the threshold) whatever its score.
+    """
+
+class Verdict(_Verdict, metaclass=_VerdictEnumTypeWrapper):
+    """What the service concludes about a row."""
+
+VERDICT_UNSPECIFIED: Verdict.ValueType  # 0
+"""Not set (a server from before verdicts)."""
+VERDICT_NORMAL: Verdict.ValueType  # 1
+"""`score` is at or above the threshold and every feature lies within its training range."""
+VERDICT_ANOMALOUS: Verdict.ValueType  # 2
+"""`score` is below the threshold; every feature lies within its training range."""
+VERDICT_OUT_OF_RANGE: Verdict.ValueType  # 3
+"""At least one feature lies beyond the range seen in training (`out_of_range_features`). The
+forest's score extrapolates there and says little, so the row counts as an anomaly
+(`is_anomaly` true, `confidence` at least that of a row at the threshold) whatever its score.
+"""
+Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
 
 @_typing.final
 class FeatureRow(_message.Message):
@@ -31,7 +66,10 @@ class FeatureRow(_message.Message):
     """Caller's identifier for the row (for example `web-1/2025-01-01T10:00Z`), echoed in the score."""
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Feature values; exactly as many as `ScoreRequest.feature_names`. Must be finite."""
+        """Feature values; exactly as many as `ScoreRequest.feature_names`. Each must lie in its
+        feature's domain (see `HostFeature`): finite, counts and rates at least 0, percentages from 0
+        to 100, and no larger than the largest float32 (about 3.4e38).
+        """
 
     def __init__(
         self,
@@ -102,6 +140,8 @@ class RowScore(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     IS_ANOMALY_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    OUT_OF_RANGE_FEATURES_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The row's `key`, echoed."""
     score: _builtins.float
@@ -115,7 +155,18 @@ class RowScore(_message.Message):
     distribution (see `GetModelResponse.calibration`).
     """
     is_anomaly: _builtins.bool
-    """True when `score` is below `threshold`."""
+    """True when `score` is below `threshold`, or when the row is out of the training range
+    (`verdict` VERDICT_OUT_OF_RANGE).
+    """
+    verdict: Global___Verdict.ValueType
+    """The row's verdict: normal, anomalous by its score, or out of the training range."""
+    @_builtins.property
+    def out_of_range_features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The features whose value lies outside the range seen in training, in the model's feature
+        order (`GetModelResponse.feature_names`); empty when none does, or when the model records no
+        training ranges (`ScoreResponse.range_checked` false).
+        """
+
     def __init__(
         self,
         *,
@@ -124,10 +175,12 @@ class RowScore(_message.Message):
         decision: _builtins.float = ...,
         confidence: _builtins.float = ...,
         is_anomaly: _builtins.bool = ...,
+        verdict: Global___Verdict.ValueType = ...,
+        out_of_range_features: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "decision", b"decision", "is_anomaly", b"is_anomaly", "key", b"key", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "decision", b"decision", "is_anomaly", b"is_anomaly", "key", b"key", "out_of_range_features", b"out_of_range_features", "score", b"score", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -142,10 +195,15 @@ class ScoreResponse(_message.Message):
     SCORES_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
+    RANGE_CHECKED_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     """Version of the model that scored."""
     threshold: _builtins.float
     """The threshold on `score` in force: a row whose score is below it is an anomaly."""
+    range_checked: _builtins.bool
+    """True when rows were checked against the model's training ranges; false for a model whose card
+    predates recorded ranges (no row can then be VERDICT_OUT_OF_RANGE).
+    """
     @_builtins.property
     def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowScore]:
         """One score per request row, in request order."""
@@ -156,10 +214,11 @@ class ScoreResponse(_message.Message):
         scores: _abc.Iterable[Global___RowScore] | None = ...,
         model_version: _builtins.str = ...,
         threshold: _builtins.float = ...,
+        range_checked: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "scores", b"scores", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "range_checked", b"range_checked", "scores", b"scores", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -237,6 +296,11 @@ class GetModelResponse(_message.Message):
     MAX_FEATURES_FIELD_NUMBER: _builtins.int
     MAX_BATCH_ROWS_FIELD_NUMBER: _builtins.int
     CREATED_TIME_FIELD_NUMBER: _builtins.int
+    FEATURE_RANGES_FIELD_NUMBER: _builtins.int
+    REFUSED_VERSION_FIELD_NUMBER: _builtins.int
+    REFUSED_REASON_FIELD_NUMBER: _builtins.int
+    ROLLBACK_REFUSED_FIELD_NUMBER: _builtins.int
+    PROMOTED_FROM_VERSION_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Model version: the BLAKE3 hash, in hexadecimal, of the authenticated model file."""
     feature_schema_version: _builtins.int
@@ -271,6 +335,23 @@ class GetModelResponse(_message.Message):
     """Share of the features each tree was trained on, in (0, 1]."""
     max_batch_rows: _builtins.int
     """The most rows the service accepts in one `Score` call."""
+    refused_version: _builtins.str
+    """Set while the newest model in the model directory is refused and this one keeps serving: its
+    version. Empty when the serving model is the newest.
+    """
+    refused_reason: _builtins.str
+    """Why `refused_version` was refused (failed authentication, or older than the newest model the
+    directory has served or been written).
+    """
+    rollback_refused: _builtins.bool
+    """True when `refused_version` was refused as a rollback: an authentic model older than the
+    newest seen (the newer one deleted, or an old one put back). An operator rolls back on
+    purpose with `qsc-ml promote`.
+    """
+    promoted_from_version: _builtins.str
+    """Set when an operator made this version serving again with `qsc-ml promote` (a deliberate
+    rollback): the version that was the newest then.
+    """
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The model's features, in the order the model takes them."""
@@ -301,6 +382,12 @@ class GetModelResponse(_message.Message):
         trees were fitted).
         """
 
+    @_builtins.property
+    def feature_ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureRange]:
+        """The range of each feature over the training rows, in `feature_names` order; empty for a model
+        whose card predates recorded ranges (its Score rows are not range-checked).
+        """
+
     def __init__(
         self,
         *,
@@ -327,11 +414,46 @@ class GetModelResponse(_message.Message):
         max_features: _builtins.float = ...,
         max_batch_rows: _builtins.int = ...,
         created_time: _timestamp_pb2.Timestamp | None = ...,
+        feature_ranges: _abc.Iterable[Global___FeatureRange] | None = ...,
+        refused_version: _builtins.str = ...,
+        refused_reason: _builtins.str = ...,
+        rollback_refused: _builtins.bool = ...,
+        promoted_from_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "load_time", b"load_time", "train_time", b"train_time", "training_end_time", b"training_end_time", "training_start_time", b"training_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration", "contamination", b"contamination", "contamination_auto", b"contamination_auto", "created_time", b"created_time", "feature_names", b"feature_names", "feature_schema_version", b"feature_schema_version", "load_time", b"load_time", "max_batch_rows", b"max_batch_rows", "max_features", b"max_features", "max_samples", b"max_samples", "n_estimators", b"n_estimators", "offset", b"offset", "onnx_sha3_256", b"onnx_sha3_256", "parent_version", b"parent_version", "score_quantiles", b"score_quantiles", "threshold", b"threshold", "threshold_source", b"threshold_source", "train_time", b"train_time", "training_data_blake3", b"training_data_blake3", "training_end_time", b"training_end_time", "training_rows", b"training_rows", "training_start_time", b"training_start_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration", "contamination", b"contamination", "contamination_auto", b"contamination_auto", "created_time", b"created_time", "feature_names", b"feature_names", "feature_ranges", b"feature_ranges", "feature_schema_version", b"feature_schema_version", "load_time", b"load_time", "max_batch_rows", b"max_batch_rows", "max_features", b"max_features", "max_samples", b"max_samples", "n_estimators", b"n_estimators", "offset", b"offset", "onnx_sha3_256", b"onnx_sha3_256", "parent_version", b"parent_version", "promoted_from_version", b"promoted_from_version", "refused_reason", b"refused_reason", "refused_version", b"refused_version", "rollback_refused", b"rollback_refused", "score_quantiles", b"score_quantiles", "threshold", b"threshold", "threshold_source", b"threshold_source", "train_time", b"train_time", "training_data_blake3", b"training_data_blake3", "training_end_time", b"training_end_time", "training_rows", b"training_rows", "training_start_time", b"training_start_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelResponse: _TypeAlias = GetModelResponse  # noqa: Y015
+
+@_typing.final
+class FeatureRange(_message.Message):
+    """The range of one feature over a model's training rows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The feature's name (see `HostFeature`)."""
+    min: _builtins.float
+    """The smallest value seen in training."""
+    max: _builtins.float
+    """The largest value seen in training."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        min: _builtins.float = ...,
+        max: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max", b"max", "min", b"min", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureRange: _TypeAlias = FeatureRange  # noqa: Y015

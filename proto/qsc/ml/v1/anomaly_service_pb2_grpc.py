@@ -55,8 +55,11 @@ class AnomalyServiceServicer:
 
     def Score(self, request, context):
         """Scores a batch of feature rows with the current model. Invalid input (unknown schema version,
-        wrong feature names or count, NaN or infinite values, an empty or oversized batch) fails with
-        INVALID_ARGUMENT naming the offending field.
+        wrong feature names or count, NaN or infinite values, a value outside its feature's domain
+        such as a negative count or a percentage above 100, an empty or oversized batch) fails with
+        INVALID_ARGUMENT naming the offending field, for example `rows[0].values[3]`, and the feature.
+        A row with a value beyond what the model saw in training comes back flagged
+        (`RowScore.verdict` VERDICT_OUT_OF_RANGE), never as normal.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,8 +37,11 @@ class AnomalyServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AnomalyServiceAsyncStub: ...
     Score: _grpc.UnaryUnaryMultiCallable[_anomaly_service_pb2.ScoreRequest, _anomaly_service_pb2.ScoreResponse]
     """Scores a batch of feature rows with the current model. Invalid input (unknown schema version,
-    wrong feature names or count, NaN or infinite values, an empty or oversized batch) fails with
-    INVALID_ARGUMENT naming the offending field.
+    wrong feature names or count, NaN or infinite values, a value outside its feature's domain
+    such as a negative count or a percentage above 100, an empty or oversized batch) fails with
+    INVALID_ARGUMENT naming the offending field, for example `rows[0].values[3]`, and the feature.
+    A row with a value beyond what the model saw in training comes back flagged
+    (`RowScore.verdict` VERDICT_OUT_OF_RANGE), never as normal.
     """
     GetModel: _grpc.UnaryUnaryMultiCallable[_anomaly_service_pb2.GetModelRequest, _anomaly_service_pb2.GetModelResponse]
     """Describes the model serving now."""
@@ -52,8 +55,11 @@ class AnomalyServiceAsyncStub(AnomalyServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Score: _aio.UnaryUnaryMultiCallable[_anomaly_service_pb2.ScoreRequest, _anomaly_service_pb2.ScoreResponse]  # type: ignore[assignment]
     """Scores a batch of feature rows with the current model. Invalid input (unknown schema version,
-    wrong feature names or count, NaN or infinite values, an empty or oversized batch) fails with
-    INVALID_ARGUMENT naming the offending field.
+    wrong feature names or count, NaN or infinite values, a value outside its feature's domain
+    such as a negative count or a percentage above 100, an empty or oversized batch) fails with
+    INVALID_ARGUMENT naming the offending field, for example `rows[0].values[3]`, and the feature.
+    A row with a value beyond what the model saw in training comes back flagged
+    (`RowScore.verdict` VERDICT_OUT_OF_RANGE), never as normal.
     """
     GetModel: _aio.UnaryUnaryMultiCallable[_anomaly_service_pb2.GetModelRequest, _anomaly_service_pb2.GetModelResponse]  # type: ignore[assignment]
     """Describes the model serving now."""
@@ -70,8 +76,11 @@ class AnomalyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_anomaly_service_pb2.ScoreResponse, _abc.Awaitable[_anomaly_service_pb2.ScoreResponse]]:
         """Scores a batch of feature rows with the current model. Invalid input (unknown schema version,
-        wrong feature names or count, NaN or infinite values, an empty or oversized batch) fails with
-        INVALID_ARGUMENT naming the offending field.
+        wrong feature names or count, NaN or infinite values, a value outside its feature's domain
+        such as a negative count or a percentage above 100, an empty or oversized batch) fails with
+        INVALID_ARGUMENT naming the offending field, for example `rows[0].values[3]`, and the feature.
+        A row with a value beyond what the model saw in training comes back flagged
+        (`RowScore.verdict` VERDICT_OUT_OF_RANGE), never as normal.
         """
 
     @_abc_1.abstractmethod

@@ -46,7 +46,7 @@ from beta.fim import (
 from beta.fim.baseline import Detection
 from beta.fim.convert import apply_health, changes_to_events
 from beta.fim.realtime import SENSOR_NAME
-from beta.state import RevisionRecord, RevisionRecordError
+from beta.restart_records import RevisionRecord, RevisionRecordError
 from crypto.keyring import KeyManager
 from mesh.guardian.sensors import SensorHandle, SensorRegistry, SensorState
 from mesh.logs import log_event

@@ -1,7 +1,8 @@
 """Guardian-Beta assembled: the guardian runtime, the keyring, FIM, backups, certificates, heal.
 
     beta = Beta(config)            # keyring opened, outbox opened, services and workers added
-    await beta.run(on_listening)   # serve until SIGTERM/SIGINT, then drain and stop
+    port = await beta.start()      # serving, workers started (mesh.service wires the signals)
+    await beta.stop()              # drain, stop the workers, close the outbox
 
 Workers start after the server listens, in this order: FIM (its supervisor thread loads and
 verifies the baseline), healing (vault sync once FIM runs, then FIM changes on healable paths),
@@ -13,13 +14,11 @@ never race on state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from beta.config import BetaConfig
-from beta.fimsource import FimSource
-from beta.healsource import HealSource, with_heal_exclude
-from beta.scheduled import BackupVerifier, CertWatcher
 from beta.server import BetaServicer
+from beta.sources.fim import FimSource
+from beta.sources.heal import HealSource, with_heal_exclude
+from beta.sources.scheduled import BackupVerifier, CertWatcher
 from crypto.errors import KeyringError
 from crypto.keyring import KeyManager
 from mesh.errors import ConfigError
@@ -74,5 +73,10 @@ class Beta:
             self.guardian.outbox.close()
             raise
 
-    async def run(self, *, on_listening: Callable[[int], object] | None = None) -> None:
-        await self.guardian.run(on_listening=on_listening)
+    async def start(self) -> int:
+        """Serve, then start the workers in the order above; return the bound port."""
+        return await self.guardian.start()
+
+    async def stop(self) -> None:
+        """Drain, stop the workers in reverse, close the outbox. Idempotent."""
+        await self.guardian.stop()

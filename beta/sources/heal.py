@@ -29,7 +29,6 @@ from typing import Final
 from beta.config import BetaConfig, HealSection
 from beta.errors import BetaError, BetaNotFoundError
 from beta.fim import Change, FimConfig
-from beta.fimsource import FimSource
 from beta.heal import (
     HEAL_TEMP_GLOB,
     BackoffConfig,
@@ -42,6 +41,7 @@ from beta.heal import (
     fim_policy,
 )
 from beta.heal.convert import record_to_event
+from beta.sources.fim import FimSource
 from beta.vault import Vault, VaultConfig
 from crypto.keyring import KeyManager
 from mesh.guardian.sensors import SensorHandle, SensorRegistry, SensorState

@@ -8,10 +8,10 @@ check *finds* (a corrupted backup, a revoked certificate) is an event, not a sen
 The same objects serve BetaService's on-demand calls (`verify`, `check`), one verification per
 backup set at a time (the rotation cursor is a read-modify-write).
 
-- Backups: every set is verified every `schedule`; when it was last verified survives a restart
-  (`beta.state.ScheduleRecord`), so a never-verified set is verified at start and a restart
-  neither skips nor repeats a run. Every result is a `backup_integrity` event: a passed
-  verification is the evidence that the set was checked.
+- Backups: every set is verified every `schedule`; when it was last verified survives a
+  restart (`beta.restart_records.ScheduleRecord`), so a never-verified set is verified at start
+  and a restart neither skips nor repeats a run. Every result is a `backup_integrity` event: a
+  passed verification is the evidence that the set was checked.
 - Certificates: every watched file is checked at start and every `interval`. A report is emitted
   when it has problems or differs from the last one emitted (new certificate, a problem gone),
   so a healthy certificate is announced once, not every interval.
@@ -34,7 +34,7 @@ from beta.certs import CertificateChecker, CertificateReport
 from beta.certs.convert import report_to_event
 from beta.config import BackupSetSection, BackupsSection, CertsSection
 from beta.errors import BetaNotFoundError
-from beta.state import ScheduleRecord
+from beta.restart_records import ScheduleRecord
 from crypto.keyring import KeyManager
 from mesh.guardian.sensors import SensorHandle, SensorRegistry
 from mesh.logs import log_event
@@ -42,7 +42,7 @@ from qsc.common.v1 import event_pb2
 
 __all__ = ["BackupVerifier", "CertWatcher"]
 
-_log = logging.getLogger("qsc.beta.scheduled")
+_log = logging.getLogger("qsc.beta.sources.scheduled")
 _MAX_WAIT: Final = 60.0  # the schedule thread re-checks at least this often
 
 EmitMany = Callable[[Sequence[event_pb2.Event]], tuple[int, int]]

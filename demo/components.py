@@ -1,33 +1,64 @@
-"""The component steps of `make demo` (mesh.demo): each one starts a real process in the
-workspace, talks to it over mutual TLS as `cortex`, prints what came back and stops it."""
+"""The component steps of `make demo`: each one starts a real process in the workspace, talks to
+it over mutual TLS as `cortex` (a sealed event stream from the guardians, Score calls through
+ml.client to the ML service), prints what came back and stops it."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
+import shutil
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-import grpc
-
-from crypto import pki
 from crypto.keyring import KeyManager
-from mesh.channel import ChannelConfig
-from mesh.config import TlsFiles
-from mesh.stream.subscriber import GuardianSubscriber, SubscriberConfig
+from demo.harness import HOST, channel_to, run_tool, start_process, step, stop_process, watch
+from ml.api import BatchScores, ScoreBatch, Verdict
+from ml.client import AnomalyClient, AnomalyClientConfig
 from ml.schema import FEATURES, SCHEMA_VERSION
-from qsc.common.v1 import event_pb2, pipeline_details_pb2
+from qsc.common.v1 import classification_pb2, event_pb2, pipeline_details_pb2
 from qsc.common.v1 import heal_details_pb2 as hpb
 from qsc.common.v1 import integrity_details_pb2 as ipb
-from qsc.ml.v1 import anomaly_service_pb2 as mpb
-from qsc.ml.v1 import anomaly_service_pb2_grpc as mpb_grpc
 
-HOST = "127.0.0.1"
+ALPHA_CONFIG = """
+[guardian]
+role = "alpha"
+
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "2s"
+
+[server.tls]
+cert = "{pki}/alpha-127.0.0.1.crt"
+key = "{pki}/alpha-127.0.0.1.key"
+ca = "{pki}/ca.crt"
+
+[outbox]
+directory = "{base}/outbox"
+
+[log]
+format = "text"
+
+[memscan]
+# Scans triggered by exec and W+X requests only: a periodic round would report the whole host.
+interval = "1h"
+initial_delay = "1h"
+
+[network]
+enabled = false
+
+[auth]
+enabled = false
+"""
+# What the demo's intruder actions must raise (other activity on the host may add more).
+EXPECTED_ALERTS = frozenset(
+    {"alpha.sensitive_file_read", "alpha.setuid_bit_set", "alpha.memfd_exec"}
+)
+
+
 BETA_CONFIG = """
 [server]
 listen = "127.0.0.1:0"
@@ -85,75 +116,58 @@ NORMAL_ROW = (20.0, 45.0, 2e7, 6e7, 1.0, 250.0, 1.5, 20.0, 10.0, 1.0, 0.0, 2.0)
 ANOMALOUS_ROW = (99.0, 95.0, 9e9, 6e7, 400.0, 5000.0, 300.0, 400.0, 900.0, 30.0, 5.0, 60.0)
 
 
-def step(title: str) -> None:
-    print(f"\n== {title}")
-
-
-def run_tool(*args: str) -> str:
-    """A QSC command line (`python -m <module> ...`); its stdout, or exit with its stderr."""
-    done = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(args[:3])} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
-def start_process(name: str, argv: list[str], base: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """`python -m <argv> --port-file`, logging to base/<name>.log, once it listens."""
-    port_file, log = base / "port", base / f"{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", *argv, "--port-file", str(port_file)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 90
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"{name} did not start; its log:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return proc, int(port_file.read_text())
-
-
-def stop_process(name: str, proc: subprocess.Popen[bytes], base: Path) -> None:
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=30)
-    print(f"  {name} stopped with exit code {code}; its log: {base / f'{name}.log'}")
-
-
-def tls(workdir: Path, role: str) -> TlsFiles:
-    pki_dir = workdir / "pki"
-    return TlsFiles(
-        cert=pki_dir / f"{role}-{HOST}.crt",
-        key=pki_dir / f"{role}-{HOST}.key",
-        ca=pki_dir / pki.CA_CERT_FILE,
+def _attack(workdir: Path) -> None:
+    """Real actions an intruder takes, each one a default rule."""
+    scratch = workdir / "intruder"
+    scratch.mkdir()
+    # A copy of cat is not a trusted reader of /etc/shadow.
+    cat = scratch / "cat"
+    shutil.copy("/bin/cat", cat)
+    subprocess.run([str(cat), "/etc/shadow"], stdout=subprocess.DEVNULL, check=False)
+    # A setuid bit on a fresh file.
+    dropper = scratch / "dropper"
+    dropper.write_bytes(b"#!/bin/sh\n")
+    os.chmod(dropper, 0o755 | stat.S_ISUID)  # noqa: S103 - the point of the demo
+    # Fileless execution: a program run from a memfd (alive a moment, so /proc shows its parent).
+    code = (
+        "import os; fd = os.memfd_create('x'); "
+        "os.write(fd, open('/bin/sleep', 'rb').read()); "
+        "os.execv(f'/proc/self/fd/{fd}', ['x', '1'])"
     )
+    subprocess.run([sys.executable, "-c", code], check=False)
 
 
-async def watch(
-    workdir: Path, port: int, role: str, take: Callable[[event_pb2.Event], bool], wait: float
-) -> None:
-    """Subscribe to a guardian sealed, as cortex; hand each event to `take` until it says done
-    (True) or `wait` seconds pass."""
-    config = SubscriberConfig(
-        channel=ChannelConfig(target=f"{HOST}:{port}", tls=tls(workdir, "cortex")),
-        expected_role=role,
-        expected_host=HOST,
-        max_batch_delay=timedelta(milliseconds=10),
-    )
-    subscriber = GuardianSubscriber(config)
+def alpha(workdir: Path) -> None:
+    step("Alpha: eBPF intrusion detection, alerts over a sealed stream (cortex -> alpha)")
+    if os.geteuid() != 0:
+        print("  (not root: Alpha runs its degraded fallback sensor and says so)")
+    base = workdir / "alpha"
+    base.mkdir(mode=0o700)
+    config = base / "alpha.toml"
+    config.write_text(ALPHA_CONFIG.format(pki=workdir / "pki", base=base))
+    proc, port = start_process("qsc-alpha", ["alpha", "--config", str(config)], base)
+    seen: list[event_pb2.Event] = []
+    me = os.getpid()
 
-    async def collect() -> None:
-        async for event in subscriber.events():
-            if take(event):
-                return
+    def take(event: event_pb2.Event) -> bool:
+        # Only what the demo's own children did: the host may be busy with other work.
+        if event.rule.id and (
+            event.process.pid == me or any(p.pid == me for p in event.process.ancestry)
+        ):
+            seen.append(event)
+        return {e.rule.id for e in seen} >= EXPECTED_ALERTS
 
     try:
-        await asyncio.wait_for(collect(), timeout=wait)
-    except TimeoutError:
-        print(f"  (stopped waiting after {wait:.0f}s)")
+        print(f"  qsc-alpha listening on {HOST}:{port}; performing three intruder actions")
+        _attack(workdir)
+        asyncio.run(watch(workdir, port, "alpha", take, wait=30))
+        for event in seen:
+            techniques = ",".join(t.id for t in event.rule.techniques)
+            severity = classification_pb2.Severity.Name(event.severity).removeprefix("SEVERITY_")
+            print(f"  seq {event.seq:<4} {severity:<8} {event.rule.id:<28} {techniques}")
+            print(f"           {event.summary[:100]}")
     finally:
-        await subscriber.close()
+        stop_process("qsc-alpha", proc, base)
 
 
 def _names(names: list[str]) -> str:
@@ -216,6 +230,13 @@ def beta(workdir: Path) -> None:
         stop_process("qsc-beta", proc, base)
 
 
+async def _score(workdir: Path, port: int, batch: ScoreBatch) -> BatchScores:
+    """One Score call through ml.client, as the Cortex makes it."""
+    config = AnomalyClientConfig(channel_to(workdir, port), score_timeout=timedelta(seconds=10))
+    async with AnomalyClient(config) as client:
+        return await client.score(batch)
+
+
 def ml(workdir: Path) -> None:
     step("ML: Isolation Forest anomaly scores over mTLS (cortex -> ml)")
     base = workdir / "ml"
@@ -234,23 +255,15 @@ def ml(workdir: Path) -> None:
     config.write_text(ML_CONFIG.format(pki=workdir / "pki", base=base))
     proc, port = start_process("qsc-ml", ["ml", "serve", "--config", str(config)], base)
     try:
-        files = tls(workdir, "cortex")
-        creds = grpc.ssl_channel_credentials(
-            files.ca.read_bytes(), files.key.read_bytes(), files.cert.read_bytes()
+        batch = ScoreBatch(
+            SCHEMA_VERSION, FEATURES, ["normal", "exfiltration"], [NORMAL_ROW, ANOMALOUS_ROW]
         )
-        request = mpb.ScoreRequest(
-            feature_schema_version=SCHEMA_VERSION,
-            feature_names=FEATURES,
-            rows=[
-                mpb.FeatureRow(key="normal", values=NORMAL_ROW),
-                mpb.FeatureRow(key="exfiltration", values=ANOMALOUS_ROW),
-            ],
-        )
-        with grpc.secure_channel(f"{HOST}:{port}", creds) as channel:
-            reply = mpb_grpc.AnomalyServiceStub(channel).Score(request, timeout=10)
-        print(f"  Score on {HOST}:{port} as cortex, model {reply.model_version[:16]}")
-        for s in reply.scores:
-            verdict = "ANOMALY" if s.is_anomaly else "normal"
-            print(f"  {s.key:<13} score {s.score:+.3f} confidence {s.confidence:.2f} {verdict}")
+        scores = asyncio.run(_score(workdir, port, batch))
+        print(f"  Score on {HOST}:{port} as cortex, model {scores.model_version[:16]}")
+        for key, score, confidence, verdict in zip(
+            scores.keys, scores.score, scores.confidence, scores.verdicts, strict=True
+        ):
+            shown = "normal" if verdict is Verdict.NORMAL else "ANOMALY"
+            print(f"  {key:<13} score {score:+.3f} confidence {confidence:.2f} {shown}")
     finally:
         stop_process("qsc-ml", proc, base)
