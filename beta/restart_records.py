@@ -23,7 +23,7 @@ from typing import Final
 from beta.errors import IntegrityError
 from crypto.aead import Sealer, open_sealed
 from crypto.errors import CryptoError, DecryptionError
-from crypto.files import PRIVATE_MODE, write_file_atomic
+from crypto.files import PRIVATE_MODE, make_private_dirs, write_file_atomic
 from crypto.keyring import KeyManager
 
 __all__ = ["RevisionRecord", "RevisionRecordError", "ScheduleRecord"]
@@ -79,7 +79,7 @@ class RevisionRecord:
             try:
                 plain = json.dumps({"revision": revision}).encode()
                 sealed = Sealer(self._keys.active_key(_PURPOSE)).seal(plain, self._aad)
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                make_private_dirs(self.path.parent)
                 write_file_atomic(self.path, sealed, mode=PRIVATE_MODE, overwrite=True)
             except (OSError, CryptoError) as exc:
                 # The in-memory store still refuses older revisions; only a restart would not.
@@ -106,7 +106,7 @@ class ScheduleRecord:
 
     def save(self, when: float) -> None:
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             data = json.dumps({"verified": when}).encode()
             write_file_atomic(self.path, data, mode=PRIVATE_MODE, overwrite=True)
         except OSError as exc:

@@ -8,6 +8,8 @@ outbox metadata, baselines, manifests and models all get the same crash and plan
   O_EXCL|O_NOFOLLOW, so a planted file or symlink is never written through; file and directory
   are fsynced. Optionally relative to a directory fd, for callers that walk paths themselves.
 * `fsync_directory`: make a rename, link or unlink in a directory durable.
+* `make_private_dirs`: `mkdir -p` where every directory it creates is 0700 (`Path.mkdir`'s
+  `mode` applies to the last one only: its missing parents would come out 0755).
 * `read_regular_capped`: read a file that must be a regular file no larger than a cap, without
   hanging on a planted FIFO and without allocating more than the cap for a huge file.
 
@@ -33,11 +35,13 @@ __all__ = [
     "NotRegularFileError",
     "atomic_file",
     "fsync_directory",
+    "make_private_dirs",
     "read_regular_capped",
     "write_file_atomic",
 ]
 
 PRIVATE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
 PUBLIC_MODE = 0o644
 _CHUNK = 1024 * 1024
 
@@ -114,6 +118,24 @@ def atomic_file(
             os.unlink(tmp, dir_fd=dir_fd)
         raise
     fsync_directory(Path(head or ".") if dir_fd is None else dir_fd)
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each 0700 whatever the umask; directories that
+    already exist are left as they are (their owner chose their mode)."""
+    missing: list[Path] = []
+    here = path
+    while not here.exists():
+        missing.append(here)
+        if here.parent == here:
+            break
+        here = here.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            directory.mkdir(mode=PRIVATE_DIR_MODE)
+            os.chmod(directory, PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path))
 
 
 def fsync_directory(directory: Path | int) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from crypto.aead import AeadKey, Algorithm, Sealer, open_sealed
 from crypto.errors import DecryptionError, KeyFileError, KeyringError
-from crypto.files import PRIVATE_MODE, write_file_atomic
+from crypto.files import PRIVATE_MODE, make_private_dirs, write_file_atomic
 from crypto.kdf import (
     KEY_LEN,
     PURPOSES,
@@ -387,7 +387,7 @@ class KeyManager:
         if config.component is None:
             raise KeyringError("a component name is needed to create a keyring")
         try:
-            config.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(config.directory)
         except OSError as exc:
             raise KeyringError(f"cannot create {config.directory}: {exc.strerror}") from None
         with _locked(config):

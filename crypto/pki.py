@@ -28,7 +28,7 @@ from cryptography.x509.verification import PolicyBuilder, Store
 from cryptography.x509.verification import VerificationError as _X509VerificationError
 
 from crypto.errors import KeyFileError, PkiError, VerificationError
-from crypto.files import PRIVATE_MODE, PUBLIC_MODE, write_file_atomic
+from crypto.files import PRIVATE_MODE, PUBLIC_MODE, make_private_dirs, write_file_atomic
 from crypto.keyfile import read_private_file
 
 ROLES: Final = ("alpha", "beta", "cortex", "ml", "soar", "operator")
@@ -341,7 +341,7 @@ def init_ca(
                 "issued would stop verifying). Use another --dir"
             )
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(directory)
         # Key first: a crash in between leaves no ca.crt, so nothing trusts a keyless CA.
         write_file_atomic(key_path, _pem_key(ca.key), mode=PRIVATE_MODE)
         write_file_atomic(cert_path, _pem_cert(ca.cert), mode=PUBLIC_MODE)
@@ -424,7 +424,7 @@ def write_leaf(
     if files.ca_cert.exists() and files.ca_cert.read_bytes().strip() != ca_pem.strip():
         raise PkiError(f"{files.ca_cert} holds a different CA certificate; use another --out-dir")
     try:
-        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(out_dir)
         write_file_atomic(files.key, _pem_key(leaf.key), mode=PRIVATE_MODE, overwrite=overwrite)
         write_file_atomic(files.cert, _pem_cert(leaf.cert), mode=PUBLIC_MODE, overwrite=overwrite)
         if not files.ca_cert.exists():

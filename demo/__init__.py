@@ -8,3 +8,5 @@ A package of its own, outside `mesh/`, because it drives every component the way
 - `components`: one step per component process (Alpha, Beta, ML).
 - `harness`: starting and stopping those processes and talking to them as `cortex`.
 """
+
+import mesh  # noqa: F401 (first: it sets grpc core's TLS settings before grpc loads)

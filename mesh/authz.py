@@ -1,9 +1,25 @@
 """Authorization: one table from full RPC name to the roles allowed to call it. Default deny.
 
 Keys are full method names as grpc reports them, `/qsc.guardian.v1.GuardianService/Subscribe`.
-Health and reflection are open to every authenticated role on every server (operators and load
-balancers probe them, and reflection is what makes `grpcurl list` work); everything else must be
-listed. An RPC missing from the table is denied even if a servicer implements it.
+Two rules are built into every table, on every server, and cannot be listed in one:
+
+- health (`grpc.health.v1.Health/*`) is open to every authenticated role: operators and load
+  balancers probe it, and it says nothing but SERVING or NOT_SERVING;
+- server reflection (`grpc.reflection.v1alpha.ServerReflection/*`, and the v1 name that clients
+  such as `buf curl` try first) is for the `operator` and `soar` roles only: it hands out the
+  schema of every service the server hosts, which a guardian, ml or cortex certificate has no use
+  for (components are built with the generated code) and a stolen one should not get for free.
+  Other roles get PERMISSION_DENIED, like any RPC they may not call.
+
+Everything else must be listed. An RPC missing from the table is denied even if a servicer
+implements it::
+
+    RPC                                         roles
+    grpc.health.v1.Health/*                     every authenticated role
+    grpc.reflection.v1alpha.ServerReflection/*  operator, soar
+    grpc.reflection.v1.ServerReflection/*       operator, soar
+    listed in the table                         the roles listed for it
+    anything else                               nobody
 """
 
 from __future__ import annotations
@@ -37,11 +53,15 @@ def service_methods(service: str) -> tuple[str, ...]:
 HEALTH_SERVICE: Final = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 REFLECTION_SERVICE: Final = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name
 # grpcio serves only v1alpha reflection. Clients such as `buf curl` try v1 first and fall back on
-# UNIMPLEMENTED, so v1 passes authorization and then finds no handler.
+# UNIMPLEMENTED, so v1 is authorized like v1alpha (a denied role gets PERMISSION_DENIED, not a
+# misleading UNIMPLEMENTED) and then finds no handler.
 _REFLECTION_V1: Final = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-OPEN_METHODS: Final = frozenset(
-    (*service_methods(HEALTH_SERVICE), *service_methods(REFLECTION_SERVICE), _REFLECTION_V1)
-)
+# Open to every authenticated role.
+OPEN_METHODS: Final = frozenset(service_methods(HEALTH_SERVICE))
+# Reflection: the roles that run tools needing the schema at run time (grpcurl, buf curl).
+REFLECTION_METHODS: Final = frozenset((*service_methods(REFLECTION_SERVICE), _REFLECTION_V1))
+REFLECTION_ROLES: Final = frozenset(("operator", "soar"))
+BUILT_IN_METHODS: Final = OPEN_METHODS | REFLECTION_METHODS
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,11 @@ class AuthzTable:
         for method, roles in rules.items():
             if not _METHOD_RE.fullmatch(method):
                 raise ConfigError(method, "not a full RPC name like /pkg.v1.Service/Method")
+            if method in BUILT_IN_METHODS:
+                # An entry here would be silently ignored by roles_for(): refuse it instead.
+                raise ConfigError(
+                    method, "health and reflection authorization is built in, not listed"
+                )
             if isinstance(roles, str):  # a bare "operator" would become o, p, e, r...
                 raise ConfigError(method, "roles must be a collection of role names, not a string")
             role_set = frozenset(roles)
@@ -71,6 +96,8 @@ class AuthzTable:
     def roles_for(self, method: str) -> frozenset[str]:
         if method in OPEN_METHODS:
             return EVERY_ROLE
+        if method in REFLECTION_METHODS:
+            return REFLECTION_ROLES
         return self.rules.get(method, frozenset())
 
     def allows(self, method: str, role: str) -> bool:

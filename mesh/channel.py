@@ -6,6 +6,9 @@
 
 - Identity: the component's certificate, key and the deployment CA, checked at open by
   `mesh.identity.load_tls`; grpcio's TLS stack offers the hybrid X25519MLKEM768 group by itself.
+- Transport (`mesh.transport_guard`, outermost): before the first call on a connection, one
+  Health/Check learns what the handshake negotiated; a role that requires a hybrid group (the
+  certificate's role under `mesh.policy`, or `pq_mode`) sends nothing over a classical one.
 - Deadlines: a unary call without `timeout=` gets `default_timeout`. Streaming calls get
   `stream_timeout`, None by default: a Subscribe stream lives for hours, and keepalive (not a
   deadline) detects a dead peer; pass `timeout=` to bound one.
@@ -36,6 +39,8 @@ from mesh.config import TlsFiles
 from mesh.errors import ConfigError
 from mesh.identity import load_tls
 from mesh.logs import log_event
+from mesh.policy import PqMode, PqPolicy
+from mesh.transport_guard import TransportGuard
 
 _log = logging.getLogger(__name__)
 
@@ -97,6 +102,8 @@ class ChannelConfig:
     # Servers must accept pings this often (grpc.http2.min_recv_ping_interval_without_data_ms).
     keepalive_time: timedelta = timedelta(seconds=60)
     keepalive_timeout: timedelta = timedelta(seconds=20)
+    # None: the policy's mode for this certificate's role (require for components).
+    pq_mode: PqMode | None = None
 
     def __post_init__(self) -> None:
         if not self.target.strip():
@@ -121,7 +128,10 @@ class ChannelConfig:
 def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
     """mTLS credentials from the identity files, checked by `mesh.identity.load_tls` (key 0600
     and matching the certificate, certificate chaining to the CA); IdentityError names the file."""
-    material = load_tls(identity.TlsFiles(cert=tls.cert, key=tls.key, ca=tls.ca))
+    return _credentials(load_tls(identity.TlsFiles(cert=tls.cert, key=tls.key, ca=tls.ca)))
+
+
+def _credentials(material: identity.TlsMaterial) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(
         root_certificates=material.root_certificates,
         private_key=material.private_key,
@@ -161,17 +171,25 @@ def open_channel(
     Extra `interceptors` run inside them, so once per attempt; grpc.aio uses an interceptor
     object for one arity only (the first it implements). Call it inside the event loop.
     """
+    material = load_tls(
+        identity.TlsFiles(cert=config.tls.cert, key=config.tls.key, ca=config.tls.ca)
+    )
+    role = material.identity.role
+    guard = TransportGuard(role, config.pq_mode or PqPolicy().mode(role))
     chain: list[Any] = [
+        *guard.interceptors(),  # outermost: its Health/Check gets the deadline and the retries
         *deadline_interceptors(config.default_timeout, config.stream_timeout),
         *retry_interceptors(config.retry),
         *interceptors,
     ]
-    return grpc.aio.secure_channel(
+    channel = grpc.aio.secure_channel(
         config.target,
-        channel_credentials(config.tls),
+        _credentials(material),
         options=[*channel_options(config), *options],
         interceptors=chain,
     )
+    guard.attach(channel)
+    return channel
 
 
 # --- interceptors ---------------------------------------------------------------------------

@@ -1,5 +1,13 @@
 """Per-call enforcement: identity -> transport policy -> authorization -> stream limit -> call.
 
+Every call's answer carries what its handshake negotiated as trailing metadata (`qsc-kex-group`,
+`qsc-tls-version`), refusals included: a Python gRPC client cannot read its own connection's
+TLS state, so `mesh.channel` learns it from a first Health/Check before it sends anything else.
+Health/Watch streams have their own per-peer limit, so monitoring never takes a Subscribe slot.
+Access lines of failed calls are rate-limited per peer and status code (`mesh.ratelimit`): a peer
+replaying a refused call as fast as it can writes a few lines a second, each saying how many it
+stands for (`suppressed`); successful calls are always logged.
+
 grpc.aio server interceptors never see the ServicerContext, so the checks cannot run in
 `intercept_service` itself. Instead it returns a copy of the method handler whose behaviour is
 wrapped: the wrapper reads `context.auth_context()`, enforces, binds the peer identity for
@@ -23,17 +31,25 @@ import grpc
 import grpc.aio
 
 from crypto.pki import Identity
-from mesh.authz import AuthzTable
+from mesh.authz import HEALTH_SERVICE, AuthzTable
 from mesh.errors import PolicyViolationError, ResourceExhaustedError, UnimplementedError
 from mesh.identity import bind_peer, identity_from_auth_context, unbind_peer
 from mesh.logs import log_event
 from mesh.policy import PolicyCounters, PqPolicy, Transport, enforce, transport_of
+from mesh.ratelimit import KeyedBuckets
 from mesh.status import to_status
 
 ACCESS_LOGGER: Final = "qsc.mesh.access"
 ERROR_LOGGER: Final = "qsc.mesh.errors"
 
 _QUIET_CODES: Final = frozenset({grpc.StatusCode.OK, grpc.StatusCode.CANCELLED})
+
+# Trailing metadata on every answer: what the call's handshake negotiated (see the docstring).
+KEX_GROUP_HEADER: Final = "qsc-kex-group"
+TLS_VERSION_HEADER: Final = "qsc-tls-version"
+HEALTH_WATCH: Final = f"/{HEALTH_SERVICE}/Watch"
+FAILED_LINES_PER_SECOND: Final = 5.0
+FAILED_LINES_BURST: Final = 20
 
 # grpc's handler types are loose (sync or async, generator or reader/writer): keep them opaque.
 Behaviour = Callable[..., Any]
@@ -59,14 +75,19 @@ class MeshInterceptor(_Interceptor):
         authz: AuthzTable,
         counters: PolicyCounters,
         max_streams_per_peer: int,
+        max_health_watches_per_peer: int = 4,
     ) -> None:
         self.trust_domain = trust_domain
         self.policy = policy
         self.authz = authz
         self.counters = counters
         self.max_streams_per_peer = max_streams_per_peer
-        self._streams: dict[str, int] = {}  # spiffe id -> open streaming calls (event loop only)
+        self.max_health_watches_per_peer = max_health_watches_per_peer
+        # spiffe id -> open streaming calls, and open Health/Watch streams (event loop only)
+        self._streams: dict[str, int] = {}
+        self._watches: dict[str, int] = {}
         self._access = logging.getLogger(ACCESS_LOGGER)
+        self._failed_lines = KeyedBuckets(FAILED_LINES_PER_SECOND, FAILED_LINES_BURST)
         self._errors = logging.getLogger(ERROR_LOGGER)
 
     async def intercept_service(
@@ -93,6 +114,7 @@ class MeshInterceptor(_Interceptor):
         call.identity = identity_from_auth_context(auth, self.trust_domain)
         role = call.identity.role
         call.transport = transport_of(auth, self.policy)
+        call.context.set_trailing_metadata(call.transport_metadata())
         try:
             enforce(call.transport, role, self.policy)
         except PolicyViolationError:
@@ -102,13 +124,17 @@ class MeshInterceptor(_Interceptor):
         self.authz.check(call.method, role)
         if call.streaming:
             key = call.identity.spiffe_id
-            if self._streams.get(key, 0) >= self.max_streams_per_peer:
-                raise ResourceExhaustedError(
-                    f"{key} already has {self.max_streams_per_peer} concurrent streams open"
-                )
-            self._streams[key] = self._streams.get(key, 0) + 1
+            slots, limit, what = self._slots(call)
+            if slots.get(key, 0) >= limit:
+                raise ResourceExhaustedError(f"{key} already has {limit} concurrent {what} open")
+            slots[key] = slots.get(key, 0) + 1
             call.holds_slot = True
         call.token = bind_peer(call.context, call.identity)
+
+    def _slots(self, call: _Call) -> tuple[dict[str, int], int, str]:
+        if call.method == HEALTH_WATCH:
+            return self._watches, self.max_health_watches_per_peer, "health watches"
+        return self._streams, self.max_streams_per_peer, "streams"
 
     async def fail(self, call: _Call, exc: Exception) -> NoReturn:
         """End `call` with the status `exc` maps to (a servicer's own abort passes through)."""
@@ -128,7 +154,7 @@ class MeshInterceptor(_Interceptor):
         # abort() sends the status before it raises: log and free the slot first, so both are
         # done by the time the peer learns the outcome.
         self.finish(call)
-        await call.context.abort(status.code, status.details)
+        await call.context.abort(status.code, status.details, call.transport_metadata())
 
     def finish(self, call: _Call) -> None:
         """Release what `call` holds and write its log line; once per call."""
@@ -137,21 +163,28 @@ class MeshInterceptor(_Interceptor):
         call.finished = True
         if call.holds_slot and call.identity is not None:
             key = call.identity.spiffe_id
-            left = self._streams.get(key, 1) - 1
+            slots = self._slots(call)[0]
+            left = slots.get(key, 1) - 1
             if left > 0:
-                self._streams[key] = left
+                slots[key] = left
             else:
-                self._streams.pop(key, None)
+                slots.pop(key, None)
         if call.token is not None:
             # A generator closed from another context has nothing to restore.
             with contextlib.suppress(ValueError):
                 unbind_peer(call.token)
         code = call.code or call.context.code() or grpc.StatusCode.OK
         transport = call.transport
+        quiet = code in _QUIET_CODES
+        suppressed = 0
+        if not quiet:
+            allowed, suppressed = self._failed_lines.take_counting((call.peer_name, code))
+            if not allowed:
+                return
         log_event(
             self._access,
             "call",
-            level=logging.INFO if code in _QUIET_CODES else logging.WARNING,
+            level=logging.INFO if quiet else logging.WARNING,
             rpc=call.method,
             peer=call.peer_name,
             code=code.name,
@@ -159,6 +192,7 @@ class MeshInterceptor(_Interceptor):
             kex_group=transport.group if transport else None,
             tls_version=transport.tls_version if transport else None,
             peer_address=call.peer_address,
+            suppressed=suppressed or None,  # failed lines of this peer and code not written
         )
 
     # --- wrapping the four handler shapes -----------------------------------------------------
@@ -276,6 +310,14 @@ class _Call:
     @property
     def peer_name(self) -> str:
         return self.identity.spiffe_id if self.identity else "unauthenticated"
+
+    def transport_metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.transport is None:
+            return ()
+        return (
+            (KEX_GROUP_HEADER, self.transport.group),
+            (TLS_VERSION_HEADER, self.transport.tls_version),
+        )
 
 
 async def _unimplemented(request: Any, context: Context) -> None:

@@ -20,6 +20,7 @@ from typing import Final
 
 from crypto.pki import ROLES
 from mesh.errors import ConfigError, PolicyViolationError
+from qsc.common.v1 import transport_status_pb2
 
 AUTH_GROUP: Final = "ssl_negotiated_key_exchange_group"
 AUTH_TLS_VERSION: Final = "ssl_tls_version"
@@ -157,3 +158,33 @@ class PolicyCounters:
                 refused={role: dict(groups) for role, groups in self._refused.items()},
                 classical_connections=dict(self._classical),
             )
+
+
+def transport_status(
+    stats: PolicyStats, policy: PqPolicy | None = None
+) -> transport_status_pb2.TransportStatus:
+    """GetStatus's `transport`: one row per (role, group), sorted, with its classical handshakes."""
+    policy = policy or PqPolicy()
+    rows = sorted(
+        {
+            (role, group)
+            for table in (stats.calls, stats.refused)
+            for role in table
+            for group in table[role]
+        }
+    )
+    return transport_status_pb2.TransportStatus(
+        counts=[
+            transport_status_pb2.TransportCount(
+                role=role,
+                kex_group=group,
+                hybrid=policy.is_hybrid(group),
+                calls=stats.calls.get(role, {}).get(group, 0),
+                refused=stats.refused.get(role, {}).get(group, 0),
+                classical_connections=(
+                    0 if policy.is_hybrid(group) else stats.classical_connections.get(role, 0)
+                ),
+            )
+            for role, group in rows
+        ]
+    )

@@ -11,10 +11,17 @@ v1alpha server reflection; message size limits both ways; a graceful stop that m
 NOT_SERVING, sets `draining` (streaming servicers watch it and end their streams cleanly), stops
 accepting calls and gives running ones a bounded grace before cancelling them.
 
-TLS 1.3 only: grpcio's Python API cannot set a minimum TLS version (`ssl_server_credentials`
-takes keys, roots and the client-auth flag; no channel argument exists; grpc core's min/max
-version knobs are not exposed), and BoringSSL's default minimum is TLS 1.2. So a TLS 1.2
-handshake completes and the interceptor refuses each of its calls with UNAUTHENTICATED.
+TLS 1.3 only, at the handshake: grpcio's Python API cannot set a minimum TLS version, so
+`mesh.grpc_env` leaves TLS 1.2 without a usable cipher suite before grpc loads (a TLS 1.2
+ClientHello fails with no shared cipher, before any certificate is sent); the interceptor's
+per-call check stays as the second line. The key-exchange group cannot be restricted in grpcio
+(no groups/curves setting reaches BoringSSL), so a classical handshake completes and `require`
+refuses its calls; mesh clients (`mesh.channel`) check the group before they send anything.
+
+Unauthenticated peers are bounded by grpc core: `max_connections` per listener, and a connection
+that has not finished its TLS handshake within `handshake_timeout` is closed. grpcio offers no
+per-source-address cap nor any hook on a failed handshake (no peer address reaches Python):
+per-source caps belong to the host firewall (`deploy/nftables-qsc.nft`).
 """
 
 from __future__ import annotations
@@ -33,16 +40,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from crypto.pki import ROLES, Identity
+from mesh import grpc_env
 from mesh.authz import HEALTH_SERVICE, MESH_AUTHZ, REFLECTION_SERVICE, AuthzTable, service_methods
 from mesh.errors import ConfigError, IdentityError, NotFoundError
 from mesh.identity import TlsFiles, TlsMaterial, load_tls, peer_identity
 from mesh.interceptors import MeshInterceptor
 from mesh.logs import log_event
-from mesh.policy import PolicyCounters, PolicyStats, PqPolicy
+from mesh.policy import PolicyCounters, PolicyStats, PqPolicy, transport_status
+from qsc.common.v1 import transport_status_pb2
 
 MiB: Final = 1024 * 1024
 MAX_MESSAGE_LIMIT: Final = 2**31 - 1  # grpc's limits are C ints
 MAX_GRACE: Final = timedelta(hours=1)
+MAX_CONNECTIONS: Final = 1_000_000
+MIN_HANDSHAKE: Final = timedelta(milliseconds=100)
+MAX_HANDSHAKE: Final = timedelta(minutes=2)
 
 _log = logging.getLogger("qsc.mesh.server")
 
@@ -55,8 +67,14 @@ class ServerConfig:
     listen: str = "127.0.0.1:0"
     max_message_bytes: int = 4 * MiB
     max_streams_per_peer: int = 16
+    # Health/Watch streams count apart, so a monitor never takes a Subscribe slot (and back).
+    max_health_watches_per_peer: int = 4
     shutdown_grace: timedelta = timedelta(seconds=10)
     pq_policy: PqPolicy = field(default_factory=PqPolicy)
+    # Bounds on peers that never authenticate: open connections per listener (grpc core closes
+    # any beyond it at accept), and the time a connection has to complete its TLS handshake.
+    max_connections: int = 1024
+    handshake_timeout: timedelta = timedelta(seconds=10)
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -66,8 +84,16 @@ class ServerConfig:
             raise ConfigError("max_message_bytes", f"must be 1..{MAX_MESSAGE_LIMIT}")
         if self.max_streams_per_peer < 1:
             raise ConfigError("max_streams_per_peer", "must be at least 1")
+        if self.max_health_watches_per_peer < 1:
+            raise ConfigError("max_health_watches_per_peer", "must be at least 1")
         if not timedelta(0) <= self.shutdown_grace <= MAX_GRACE:
             raise ConfigError("shutdown_grace", f"must be between 0 and {MAX_GRACE}")
+        if not 1 <= self.max_connections <= MAX_CONNECTIONS:
+            raise ConfigError("max_connections", f"must be 1..{MAX_CONNECTIONS}")
+        if not MIN_HANDSHAKE <= self.handshake_timeout <= MAX_HANDSHAKE:
+            raise ConfigError(
+                "handshake_timeout", f"must be between {MIN_HANDSHAKE} and {MAX_HANDSHAKE}"
+            )
 
 
 @dataclass(frozen=True)
@@ -134,6 +160,10 @@ class ComponentServer:
     def policy_stats(self) -> PolicyStats:
         return self._counters.snapshot()
 
+    def transport_status(self) -> transport_status_pb2.TransportStatus:
+        """The counters as GetStatus reports them (`transport`), judged by this server's policy."""
+        return transport_status(self._counters.snapshot(), self.config.pq_policy)
+
     def open_streams(self) -> dict[str, int]:
         """Streaming calls open now, per peer SPIFFE ID."""
         return self._interceptor.open_streams() if self._interceptor else {}
@@ -156,7 +186,15 @@ class ComponentServer:
             authz=self.authz,
             counters=self._counters,
             max_streams_per_peer=self.config.max_streams_per_peer,
+            max_health_watches_per_peer=self.config.max_health_watches_per_peer,
         )
+        if not grpc_env.HANDSHAKE_FLOOR:
+            log_event(
+                _log,
+                "grpc was loaded before mesh: TLS 1.2 handshakes complete and are refused per "
+                "call only; import mesh (or a component package) before grpc",
+                level=logging.WARNING,
+            )
         limit = self.config.max_message_bytes
         server = grpc.aio.server(
             interceptors=[self._interceptor],
@@ -165,6 +203,11 @@ class ComponentServer:
                 ("grpc.max_send_message_length", limit),
                 # Two servers silently sharing a fixed port would split the traffic.
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_allowed_incoming_connections", self.config.max_connections),
+                (
+                    "grpc.server_handshake_timeout_ms",
+                    max(1, self.config.handshake_timeout // timedelta(milliseconds=1)),
+                ),
             ],
         )
         names = [binding.name for binding in self.services]

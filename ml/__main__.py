@@ -5,6 +5,7 @@
     qsc-ml train --input train.csv --out /var/lib/qsc/models --keyring /var/lib/qsc/ml-keys
     qsc-ml tune --input feedback.csv --models /var/lib/qsc/models --keyring ... --objective f1
     qsc-ml show --models /var/lib/qsc/models --keyring ...     # authenticate, print the card
+    qsc-ml promote --models ... --keyring ... --version V --reason TEXT   # deliberate rollback
     qsc-ml serve --config /etc/qsc/ml.toml                      # also: qsc-ml --config PATH
 
 `serve` is mesh.service's entry (SIGTERM drains, SIGHUP looks for a new model at once,
@@ -203,6 +204,30 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from ml.promote import promote_model
+
+    stored = promote_model(args.models, args.version, _keys(args.keyring), reason=args.reason)
+    card = stored.card
+    _say(
+        f"{card.version} is the newest model again (it replaces {card.promoted_from}); the "
+        "service serves it at its next poll or on SIGHUP and logs the rollback at WARNING"
+    )
+    print(
+        json.dumps(
+            {
+                "version": card.version,
+                "promoted_from": card.promoted_from,
+                "created": card.doc["created"],
+                "reason": args.reason,
+                "card": str(stored.card_path),
+            },
+            indent=2,
+        )
+    )
+    return EXIT_OK
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     keys = _keys(args.keyring)
     version = args.version or newest(args.models).version
@@ -350,6 +375,21 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--version", help="default: the newest")
     show.add_argument("--card-only", action="store_true", help="do not read the model file")
     show.set_defaults(handler=_cmd_show)
+
+    promote = sub.add_parser(
+        "promote",
+        help="roll back on purpose: make an older version the newest (re-sealed, logged)",
+        description="Authenticate VERSION and re-seal its card as the newest model, recording "
+        "the version it replaces and REASON. The service refuses an older model otherwise "
+        "(deleting the newest is refused as a rollback).",
+    )
+    promote.add_argument("--models", type=Path, required=True, metavar="DIR")
+    promote.add_argument("--keyring", type=Path, required=True, metavar="DIR")
+    promote.add_argument("--version", required=True, help="the version to serve")
+    promote.add_argument(
+        "--reason", required=True, help="why (kept in the card and logged when it serves)"
+    )
+    promote.set_defaults(handler=_cmd_promote)
 
     gen = sub.add_parser("generate", help="write seeded synthetic telemetry, labelled")
     gen.add_argument(

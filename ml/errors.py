@@ -84,6 +84,11 @@ class RevisionRecordError(ModelIntegrityError):
     cannot be trusted, so it is reported and never silently reset."""
 
 
+class PromotionError(MlError, InvalidArgumentError):
+    """`qsc-ml promote` was asked for something that is not a rollback: the version is already
+    the newest, or no reason was given."""
+
+
 class ServiceCallError(MlError):
     """A call to the ML service failed (raised by ml.client); `code` is the gRPC status name and
     `details` the status message. Subclassed per kind below; this base alone is for a code no

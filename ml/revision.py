@@ -13,10 +13,12 @@ Beta's `fim-revision` is under its `baseline` key, so it cannot be edited back w
 It is not bound to the directory's path: the same directory may be mounted at different paths
 by the trainer and the service. A record that does not open raises `RevisionRecordError`: it is
 reported, never silently reset; recovering means deciding, as an operator, to remove it.
-Limits (documented in the README): a missing record restarts protection from the newest model on
-disk (logged as a WARNING: it is also what a first start after upgrading sees), and an older copy
-of the record itself put back is accepted; while the service runs its in-memory floor still
-refuses anything older than what it served.
+Limits (documented in the README), both about the record changed while no service runs: a
+missing record restarts protection from the newest model on disk (logged as a WARNING: it is
+also what a first start after upgrading sees), and an older copy of the record itself put back
+is accepted (it is validly sealed; nothing outside the directory remembers a newer one). While
+the service runs, its in-memory floor still refuses anything older than what it served or read,
+and it rewrites a record deleted or put back older (ml.registry).
 
 Writers take an exclusive `flock` on the directory around read-compare-write, so a trainer and
 the service advancing the floor at once never move it back.

@@ -54,7 +54,7 @@ class FeatureDomain:
 
     def describe(self) -> str:
         if self.maximum >= FLOAT32_MAX:
-            return f"a {self.unit} >= {self.minimum:g} (and at most {FLOAT32_MAX:.1e})"
+            return f"a {self.unit} >= {self.minimum:g} (and at most {FLOAT32_MAX:g})"
         return f"a {self.unit} in [{self.minimum:g}, {self.maximum:g}]"
 
 

@@ -4,7 +4,14 @@
     <dir>/<version>.card.json   its card (ml.card), carrying the model's BLAKE3 and an `auth` seal
     <dir>/model-revision        the rollback floor: the newest model written or served (ml.revision)
 
-Files are 0600 in a 0700 directory (`MODEL_MODE`): a model tells an attacker what scores normal.
+Files are 0600 in a 0700 directory (`MODEL_MODE`, `DIRECTORY_MODE`): a model tells an attacker
+what scores normal. Every write makes them so whatever the umask (modes are set from birth by
+`crypto.files.write_file_atomic`, temporary files included; the revision lock is a `flock` on the
+directory itself, no lock file), and tightens a directory or model file left wider by an older
+version.
+
+Rollback: `save_model` refuses to write a model older than the directory's floor
+(ml.revision), which the service would refuse; every model it writes moves the floor up.
 
 Authentication: `auth.seal` is a `crypto.aead` seal (XChaCha20-Poly1305, random 192-bit nonce) of
 an empty message under the ML keyring's active `model` purpose key, with associated data
@@ -38,13 +45,14 @@ from crypto.errors import DecryptionError
 from crypto.files import (
     FileTooLargeError,
     NotRegularFileError,
+    make_private_dirs,
     read_regular_capped,
     write_file_atomic,
 )
 from crypto.hashing import blake3_256, sha3_256
 from crypto.kdf import encode_fields
 from ml.card import FORMAT, FORMAT_VERSION, ModelCard, format_time, is_version, parse_time
-from ml.errors import ModelIntegrityError, ModelNotFoundError
+from ml.errors import ModelIntegrityError, ModelNotFoundError, ModelRollbackError
 from ml.revision import Revision, advance_revision, read_revision
 
 PURPOSE: Final = "model"  # the keyring purpose (crypto.kdf.PURPOSES)
@@ -132,9 +140,10 @@ def save_model(
 
     Writing a version that exists keeps the model file (same bytes by construction) and replaces
     the card, which refreshes its creation time and makes it the serving one again. Advances the
-    directory's rollback floor (ml.revision) to the written model; RevisionRecordError when the
-    record does not verify (nothing written then)."""
-    directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+    directory's rollback floor (ml.revision) to the written model. Nothing is written when the
+    record does not verify (RevisionRecordError) or the model would be older than the floor
+    (ModelRollbackError: the service would refuse it)."""
+    private_directory(directory)
     digest = blake3_256(model_bytes)
     version = digest.hex()
     model = {
@@ -149,29 +158,50 @@ def save_model(
     full.setdefault("created", format_time(dt.datetime.now(dt.UTC)))
     seal_key = keys.active_key(PURPOSE)
     decrypt = keys.decryption_keys(PURPOSE)
-    read_revision(directory, decrypt)  # RevisionRecordError now, before any file is written
     sealed = seal_card(full, seal_key)
     card = ModelCard.from_json(sealed)  # the document must parse before it is published
     mpath, cpath = model_path(directory, version), card_path(directory, version)
+    # RevisionRecordError now, before any file is written; and a model the service would refuse
+    # as a rollback is refused here instead of written.
+    floor = read_revision(directory, decrypt)
+    revision = Revision.of(card)
+    if floor is not None and revision < floor:
+        raise ModelRollbackError(
+            cpath,
+            f"would be {revision.describe()}, older than {floor.describe()}, the newest model "
+            "this directory has had: the service would refuse it as a rollback. Is this "
+            "machine's clock behind the one that wrote the newest model? (`qsc-ml promote` "
+            "makes an existing older version the newest on purpose.)",
+        )
     try:
         write_file_atomic(mpath, model_bytes, mode=MODEL_MODE)
     except FileExistsError:
-        if blake3_256(_read_capped(mpath, MAX_MODEL_BYTES)) != digest:
+        if blake3_256(_read_capped(mpath, MAX_MODEL_BYTES, follow_symlinks=False)) != digest:
             # Not ours to overwrite silently: whatever is there does not match its name.
             raise ModelIntegrityError(
                 mpath, "exists with other content than its name says"
             ) from None
+        os.chmod(mpath, MODEL_MODE)  # a file from before models were private: tighten it
     write_file_atomic(cpath, encode_card(sealed), mode=MODEL_MODE, overwrite=True)
     # The written model is the newest this directory has had: the rollback floor moves up to it
     # (ml.revision). Checked before anything was written, so a bad record fails the command
     # instead of leaving a model the service would refuse.
-    advance_revision(directory, Revision.of(card), seal_key=seal_key, keys=decrypt)
+    advance_revision(directory, revision, seal_key=seal_key, keys=decrypt)
     return StoredModel(card, model_bytes, cpath, mpath)
 
 
-def _read_capped(path: Path, limit: int) -> bytes:
+def private_directory(directory: Path) -> None:
+    """Create `directory` and missing parents 0700 (`crypto.files.make_private_dirs`), or make
+    an existing one 0700 when it is open to group or others (as older versions left it)."""
+    make_private_dirs(directory)
+    mode = stat.S_IMODE(os.stat(directory).st_mode)
+    if mode & 0o077 or mode & DIRECTORY_MODE != DIRECTORY_MODE:  # open, or a umask took rwx
+        os.chmod(directory, (mode & ~0o077) | DIRECTORY_MODE)
+
+
+def _read_capped(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
     try:
-        return read_regular_capped(path, limit)
+        return read_regular_capped(path, limit, follow_symlinks=follow_symlinks)
     except FileNotFoundError:
         raise ModelIntegrityError(path, "is missing") from None
     except NotRegularFileError:

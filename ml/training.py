@@ -122,19 +122,26 @@ def _training_doc(windows: Windows) -> dict[str, Any]:
     }
 
 
-def check_domains(windows: Windows) -> None:
-    """TrainingError naming the first value outside its feature's domain (ml.schema.DOMAINS):
-    a model trained on impossible values would take them for normal, and record them in its
-    training ranges."""
-    for j, name in enumerate(windows.features):
-        domain = DOMAINS[name]
-        column = windows.values[:, j]
-        bad = ~((column >= domain.minimum) & (column <= domain.maximum))
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise TrainingError(
-                f"training row {i + 1}: {name} is {column[i]:g}; {name} must be {domain.describe()}"
-            )
+def check_domains(windows: Windows, *, what: str = "training") -> None:
+    """TrainingError naming the first row (and its file) with a value outside its feature's
+    domain (ml.schema.DOMAINS): a model trained on impossible values would take them for
+    normal and record them in its training ranges; feedback with them would tune the threshold
+    on rows the service refuses."""
+    domains = [DOMAINS[name] for name in windows.features]
+    low = np.array([d.minimum for d in domains], dtype=np.float64)
+    high = np.array([d.maximum for d in domains], dtype=np.float64)
+    bad = ~((windows.values >= low) & (windows.values <= high))  # NaN is bad too
+    if not bad.any():
+        return
+    i, j = (int(v) for v in np.argwhere(bad)[0])
+    name, value = windows.features[j], windows.values[i, j]
+    where, row = f"{what} row {i + 1}", i
+    for source in windows.sources:
+        if row < source.rows:
+            where = f"{source.path}: {what} row {row + 1} of {source.rows}"
+            break
+        row -= source.rows
+    raise TrainingError(f"{where}: {name} is {value:g}; {name} must be {domains[j].describe()}")
 
 
 def train_model(
@@ -238,6 +245,7 @@ def tune_model(
         raise TrainingError("feedback needs a label column")
     if feedback.features != card.features:
         raise TrainingError("feedback columns must be read in the model's feature order")
+    check_domains(feedback, what="feedback")
     model = LoadedModel(stored)
     scores, _ = model.raw(feedback.values)
     before = evaluate(scores, feedback.labels, card.threshold)
@@ -255,7 +263,8 @@ def tune_model(
         }
     )
     model_bytes = set_metadata(onnx.load_from_string(stored.model_bytes), meta)
-    doc = {k: v for k, v in card.doc.items() if k not in ("auth", "version")}
+    # A tuned model is new, not a rollback: it does not inherit its parent's `promoted`.
+    doc = {k: v for k, v in card.doc.items() if k not in ("auth", "version", "promoted")}
     doc["created"] = format_time(now or dt.datetime.now(dt.UTC))
     doc["parent_version"] = card.version
     doc["threshold"] = {

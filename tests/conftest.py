@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+import mesh  # noqa: F401 (before any test imports grpc: mesh.grpc_env)
+
 
 @pytest.fixture
 def umask0() -> Iterator[None]:

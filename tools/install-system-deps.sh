@@ -20,6 +20,9 @@ have_pkg ca-certificates || need+=(ca-certificates)
 for pkg in openssh-server openssh-client sshpass; do
     have_pkg "$pkg" || need+=("$pkg")
 done
+# The transport tests probe with openssl s_client and check deploy/nftables-qsc.nft with nft -c.
+have_cmd openssl || need+=(openssl)
+have_cmd nft || need+=(nftables)
 
 if ((${#need[@]} == 0)); then
     echo "system packages: all present"

@@ -20,6 +20,7 @@ from alpha.auth import finding_to_event as auth_event
 from alpha.config import AuthSection
 from alpha.pipeline import Pipeline
 from alpha.sources.common import Periodic, log
+from crypto.files import make_private_dirs
 from mesh.guardian.sensors import LossStage, SensorHandle, SensorRegistry
 from mesh.logs import log_event
 
@@ -62,7 +63,7 @@ class AuthSource:
         source = self.source()
         self.handle = self._registry.register(self._name, mode=source)
         try:
-            cfg.state_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(cfg.state_directory)
             history = load_history(
                 self._history_path, cfg.history_max_users, cfg.history_addresses_per_user
             )

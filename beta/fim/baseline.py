@@ -50,7 +50,7 @@ from beta.fim.config import HealPolicyName
 from beta.fim.metadata import FileMeta, FileType, MetaField
 from crypto.aead import Sealer, open_sealed, sealed_key_id
 from crypto.errors import CryptoError, DecryptionError
-from crypto.files import PRIVATE_MODE, write_file_atomic
+from crypto.files import PRIVATE_MODE, make_private_dirs, write_file_atomic
 from crypto.keyring import KeyManager
 
 __all__ = [
@@ -432,7 +432,7 @@ class BaselineStore:
         except CryptoError as exc:
             raise BaselineStoreError(f"baseline {self.path}: keys unavailable ({exc})") from None
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             write_file_atomic(self.path, data, mode=PRIVATE_MODE, overwrite=True)
         except OSError as exc:
             raise BaselineStoreError(
@@ -445,7 +445,7 @@ class BaselineStore:
     def locked(self) -> Iterator[None]:
         """An exclusive flock for a read-modify-write cycle, across processes."""
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_MODE)
         except OSError as exc:
             raise BaselineStoreError(f"cannot open lock {self.lock_path}: {exc.strerror}") from None

@@ -3,7 +3,8 @@
     [guardian]   role = "alpha" | "beta", host, id (default "<role>-<host>")
     [server]     mesh.server.ServerConfig
     [outbox]     directory, plus the fields of mesh.stream.outbox.OutboxConfig
-    [stream]     unsealed_roles, max_batch_events, max_batch_delay, heartbeat_interval
+    [stream]     unsealed_roles, max_batch_events, max_batch_delay, heartbeat_interval,
+                 sealed_handshakes_per_second, sealed_handshake_burst
     [synthetic]  rate (events/s, 0 = off), total (0 = unlimited), batch
     [log]        level, format
 
@@ -87,6 +88,8 @@ class StreamSection:
     max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS
     max_batch_delay: timedelta = DEFAULT_MAX_BATCH_DELAY
     heartbeat_interval: timedelta = DEFAULT_HEARTBEAT_INTERVAL
+    sealed_handshakes_per_second: float = StreamSettings.sealed_handshakes_per_second
+    sealed_handshake_burst: int = StreamSettings.sealed_handshake_burst
 
     def __post_init__(self) -> None:
         self.settings(StreamSettings().max_message_bytes)  # validates every field
@@ -98,6 +101,8 @@ class StreamSection:
             heartbeat_interval=self.heartbeat_interval,
             max_message_bytes=max_message_bytes,
             unsealed_roles=frozenset(self.unsealed_roles),
+            sealed_handshakes_per_second=self.sealed_handshakes_per_second,
+            sealed_handshake_burst=self.sealed_handshake_burst,
         )
 
 

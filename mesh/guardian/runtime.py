@@ -101,6 +101,7 @@ class Guardian:
                 retention=config.outbox.retention,
                 start_time=self.started_at,
                 clock=clock,
+                transport=self.server.transport_status,
             )
             self.server.add_service(self.servicer.binding())
         except BaseException:

@@ -73,6 +73,10 @@ _DETAIL_NUMBER: Final = {
 _ALWAYS_PASS: Final = frozenset({"gap", "sensor_health"})
 
 
+MAX_HANDSHAKE_RATE: Final = 1000.0
+MAX_HANDSHAKE_BURST: Final = 1000
+
+
 @dataclass(frozen=True)
 class StreamSettings:
     """The guardian's stream policy: limits (request hints may only lower them) and who may
@@ -83,6 +87,10 @@ class StreamSettings:
     heartbeat_interval: timedelta = DEFAULT_HEARTBEAT_INTERVAL
     max_message_bytes: int = 4 * 1024 * 1024
     unsealed_roles: frozenset[str] = frozenset({"operator"})
+    # Sealed-session handshakes per peer identity: each costs an ML-KEM-1024 encapsulation and a
+    # signature, and a replayed offer would otherwise buy that work as fast as a peer can send.
+    sealed_handshakes_per_second: float = 2.0
+    sealed_handshake_burst: int = 8
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch_events <= MAX_BATCH_EVENTS_LIMIT:
@@ -95,6 +103,12 @@ class StreamSettings:
             )
         if self.max_message_bytes < MIN_MESSAGE_BYTES:
             raise ConfigError("max_message_bytes", f"must be at least {MIN_MESSAGE_BYTES}")
+        if not 0 < self.sealed_handshakes_per_second <= MAX_HANDSHAKE_RATE:
+            raise ConfigError(
+                "sealed_handshakes_per_second", f"must be above 0 and at most {MAX_HANDSHAKE_RATE}"
+            )
+        if not 1 <= self.sealed_handshake_burst <= MAX_HANDSHAKE_BURST:
+            raise ConfigError("sealed_handshake_burst", f"must be 1..{MAX_HANDSHAKE_BURST}")
         unknown = sorted(set(self.unsealed_roles) - set(ROLES))
         if unknown:
             raise ConfigError(

@@ -58,6 +58,13 @@ Guarantees and the decisions behind them:
   gap event further on.
 * **Readers** use their own file descriptors and ``pread``; they hold the lock only to take a
   snapshot, so a slow reader never blocks appends, and nothing is ever dropped for a reader.
+
+This module holds :class:`Outbox` (opening and recovery, appending, the disk budget, retention,
+reading, waiting), its configuration, status and errors. The parts it is built from:
+:mod:`mesh.stream.outbox_segment` (segment files, record framing, scans),
+:mod:`mesh.stream.outbox_state` (``STATE``: high-water mark, removal mark, lifetime counters,
+reported ranges; ``SEQ_HINT`` and the boot id) and :mod:`mesh.stream.outbox_gaps` (which ranges a
+gap event already reported; the gap events).
 """
 
 from __future__ import annotations
@@ -67,12 +74,9 @@ import bisect
 import contextlib
 import fcntl
 import logging
-import mmap
 import os
-import struct
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -81,10 +85,16 @@ from types import TracebackType
 from typing import Final, Literal, Self
 
 from crypto.errors import StateFileError
-from crypto.files import fsync_directory
-from crypto.statefile import StateValue, read_state, write_state
+from crypto.files import fsync_directory, make_private_dirs
 from mesh import errors
-from mesh.ids import uuid7
+from mesh.stream.outbox_gaps import (
+    CORRUPTED,
+    MISSING,
+    Lost,
+    claim_unreported,
+    gap_event,
+    gap_record_upper_bound,
+)
 from mesh.stream.outbox_segment import (
     HEADER_SIZE,
     SEQ_FIELD_MAX,
@@ -98,7 +108,11 @@ from mesh.stream.outbox_segment import (
     segment_file_name,
     seq_field,
 )
-from qsc.common.v1 import classification_pb2, event_pb2, identity_pb2, pipeline_details_pb2
+from mesh.stream.outbox_state import HINT_FILE, STATE_FILE, UNKNOWN_MARGIN, DurableState, SeqHint
+
+# Looked up here at each open, not bound into SeqHint, so a test can fake another boot.
+from mesh.stream.outbox_state import boot_id as _boot_id
+from qsc.common.v1 import event_pb2, identity_pb2, pipeline_details_pb2
 
 __all__ = [
     "OutOfRangeError",
@@ -117,31 +131,6 @@ _log = logging.getLogger(__name__)
 MiB: Final = 1024 * 1024
 GiB: Final = 1024 * MiB
 _LOCK_FILE: Final = "LOCK"
-_STATE_FILE: Final = "STATE"
-_HINT_FILE: Final = "SEQ_HINT"
-_STATE_FORMAT: Final = "qsc-outbox-state"
-_STATE_VERSION: Final = 1
-# The digest covers the fields in this order.
-_STATE_FIELDS: Final = (
-    "reserved",
-    "removed_through",
-    "dropped_total",
-    "expired_total",
-    "corrupted_total",
-    "reported",
-)
-_MAX_STATE_BYTES: Final = 1 << 20
-# Reported ranges kept in STATE, newest first kept: past this an old range could be reported again
-# (over-reporting, never silence); only an attacker damaging thousands of spots gets there.
-_MAX_REPORTED: Final = 4096
-# Numbers reserved per durable write of STATE: the block doubles while reservations come less
-# than a second apart and halves when they come slower than every 10 s. Bounds what an unclean
-# reboot can over-report.
-_MIN_RESERVE: Final = 4096
-_MAX_RESERVE: Final = 1 << 20
-# How far past the last valid record numbering resumes when STATE is missing or damaged: more
-# than any one reservation, so more than the outbox can have numbered unseen in normal operation.
-_UNKNOWN_MARGIN: Final = _MAX_RESERVE
 _MIN_SEGMENT_BYTES: Final = 4096
 _DEFAULT_SEGMENT_BYTES: Final = 16 * MiB
 _MAX_SEGMENT_BYTES: Final = 1 << 31  # the record length field is 32 bits
@@ -151,10 +140,6 @@ _EXPIRY_CHECK_SECONDS: Final = 60.0
 _READ_ATTEMPTS: Final = 3
 
 FsyncPolicy = Literal["always", "interval"]
-# A lost range to report: first seq, last seq, gap reason.
-_Lost = tuple[int, int, "pipeline_details_pb2.GapReason.ValueType"]
-_MISSING: Final = pipeline_details_pb2.GAP_REASON_MISSING_RECORDS
-_CORRUPTED: Final = pipeline_details_pb2.GAP_REASON_CORRUPTED_RECORDS
 
 
 class OutboxError(errors.MeshError):
@@ -284,19 +269,10 @@ class Outbox:
         self._last_seq = 0
         self._durable_seq = 0
         self._disk_bytes = 0
-        self._dropped_total = 0
-        self._expired_total = 0
-        self._corrupted_total = 0
         self._truncated_bytes = 0
-        # Disjoint, sorted ranges already reported by a gap event (persisted in STATE).
-        self._reported: list[tuple[int, int]] = []
-        # Durable high-water mark: no seq above it was ever numbered (STATE).
-        self._reserved = 0
-        self._reserve_block = _MIN_RESERVE
-        self._reserved_at = -1e9
-        # Every seq up to here was removed on purpose (budget, retention); STATE.
-        self._removed_through = 0
-        self._hint: _SeqHint | None = None
+        # High-water mark, removal mark, lifetime counters, reported ranges: STATE's content.
+        self._state = DurableState(directory)
+        self._hint: SeqHint | None = None
         # hint.store once the hint is open (a bound method: appends pay one call, no lookups).
         self._store_hint: Callable[[int], None] = _ignore
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, int]] = []
@@ -306,7 +282,7 @@ class Outbox:
         self._next_expiry_check = 0.0
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
-        self._gap_upper = self._gap_record_upper_bound()
+        self._gap_upper = gap_record_upper_bound(guardian)
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -322,7 +298,7 @@ class Outbox:
         """Open (or create, mode 0700) the outbox in ``directory``: cut a torn tail, report
         damage, expire old segments and continue the numbering. ``clock`` gives epoch seconds."""
         created = not directory.exists()
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(directory)
         os.chmod(directory, 0o700)
         if created:
             fsync_directory(directory.parent)
@@ -343,11 +319,12 @@ class Outbox:
             raise
         return outbox
 
-    def _recover(self) -> list[_Lost]:
+    def _recover(self) -> list[Lost]:
         """Load STATE and the segments, validate the last one, continue the numbering after every
         number ever issued; return the ranges to report (damage, missing tail)."""
         known = self._load_state()
-        hint = _SeqHint(self._dir / _HINT_FILE)
+        state = self._state
+        hint = SeqHint(self._dir / HINT_FILE, _boot_id())
         self._hint = hint
         exact = hint.read()
         found = sorted(
@@ -362,20 +339,20 @@ class Outbox:
             segments.append(Segment(first, path, stat.st_size, stat.st_mtime, last_seq=last))
         # A crash between recording a removal (budget, retention) and unlinking: finish it.
         finished = 0
-        while len(segments) > 1 and (segments[0].last_seq or 0) <= self._removed_through:
+        while len(segments) > 1 and (segments[0].last_seq or 0) <= state.removed_through:
             segments.pop(0).path.unlink(missing_ok=True)
             finished += 1
         if finished:
             fsync_directory(self._dir)
-        lost: list[_Lost] = []
+        lost: list[Lost] = []
         if not segments:
             # New, or every segment file was removed behind our back: start after every number
             # STATE or the hint knows of, and report what was retained as missing.
-            top = max(self._reserved if exact is None else exact, self._removed_through)
+            top = max(state.reserved if exact is None else exact, state.removed_through)
             if not known and top:
                 _log.error("outbox %s: segments missing; numbering resumes at %d", self._dir, top)
-            if top > self._removed_through:
-                lost.append((self._removed_through + 1, top, _MISSING))
+            if top > state.removed_through:
+                lost.append((state.removed_through + 1, top, MISSING))
             path = self._dir / segment_file_name(top + 1)
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
             fsync_directory(self._dir)
@@ -401,12 +378,12 @@ class Outbox:
             top = valid
         elif known is None:
             # STATE lost or damaged: how far numbering went is unknown. Never reset it.
-            top = valid + _UNKNOWN_MARGIN
+            top = valid + UNKNOWN_MARGIN
             _log.error(
                 "outbox %s: no valid %s while segments exist; numbering resumes conservatively "
                 "at %d, seq %d-%d reported as possibly missing",
                 self._dir,
-                _STATE_FILE,
+                STATE_FILE,
                 top + 1,
                 valid + 1,
                 top,
@@ -414,22 +391,22 @@ class Outbox:
         else:
             # The hint is exact after a kill -9 or a clean stop; after a reboot only the durable
             # mark bounds what was numbered.
-            top = max(valid, self._reserved if exact is None else exact)
-            if valid > self._reserved:
+            top = max(valid, state.reserved if exact is None else exact)
+            if valid > state.reserved:
                 # Records past the durable mark: STATE is older than the segments (restored from
                 # a backup?). What was numbered after them is unknown.
-                top = max(top, valid + _UNKNOWN_MARGIN)
+                top = max(top, valid + UNKNOWN_MARGIN)
                 _log.error(
                     "outbox %s: records up to seq %d lie past the high-water mark %d of %s; "
                     "numbering resumes conservatively at %d",
                     self._dir,
                     valid,
-                    self._reserved,
-                    _STATE_FILE,
+                    state.reserved,
+                    STATE_FILE,
                     top + 1,
                 )
         if top > valid:
-            lost.append((valid + 1, top, _MISSING))
+            lost.append((valid + 1, top, MISSING))
         if result.tail_bytes:
             self._truncated_bytes = result.tail_bytes
             _log.warning(
@@ -456,7 +433,7 @@ class Outbox:
             self._store_hint = hint.store
             self._expire_locked(self._clock())
         # Logged by _report_lost, range by range, unless a gap event reported it already.
-        lost.extend((a, b, _CORRUPTED) for a, b in result.lost)
+        lost.extend((a, b, CORRUPTED) for a, b in result.lost)
         return lost
 
     def _start_flusher(self) -> None:
@@ -470,26 +447,8 @@ class Outbox:
         """Read STATE into the counters: ``True`` when valid, ``False`` when there is none and no
         segment either (a new outbox), ``None`` when it is missing or damaged beside segments
         (kept as STATE.damaged for the operator)."""
-        path = self._dir / _STATE_FILE
         try:
-            doc = read_state(
-                path, _STATE_FORMAT, _STATE_VERSION, _STATE_FIELDS, max_bytes=_MAX_STATE_BYTES
-            )
-            ints = [v for name in _STATE_FIELDS[:-1] if type(v := doc[name]) is int and v >= 0]
-            reported = doc["reported"]
-            if len(ints) != len(_STATE_FIELDS) - 1 or not isinstance(reported, list):
-                raise StateFileError(path, "corrupt")
-            ranges: list[tuple[int, int]] = []
-            for item in reported:
-                if not (
-                    isinstance(item, list)
-                    and len(item) == 2
-                    and all(type(v) is int for v in item)
-                    and 1 <= item[0] <= item[1]
-                    and (not ranges or ranges[-1][1] < item[0])
-                ):
-                    raise StateFileError(path, "corrupt")
-                ranges.append((item[0], item[1]))
+            self._state.load()
         except StateFileError as e:
             has_segments = any(
                 parse_segment_file_name(entry.name) is not None for entry in self._dir.iterdir()
@@ -497,50 +456,18 @@ class Outbox:
             if e.problem == "missing" and not has_segments:
                 return False
             if e.problem != "missing":
-                os.replace(path, path.with_name(_STATE_FILE + ".damaged"))
+                self._state.set_aside()
             _log.error("outbox %s: %s", self._dir, e)
             return None
-        (
-            self._reserved,
-            self._removed_through,
-            self._dropped_total,
-            self._expired_total,
-            self._corrupted_total,
-        ) = ints
-        self._reported = ranges
         return True
 
     def _persist_locked(self, *, reserved: int | None = None) -> None:
         """Write STATE durably (old or new content whatever the crash). Caller holds the lock."""
-        first = self._firsts[0] if self._firsts else 0
-        # Ranges no longer retained can never be scanned again.
-        kept = [r for r in self._reported if r[1] >= first][-_MAX_REPORTED:]
-        self._reported = kept
-        mark = self._reserved if reserved is None else reserved
-        fields: dict[str, StateValue] = {
-            "reserved": mark,
-            "removed_through": self._removed_through,
-            "dropped_total": self._dropped_total,
-            "expired_total": self._expired_total,
-            "corrupted_total": self._corrupted_total,
-            "reported": [[a, b] for a, b in kept],
-        }
-        write_state(self._dir / _STATE_FILE, _STATE_FORMAT, _STATE_VERSION, fields)
-        self._reserved = mark
+        self._state.persist(self._firsts[0] if self._firsts else 0, reserved=reserved)
 
     def _reserve_locked(self, need: int) -> None:
         """Make the durable mark cover ``need`` (and a block beyond) before it is numbered."""
-        if need <= self._reserved and self._reserved_at > 0:
-            return
-        now = time.monotonic()
-        if now - self._reserved_at < 1.0:
-            self._reserve_block = min(self._reserve_block * 2, _MAX_RESERVE)
-        elif now - self._reserved_at > 10.0:
-            self._reserve_block = max(self._reserve_block // 2, _MIN_RESERVE)
-        # ``need`` is past every number issued so far, so this may also lower a mark a previous
-        # process reserved but never used.
-        self._persist_locked(reserved=need + self._reserve_block)
-        self._reserved_at = now
+        self._state.reserve(need, self._firsts[0] if self._firsts else 0)
 
     def close(self) -> None:
         """Sync everything written, stop the flusher, release the directory. Idempotent."""
@@ -647,7 +574,7 @@ class Outbox:
     def _write_locked(self, bodies: Sequence[bytes], now: float) -> tuple[int, int]:
         """Number and write ``bodies``, rolling segments as they fill. Caller holds the lock."""
         first = self._last_seq + 1
-        if first + len(bodies) - 1 > self._reserved:
+        if first + len(bodies) - 1 > self._state.reserved:
             self._reserve_locked(first + len(bodies) - 1)
         every = self._config.index_every
         i = 0
@@ -759,7 +686,9 @@ class Outbox:
             return
         first = self._segments[0].first_seq
         last = self._segments[drop].first_seq - 1
-        gap = self._gap_event(first, last, pipeline_details_pb2.GAP_REASON_DISK_BUDGET, now)
+        gap = gap_event(
+            self._guardian, first, last, pipeline_details_pb2.GAP_REASON_DISK_BUDGET, now
+        )
         gap_seq, _ = self._write_locked([self._serialize(gap)], now)
         if self._config.fsync == "interval":
             os.fdatasync(self._fd)
@@ -767,8 +696,8 @@ class Outbox:
         self._set_segments(kept)
         # Recorded before the unlinks: a reopen finishes them instead of dropping and counting
         # the same range again.
-        self._dropped_total += last - first + 1
-        self._removed_through = max(self._removed_through, last)
+        self._state.dropped_total += last - first + 1
+        self._state.removed_through = max(self._state.removed_through, last)
         self._persist_locked()
         for segment in dropped:
             segment.path.unlink(missing_ok=True)
@@ -801,8 +730,8 @@ class Outbox:
         expired = self._segments[drop].first_seq - self._segments[0].first_seq
         dropped, kept = self._segments[:drop], self._segments[drop:]
         self._set_segments(kept)
-        self._expired_total += expired
-        self._removed_through = max(self._removed_through, kept[0].first_seq - 1)
+        self._state.expired_total += expired
+        self._state.removed_through = max(self._state.removed_through, kept[0].first_seq - 1)
         self._persist_locked()
         for segment in dropped:
             segment.path.unlink(missing_ok=True)
@@ -841,38 +770,7 @@ class Outbox:
 
     # -- gap events ----------------------------------------------------------------------------
 
-    def _gap_event(
-        self, first: int, last: int, reason: pipeline_details_pb2.GapReason.ValueType, now: float
-    ) -> event_pb2.Event:
-        count = last - first + 1
-        why = {
-            pipeline_details_pb2.GAP_REASON_DISK_BUDGET: "disk budget",
-            _MISSING: "missing from the outbox's tail",
-        }.get(reason, "damage")
-        event = event_pb2.Event(
-            id=uuid7(now),
-            guardian=self._guardian,
-            severity=classification_pb2.SEVERITY_HIGH,
-            category=classification_pb2.CATEGORY_SYSTEM,
-            summary=f"outbox lost {count} events, seq {first} to {last} ({why})",
-            gap=pipeline_details_pb2.Gap(
-                first_seq=first,
-                last_seq=last,
-                count=count,
-                reason=reason,
-            ),
-        )
-        event.time.FromNanoseconds(int(now * 1e9))
-        event.observed_time.CopyFrom(event.time)
-        return event
-
-    def _gap_record_upper_bound(self) -> int:
-        top = (1 << 64) - 1
-        widest = self._gap_event(1, top, pipeline_details_pb2.GAP_REASON_CORRUPTED_RECORDS, 4e9)
-        widest.gap.first_seq = widest.gap.count = top
-        return HEADER_SIZE + len(widest.SerializeToString()) + SEQ_FIELD_MAX + 64
-
-    def _report_lost(self, ranges: Iterable[_Lost]) -> None:
+    def _report_lost(self, ranges: Iterable[Lost]) -> None:
         """Append one gap event per lost range, for the numbers no gap event reported yet.
 
         Scans may find a range again, or a wider one (new damage next to old, a rescan after a
@@ -883,28 +781,28 @@ class Outbox:
         with self._lock:
             if self._closed or self._broken:
                 return
-            fresh: list[_Lost] = []
-            for a, b, reason in ranges:
-                for part in _uncovered((max(a, self.first_seq), b), self._reported):
-                    fresh.append((*part, reason))
-                    self._reported = _covered(self._reported, part)
+            fresh, self._state.reported = claim_unreported(
+                ranges, self._state.reported, self.first_seq
+            )
             if not fresh:
                 return
             now = self._clock()
-            bodies = [self._serialize(self._gap_event(a, b, why, now)) for a, b, why in fresh]
+            bodies = [
+                self._serialize(gap_event(self._guardian, a, b, why, now)) for a, b, why in fresh
+            ]
             self._make_room_locked(_upper_bytes(bodies), now)
             first, _ = self._write_locked(bodies, now)
             if self._config.fsync == "interval":
                 os.fdatasync(self._fd)
             for offset, (a, b, reason) in enumerate(fresh):
-                self._corrupted_total += b - a + 1
+                self._state.corrupted_total += b - a + 1
                 _log.error(
                     "outbox %s: seq %d-%d (%d events) %s; reported by gap seq %d",
                     self._dir,
                     a,
                     b,
                     b - a + 1,
-                    "missing" if reason == _MISSING else "damaged on disk",
+                    "missing" if reason == MISSING else "damaged on disk",
                     first + offset,
                 )
             self._persist_locked()
@@ -977,7 +875,7 @@ class Outbox:
             )
             segment.apply_scan(result)
         if result.lost:
-            self._report_lost((a, b, _CORRUPTED) for a, b in result.lost)
+            self._report_lost((a, b, CORRUPTED) for a, b in result.lost)
 
     def _rescan(self, segment: Segment, upper: int, end: int, offset: int) -> None:
         """A read found damage no scan knew of: learn where it ends and report what it cost."""
@@ -995,7 +893,7 @@ class Outbox:
             segment.skips.update(result.skips)
         _log.error("outbox %s: damage found at %s:%d", self._dir, segment.path.name, offset)
         if result.lost:
-            self._report_lost((a, b, _CORRUPTED) for a, b in result.lost)
+            self._report_lost((a, b, CORRUPTED) for a, b in result.lost)
 
     async def wait_for_seq_after(self, seq: int, timeout: float) -> int:
         """Wait until a record newer than ``seq`` exists, at most ``timeout`` seconds; return the
@@ -1008,7 +906,10 @@ class Outbox:
                 return self._last_seq
             self._waiters.append(entry)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result when a
+            # cancellation arrives as the event is set, and the caller's task would not stop.
+            async with asyncio.timeout(timeout):
+                await event.wait()
         except TimeoutError:
             pass
         finally:
@@ -1047,7 +948,7 @@ class Outbox:
     @property
     def dropped_total(self) -> int:
         """Events dropped under the disk budget since this outbox was created (kept in STATE)."""
-        return self._dropped_total
+        return self._state.dropped_total
 
     def status(self) -> OutboxStatus:
         with self._lock:
@@ -1059,9 +960,9 @@ class Outbox:
                 disk_bytes=self._disk_bytes,
                 disk_budget_bytes=self._config.disk_budget_bytes,
                 segments=len(self._segments),
-                dropped_total=self._dropped_total,
-                expired_total=self._expired_total,
-                corrupted_total=self._corrupted_total,
+                dropped_total=self._state.dropped_total,
+                expired_total=self._state.expired_total,
+                corrupted_total=self._state.corrupted_total,
                 truncated_bytes=self._truncated_bytes,
             )
 
@@ -1110,120 +1011,5 @@ def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, int]]) -
             loop.call_soon_threadsafe(event.set)
 
 
-def _uncovered(span: tuple[int, int], covered: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of ``span`` (inclusive) outside the disjoint sorted ranges ``covered``."""
-    a, b = span
-    out: list[tuple[int, int]] = []
-    if a > b:
-        return out
-    for c, d in covered:
-        if d < a:
-            continue
-        if c > b:
-            break
-        if c > a:
-            out.append((a, c - 1))
-        a = max(a, d + 1)
-        if a > b:
-            return out
-    if a <= b:
-        out.append((a, b))
-    return out
-
-
-def _covered(covered: Sequence[tuple[int, int]], span: tuple[int, int]) -> list[tuple[int, int]]:
-    """``covered`` with ``span`` added, merged into disjoint sorted ranges."""
-    out: list[tuple[int, int]] = []
-    a, b = span
-    placed = False
-    for c, d in covered:
-        if d + 1 < a:
-            out.append((c, d))
-        elif b + 1 < c:
-            if not placed:
-                out.append((a, b))
-                placed = True
-            out.append((c, d))
-        else:
-            a, b = min(a, c), max(b, d)
-    if not placed:
-        out.append((a, b))
-    out.sort()
-    return out
-
-
 def _ignore(_: int) -> None:
     pass
-
-
-def _boot_id() -> bytes | None:
-    """The running kernel's boot id: page-cache contents survive exactly as long as it."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as file:
-            return uuid.UUID(file.read().strip().decode()).bytes
-    except (OSError, ValueError):
-        return None
-
-
-class _SeqHint:
-    """The last seq numbered, in a shared memory map, stamped with the boot id.
-
-    A store is one memory write, no syscall, so it costs appends nothing measurable. The page
-    cache keeps it through a ``kill -9``; a reboot may lose or tear it, hence the boot id: it is
-    only trusted within the boot that wrote it. Two slots, written alternately, each holding the
-    value and its complement: a process killed in the middle of one store leaves that slot
-    invalid and the other one write older (the records of that write are on disk, so the
-    reopen trusts them).
-    """
-
-    _HEAD: Final = struct.Struct("<4s16s")
-    _VALUE: Final = struct.Struct("<QQ")
-    _SLOT_SIZE: Final = 36
-    _MAGIC: Final = b"QSH1"
-    _MASK: Final = (1 << 64) - 1
-
-    def __init__(self, path: Path) -> None:
-        self._boot = _boot_id()
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            size = 2 * self._SLOT_SIZE
-            if os.fstat(self._fd).st_size != size:
-                os.ftruncate(self._fd, size)
-            self._map = mmap.mmap(self._fd, size)
-        except BaseException:
-            os.close(self._fd)
-            raise
-        self._slot = 0
-
-    def read(self) -> int | None:
-        """The last seq stored in this boot, or ``None`` (another boot, never stored, torn)."""
-        if self._boot is None:
-            return None
-        best: int | None = None
-        for slot in (0, 1):
-            offset = slot * self._SLOT_SIZE
-            magic, boot = self._HEAD.unpack_from(self._map, offset)
-            last, check = self._VALUE.unpack_from(self._map, offset + self._HEAD.size)
-            if magic != self._MAGIC or boot != self._boot or check != last ^ self._MASK:
-                continue
-            if best is None or last > best:
-                best = last
-                self._slot = 1 - slot  # overwrite the older slot first
-        return best
-
-    def store(self, last: int) -> None:
-        offset = self._slot * self._SLOT_SIZE
-        self._VALUE.pack_into(self._map, offset + self._HEAD.size, last, last ^ self._MASK)
-        self._slot ^= 1
-
-    def start(self, last: int) -> None:
-        """Stamp both slots with this boot and ``last`` (after :meth:`read`, before stores)."""
-        for slot in (0, 1):
-            offset = slot * self._SLOT_SIZE
-            # The value first: a slot is never valid with this boot's stamp and an old value.
-            self._VALUE.pack_into(self._map, offset + self._HEAD.size, last, last ^ self._MASK)
-            self._HEAD.pack_into(self._map, offset, self._MAGIC, self._boot or bytes(16))
-
-    def close(self) -> None:
-        self._map.close()
-        os.close(self._fd)

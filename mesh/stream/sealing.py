@@ -51,6 +51,10 @@ more than ``MAX_BATCHES``). The opener accepts exactly ``last + 1`` and checks t
 against the clear fields. The end of a stream is not authenticated: a subscriber commits its
 cursor only to the ``last_seq`` of batches it opened, so a cut stream loses nothing on resume.
 
+Offers are strict: at least one suite, each one this code knows and each listed once (so never
+more suites than exist). Copies or unknown values are refused, not negotiated around: the
+transcript has one meaning, and a new suite is rolled out to guardians before subscribers.
+
 Errors: :class:`HandshakeError` (clear, non-secret messages) for a bad offer or accept;
 :class:`SealedStreamError` (one fixed message, no oracle) for any batch that does not open; after
 one, the opener refuses everything (the stream is over). Bad local arguments raise ValueError.
@@ -130,7 +134,6 @@ HANDSHAKE_NONCE_SIZE: Final = 32
 MLKEM_KEY_SIZE: Final = QSC_HYBRID_KEM.mlkem.public_key_size
 MLKEM_CIPHERTEXT_SIZE: Final = QSC_HYBRID_KEM.mlkem.ciphertext_size
 # Bounds on peer input, so a hostile peer cannot make us hash or parse megabytes.
-MAX_SUITES: Final = 16
 MAX_CHAIN: Final = 4
 MAX_CERT_DER: Final = 16 * 1024
 MAX_SIGNATURE: Final = 512
@@ -485,9 +488,31 @@ def _check_suites(suites: Iterable[Suite], what: str) -> tuple[Suite, ...]:
     for s in result:
         if s not in _SUITE_ALGORITHM:
             raise ValueError(f"{what}: unknown sealing suite {_suite_name(s)}")
-    if len(set(result)) != len(result) or len(result) > MAX_SUITES:
-        raise ValueError(f"{what} must list distinct suites, at most {MAX_SUITES}")
+    if len(set(result)) != len(result):
+        raise ValueError(f"{what} must list distinct suites")
     return result
+
+
+def _check_offered_suites(suites: Sequence[int]) -> None:
+    """HandshakeError unless the offer lists known suites, each once (see the module doc).
+
+    No QSC subscriber sends anything else: its own `_check_suites` refuses the same lists.
+    """
+    known = len(_SUITE_ALGORITHM)
+    # The count first: it bounds the work below before we look at any element.
+    if not suites:
+        raise HandshakeError("offer lists no sealing suite")
+    if len(suites) > known:
+        raise HandshakeError(
+            f"offer lists {len(suites)} sealing suites; there are only {known} distinct suites"
+        )
+    seen: set[int] = set()
+    for s in suites:
+        if s not in _SUITE_ALGORITHM:
+            raise HandshakeError(f"offer lists unknown sealing suite {_suite_name(s)}")
+        if s in seen:
+            raise HandshakeError(f"offer lists sealing suite {_suite_name(s)} more than once")
+        seen.add(s)
 
 
 class SubscriberHandshake(_NoCopy):
@@ -646,8 +671,7 @@ def accept_offer(
     if not isinstance(offer, SealedSessionOffer):
         raise HandshakeError("expected a SealedSessionOffer")
 
-    if not 1 <= len(offer.suites) <= MAX_SUITES:
-        raise HandshakeError(f"offer must list 1 to {MAX_SUITES} sealing suites")
+    _check_offered_suites(offer.suites)
     _check_len(offer.x25519_public_key, X25519_SIZE, "offer x25519_public_key")
     _check_len(offer.mlkem_encapsulation_key, MLKEM_KEY_SIZE, "offer mlkem_encapsulation_key")
     _check_len(offer.client_nonce, HANDSHAKE_NONCE_SIZE, "offer client_nonce")

@@ -46,9 +46,15 @@ from typing import Any, Final, Protocol
 
 from cryptography import x509
 
-from mesh.errors import FailedPreconditionError, IdentityError, PermissionDeniedError
+from mesh.errors import (
+    FailedPreconditionError,
+    IdentityError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+)
 from mesh.identity import SigningKey, TlsMaterial, peer_identity, signing_key
 from mesh.logs import log_event
+from mesh.ratelimit import KeyedBuckets
 from mesh.server import ServiceBinding
 from mesh.stream import outbox as outbox_mod
 from mesh.stream.batching import (
@@ -65,7 +71,7 @@ from mesh.stream.batching import (
 )
 from mesh.stream.outbox import Outbox, OutboxStatus, Record
 from mesh.stream.sealing import HandshakeError, SessionSealer, accept_offer
-from qsc.common.v1 import event_pb2, identity_pb2, pipeline_details_pb2
+from qsc.common.v1 import event_pb2, identity_pb2, pipeline_details_pb2, transport_status_pb2
 from qsc.guardian.v1 import guardian_service_pb2 as pb
 from qsc.guardian.v1 import guardian_service_pb2_grpc as pb_grpc
 from qsc.guardian.v1.sealed_session_pb2 import SealedSessionAccept
@@ -125,6 +131,7 @@ def status_response(
     outbox: OutboxStatus,
     retention: timedelta,
     subscribers: int,
+    transport: transport_status_pb2.TransportStatus | None = None,
 ) -> pb.GetStatusResponse:
     """A GetStatusResponse from plain state. Total loss adds the outbox's budget drops."""
     total = pipeline_details_pb2.LossCounters()
@@ -145,6 +152,8 @@ def status_response(
         ),
         subscriber_count=subscribers,
     )
+    if transport is not None:
+        response.transport.CopyFrom(transport)
     response.start_time.FromNanoseconds(int(start_time * 1e9))
     response.uptime.FromNanoseconds(max(0, int((now - start_time) * 1e9)))
     response.outbox.retention.FromTimedelta(retention)
@@ -166,6 +175,7 @@ class GuardianServicer(pb_grpc.GuardianServiceServicer):
         retention: timedelta,
         start_time: float | None = None,
         clock: Callable[[], float] = time.time,
+        transport: Callable[[], transport_status_pb2.TransportStatus] | None = None,
     ) -> None:
         self._outbox = outbox
         self._guardian = guardian
@@ -178,6 +188,10 @@ class GuardianServicer(pb_grpc.GuardianServiceServicer):
         self._start_time = clock() if start_time is None else start_time
         self._version = package_version()
         self._subscribers = 0
+        self._handshakes = KeyedBuckets(
+            settings.sealed_handshakes_per_second, settings.sealed_handshake_burst
+        )
+        self._transport = transport
 
     @property
     def subscriber_count(self) -> int:
@@ -199,6 +213,7 @@ class GuardianServicer(pb_grpc.GuardianServiceServicer):
             outbox=self._outbox.status(),
             retention=self._retention,
             subscribers=self._subscribers,
+            transport=self._transport() if self._transport else None,
         )
 
     async def Subscribe(  # noqa: N802 (gRPC method name)
@@ -216,6 +231,11 @@ class GuardianServicer(pb_grpc.GuardianServiceServicer):
         matcher = compile_filter(request)
         snapshot = self._outbox.status()
         cursor = start_cursor(request, snapshot.first_seq, snapshot.last_seq)
+        if sealed and not self._handshakes.take(peer.spiffe_id):
+            raise ResourceExhaustedError(
+                f"{peer.spiffe_id} opens sealed sessions faster than "
+                f"{self._settings.sealed_handshakes_per_second:g}/s; retry after a backoff"
+            )
         accept, sealer = self._accept(request, context) if sealed else (None, None)
         stream = _Subscription(self._outbox, limits, matcher, sealer, self._draining, cursor)
         self._subscribers += 1

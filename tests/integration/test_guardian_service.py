@@ -24,11 +24,13 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import duration_pb2
 
 from crypto.pki import init_ca, issue_leaf, write_leaf
 from mesh.config import config_from_dict
 from mesh.guardian import Guardian, GuardianConfig, LossStage, SensorState
+from mesh.stream import sealing
 from mesh.stream.batching import subscribe_context
 from mesh.stream.outbox import Outbox, OutboxConfig
 from mesh.stream.sealing import SessionOpener, SubscriberHandshake
@@ -424,6 +426,31 @@ def test_a_rewritten_request_breaks_the_sealed_offer(pki: Path, gt: GuardianThre
     error = _rpc_error(subscribe(_stub(pki, gt.port, "cortex-c1"), request))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "offer" in (error.details() or "")
+
+
+def test_an_offer_listing_a_suite_twice_is_refused(pki: Path, gt: GuardianThread) -> None:
+    request = pb.SubscribeRequest()
+    key = serialization.load_pem_private_key((pki / "cortex-c1.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    _, offer = SubscriberHandshake.start(key, context=subscribe_context(request))
+    # Re-signed, as a buggy or hostile subscriber would: the signature is fine, the list is not.
+    del offer.suites[1:]
+    offer.suites.append(offer.suites[0])  # [AES-256-GCM, AES-256-GCM]
+    offer.signature = sealing._sign(
+        key, offer.signature_algorithm, sealing._offer_transcript(offer, subscribe_context(request))
+    )
+    request.sealed_session.CopyFrom(offer)
+    error = _rpc_error(subscribe(_stub(pki, gt.port, "cortex-c1"), request))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == (
+        "sealed session offer refused: offer lists sealing suite "
+        "SEALING_SUITE_X25519_MLKEM1024_HKDF_SHA256_AES_256_GCM more than once"
+    )
+    # The guardian is fine: a good offer on the next call is accepted.
+    emit_n(gt, 3)
+    stream, opener = sealed_subscribe(pki, gt, pb.SubscribeRequest())
+    assert read_until(stream, 3, opener).seqs == [1, 2, 3]
+    stream.cancel()
 
 
 def test_two_subscribers_at_once_both_get_everything(pki: Path, gt: GuardianThread) -> None:

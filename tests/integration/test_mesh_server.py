@@ -15,8 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -30,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from crypto.pki import Identity, init_ca, issue_leaf, write_leaf
 from mesh.errors import ConfigError, IdentityError
@@ -60,6 +59,14 @@ TD = "mesh.test"
 GET_STATUS = "/qsc.guardian.v1.GuardianService/GetStatus"
 SUBSCRIBE = "/qsc.guardian.v1.GuardianService/Subscribe"
 ALPHA_SERVICE = "qsc.alpha.v1.AlphaService"
+REFLECTION_V1ALPHA = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+REFLECTION_V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+SERVED = {
+    GUARDIAN_SERVICE,
+    ALPHA_SERVICE,
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+}
 MAX_MESSAGE = 64 * 1024
 MAX_STREAMS = 2
 T = TypeVar("T")
@@ -310,6 +317,57 @@ def test_rpcs_not_in_the_table_are_denied_even_when_served(pki: Pki, srv: Server
     assert err.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def _list_services(
+    pki: Pki, port: int, stem: str, method: str = REFLECTION_V1ALPHA
+) -> set[str] | grpc.RpcError:
+    """What `grpcurl list` asks, with grpcio (hybrid, so any role passes the transport policy).
+
+    v1 and v1alpha reflection messages are the same on the wire, so one pair of types does both.
+    """
+    with _channel(pki, port, stem) as channel:
+        call = channel.stream_stream(
+            method,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        try:
+            (reply,) = list(call(iter([request]), timeout=10))
+        except grpc.RpcError as exc:
+            return exc
+    return {service.name for service in reply.list_services_response.service}
+
+
+@pytest.mark.parametrize("stem", ["operator-ops-1", "soar-s1"])
+def test_operators_and_soar_get_reflection(pki: Pki, srv: ServerThread, stem: str) -> None:
+    assert _list_services(pki, srv.port, stem) == SERVED
+    # v1 is authorized too; grpcio just has no handler for it (clients then fall back to v1alpha).
+    v1 = _list_services(pki, srv.port, stem, REFLECTION_V1)
+    assert isinstance(v1, grpc.RpcError)
+    assert v1.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize(("stem", "role"), [("alpha-127.0.0.1", "alpha"), ("cortex-c1", "cortex")])
+def test_other_roles_are_denied_reflection_but_not_health(
+    pki: Pki, srv: ServerThread, access_log: pytest.LogCaptureFixture, stem: str, role: str
+) -> None:
+    # The alpha certificate is the guardian's own leaf: what an attacker on a guardian host holds.
+    for method in (REFLECTION_V1ALPHA, REFLECTION_V1):
+        denied = _list_services(pki, srv.port, stem, method)
+        assert isinstance(denied, grpc.RpcError), denied
+        assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert denied.details() == f"role {role} may not call {method}"
+        (call,) = _calls(
+            access_log, rpc=method, peer=f"spiffe://{TD}/{role}/{stem.split('-', 1)[1]}"
+        )
+        assert call["code"] == "PERMISSION_DENIED"
+    with _channel(pki, srv.port, stem) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=GUARDIAN_SERVICE), timeout=10
+        )
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
 # --- error mapping ------------------------------------------------------------------------------
 
 
@@ -438,12 +496,7 @@ def test_classical_grpcurl_lists_describes_and_checks_health_under_prefer(
     before = srv.server.policy_stats().classical_connections.get("operator", 0)
     listed = _grpcurl_run(pki, srv.port, "operator-ops-1", "list")
     assert listed.returncode == 0, listed.stderr
-    assert set(listed.stdout.split()) == {
-        GUARDIAN_SERVICE,
-        ALPHA_SERVICE,
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection",
-    }
+    assert set(listed.stdout.split()) == SERVED
     described = _grpcurl_run(pki, srv.port, "operator-ops-1", "describe", GUARDIAN_SERVICE)
     assert described.returncode == 0, described.stderr
     assert "rpc GetStatus" in described.stdout
@@ -459,33 +512,64 @@ def test_classical_grpcurl_lists_describes_and_checks_health_under_prefer(
     assert _calls(access_log, peer=f"spiffe://{TD}/operator/ops-1", kex_group="X25519")
 
 
-def test_buf_curl_negotiates_hybrid_and_passes_under_require(
-    pki: Pki, srv: ServerThread, access_log: pytest.LogCaptureFixture
-) -> None:
+def _buf_curl(
+    pki: Pki, port: int, stem: str, *, schema: Path | None
+) -> subprocess.CompletedProcess[str]:
     if not BUF.is_file():
         pytest.fail(f"buf is missing from {BUF}; {HOW_TO_FIX}")
-    files = pki.files("cortex-c1")
-    result = subprocess.run(
+    files = pki.files(stem)
+    return subprocess.run(
         [
             str(BUF),
             "curl",
             *("--cacert", str(files.ca), "--cert", str(files.cert), "--key", str(files.key)),
+            *(("--schema", str(schema)) if schema is not None else ()),  # else: reflection
             "--protocol",
             "grpc",
-            f"https://127.0.0.1:{srv.port}{GET_STATUS}",  # schema via server reflection
+            f"https://127.0.0.1:{port}{GET_STATUS}",
         ],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_buf_curl_negotiates_hybrid_and_passes_under_require(
+    pki: Pki, srv: ServerThread, access_log: pytest.LogCaptureFixture
+) -> None:
+    # A cortex certificate may not use reflection: the schema comes from the proto files.
+    result = _buf_curl(pki, srv.port, "cortex-c1", schema=PROTO_ROOT)
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
     assert reply["sensors"][0]["mode"] == f"spiffe://{TD}/cortex/c1"
     calls = _calls(access_log, peer=f"spiffe://{TD}/cortex/c1")
-    (call,) = [c for c in calls if c["rpc"] == GET_STATUS]
-    assert (call["code"], call["kex_group"]) == ("OK", "X25519MLKEM768")
-    assert {c["kex_group"] for c in calls} == {"X25519MLKEM768"}  # reflection too
+    (call,) = calls
+    assert (call["rpc"], call["code"], call["kex_group"]) == (GET_STATUS, "OK", "X25519MLKEM768")
+
+
+def test_buf_curl_reflection_needs_an_operator_or_soar_certificate(
+    pki: Pki, srv: ServerThread, access_log: pytest.LogCaptureFixture
+) -> None:
+    refused = _buf_curl(pki, srv.port, "cortex-c1", schema=None)
+    assert refused.returncode != 0, refused.stdout
+    # buf reports a denied reflection as a schema without the service; the log says why.
+    assert f'failed to find service named "{GUARDIAN_SERVICE}"' in refused.stderr, refused.stderr
+    # No fallback to v1alpha on PERMISSION_DENIED, and GetStatus was never called.
+    cortex = _calls(access_log, peer=f"spiffe://{TD}/cortex/c1")
+    assert [(c["rpc"], c["code"]) for c in cortex] == [(REFLECTION_V1, "PERMISSION_DENIED")]
+
+    allowed = _buf_curl(pki, srv.port, "operator-ops-1", schema=None)
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["sensors"][0]["mode"] == f"spiffe://{TD}/operator/ops-1"
+    ops = _calls(access_log, peer=f"spiffe://{TD}/operator/ops-1")
+    # v1 first (authorized, no handler), then v1alpha, then the call; all hybrid.
+    assert {(c["rpc"], c["code"]) for c in ops} == {
+        (REFLECTION_V1, "UNIMPLEMENTED"),
+        (REFLECTION_V1ALPHA, "OK"),
+        (GET_STATUS, "OK"),
+    }
+    assert {c["kex_group"] for c in ops} == {"X25519MLKEM768"}
 
 
 def _node(pki: Pki, port: int, stem: str, *extra: str) -> dict[str, Any]:
@@ -530,32 +614,11 @@ def test_node_client_gets_status_with_an_operator_certificate(
     assert (call["code"], call["kex_group"], call["tls_version"]) == ("OK", "X25519", "TLSv1.3")
 
 
-def test_node_client_is_refused_under_require_and_below_tls_1_3(
-    pki: Pki, srv: ServerThread
-) -> None:
+def test_node_client_is_refused_under_require(pki: Pki, srv: ServerThread) -> None:
     refused = _node(pki, srv.port, "cortex-c1")
     assert refused["code"] == "UNAUTHENTICATED"
     assert "classical key exchange X25519 refused" in refused["details"]
-    old_tls = _node(pki, srv.port, "operator-ops-node", "TLSv1.2")
-    assert old_tls == {
-        "ok": False,
-        "code": "UNAUTHENTICATED",
-        "details": "TLS version TLSv1.2 refused: TLS 1.3 required",
-    }
-
-
-def test_grpcio_cannot_refuse_tls_1_2_at_the_handshake(pki: Pki, srv: ServerThread) -> None:
-    """Why the TLS 1.3 rule lives in the interceptor: the handshake itself accepts TLS 1.2."""
-    files = pki.files("operator-ops-1")
-    context = ssl.create_default_context(cafile=str(files.ca))
-    context.load_cert_chain(files.cert, files.key)
-    context.maximum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        assert tls.version() == "TLSv1.2"
+    # TLS 1.2 clients (Node.js, Python, openssl) never get a call in: test_transport_floor.py.
 
 
 # --- shutdown -----------------------------------------------------------------------------------

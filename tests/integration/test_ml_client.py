@@ -1,7 +1,8 @@
 """`ml.client` against a real ML service on 127.0.0.1:0 over mTLS (the fixtures of
 test_ml_server, in conftest.py): one and many rows scored as the core scores them, errors in
 ml's tree (a bad value names its field, a wrong role is an access error, a passed deadline and an
-absent server are unavailable), and every call of a client on one connection."""
+absent server are unavailable), out-of-range rows and a refused rollback in its typed results,
+and every call of a client on one connection."""
 
 from __future__ import annotations
 
@@ -30,7 +31,18 @@ from ml.errors import (
     ServiceUnavailableError,
 )
 from ml.schema import FEATURES, SCHEMA_VERSION
-from tests.integration.ml_harness import HOST, MAX_ROWS, NORMAL, WEIRD, Models, ServiceThread
+from ml.store import card_path, model_path
+from tests.integration.ml_harness import (
+    HOST,
+    MAX_ROWS,
+    NORMAL,
+    WEIRD,
+    LogWatch,
+    Models,
+    ServiceThread,
+    look_now,
+    train_another,
+)
 
 
 def _config(
@@ -110,6 +122,9 @@ def test_scores_one_and_many_rows_as_the_core_does(
     [
         ([*NORMAL[:4], float("nan"), *NORMAL[5:]], "rows[0].values[4]", "failed_logins"),
         ([-1.0, *NORMAL[1:]], "rows[0].values[0]", "cpu_percent"),
+        ([-1e9, *NORMAL[1:]], "rows[0].values[0]", "cpu_percent"),
+        ([1e308, *NORMAL[1:]], "rows[0].values[0]", "cpu_percent"),
+        ([NORMAL[0], 100.5, *NORMAL[2:]], "rows[0].values[1]", "memory_percent"),
         ([*NORMAL[:-1], -3.0], "rows[0].values[11]", "privilege_changes"),
     ],
 )
@@ -223,3 +238,37 @@ def test_calls_need_an_open_client(ml_pki: Path) -> None:
     client = AnomalyClient(_config(ml_pki, 1))
     with pytest.raises(RuntimeError, match="not open"):
         asyncio.run(client.score(_batch([NORMAL])))
+
+
+def test_out_of_range_rows_and_refused_models_reach_the_client_typed(
+    ml_pki: Path, ml_service: ServiceThread, ml_models: Models
+) -> None:
+    with LogWatch() as logs:
+        newer = train_another(ml_models, seed=5)
+        _, answer = look_now(ml_service, logs)
+        assert answer["serving"] == newer
+        card_path(ml_models.directory, newer).unlink()
+        model_path(ml_models.directory, newer).unlink()
+        _, answer = look_now(ml_service, logs)
+        assert answer["refused"] == ml_models.version
+
+    async def calls() -> None:
+        async with AnomalyClient(_config(ml_pki, ml_service.port)) as ml:
+            model = await ml.model()
+            assert model.version == newer
+            assert model.refused_version == ml_models.version
+            assert model.rollback_refused
+            assert "refused as a rollback" in model.refused_reason
+            assert model.promoted_from is None
+            assert model.feature_ranges is not None
+            top = dict(zip(model.features, model.feature_ranges, strict=True))["process_count"][1]
+            row = list(NORMAL)
+            row[FEATURES.index("process_count")] = top + 1
+            scores = await ml.score(_batch([NORMAL, row]))
+        assert scores.model_version == newer
+        assert scores.range_checked
+        assert scores.verdicts == [Verdict.NORMAL, Verdict.OUT_OF_RANGE]
+        assert list(scores.out_of_range) == [(), ("process_count",)]
+        assert scores.is_anomaly.tolist() == [False, True]
+
+    asyncio.run(calls())

@@ -1,19 +1,15 @@
 """AnomalyService for real: the ML service on 127.0.0.1:0 over mTLS with certificates from
 `qsc pki`, called through the generated stub; authorization per the mesh table; every invalid
-input; a hot model swap under a stream of calls with zero failures; and `qsc-ml --config` run as
-a process (SIGHUP, SIGTERM).
+input, values outside their feature's domain among them; rows beyond the training range
+flagged; a hot model swap under a stream of calls with zero failures; and `qsc-ml --config` run
+as a process (SIGHUP, SIGTERM). Rollback and file modes: test_ml_trust.py.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,12 +30,14 @@ from tests.integration.ml_harness import (
     MAX_ROWS,
     NORMAL,
     WEIRD,
+    MlProcess,
     Models,
     ServiceThread,
     service_config,
+    wait_until,
+    write_config,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 10.0
 
 
@@ -160,6 +158,88 @@ def test_invalid_input_is_invalid_argument_naming_the_field(
     assert (info.value.details() or "").startswith(f"{field}: ")
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "feature", "reason"),
+    [
+        (0, -1e9, "cpu_percent", "is -1e+09; cpu_percent must be a percentage in [0, 100]"),
+        (0, 1e308, "cpu_percent", "is 1e+308; cpu_percent must be a percentage in [0, 100]"),
+        (0, math.nan, "cpu_percent", "is nan; values must be finite numbers"),
+        (1, 100.5, "memory_percent", "is 100.5; memory_percent must be a percentage in [0, 100]"),
+        (4, -1.0, "failed_logins", "is -1; failed_logins must be a count >= 0"),
+        (11, -3.0, "privilege_changes", "is -3; privilege_changes must be a count >= 0"),
+        (6, -0.5, "exec_rate", "is -0.5; exec_rate must be a rate per second >= 0"),
+        (2, 1e308, "network_bytes_out", "is 1e+308; network_bytes_out must be a count >= 0"),
+    ],
+)
+def test_a_value_outside_its_domain_is_invalid_argument_naming_field_and_feature(
+    cortex: pb_grpc.AnomalyServiceStub, column: int, value: float, feature: str, reason: str
+) -> None:
+    row = list(NORMAL)
+    row[column] = value
+    with pytest.raises(grpc.RpcError) as info:
+        cortex.Score(_request([NORMAL, row]), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details() or ""
+    assert details.startswith(f"rows[1].values[{column}]: {feature} {reason}")
+    # The index is the request's own: with the features in another order, it follows them.
+    order = list(reversed(FEATURES))
+    shuffled = [dict(zip(FEATURES, row, strict=True))[f] for f in order]
+    with pytest.raises(grpc.RpcError) as info:
+        cortex.Score(_request([shuffled], feature_names=order), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith(
+        f"rows[0].values[{order.index(feature)}]: {feature} is "
+    )
+
+
+def test_values_beyond_the_training_range_are_flagged_never_normal(
+    cortex: pb_grpc.AnomalyServiceStub,
+) -> None:
+    info = cortex.GetModel(pb.GetModelRequest(), timeout=TIMEOUT)
+    ranges = {r.name: (r.min, r.max) for r in info.feature_ranges}
+    assert list(ranges) == list(FEATURES)
+    column = FEATURES.index("process_count")
+    above = list(NORMAL)
+    above[column] = ranges["process_count"][1] * 1.01 + 1  # a count: in its domain
+    below = list(NORMAL)
+    below[0] = 0.0  # cpu_percent 0 is a percentage, but less than training saw
+    assert ranges["cpu_percent"][0] > 0.0
+    response = cortex.Score(_request([NORMAL, above, below, WEIRD]), timeout=TIMEOUT)
+    assert response.range_checked
+    normal, high, low, weird = response.scores
+    assert normal.verdict == pb.VERDICT_NORMAL
+    assert list(normal.out_of_range_features) == []
+    assert not normal.is_anomaly
+    assert high.verdict == pb.VERDICT_OUT_OF_RANGE
+    assert list(high.out_of_range_features) == ["process_count"]
+    assert low.verdict == pb.VERDICT_OUT_OF_RANGE
+    assert list(low.out_of_range_features) == ["cpu_percent"]
+    # The forest alone would call these normal (an Isolation Forest cannot tell a value just
+    # past the edge from one at it); the flag is what makes them anomalies.
+    # The calibrated confidence of a row scoring exactly the threshold (GetModel's knots).
+    knots = info.score_quantiles
+    at_threshold = 1.0 - float(
+        np.interp(info.threshold, [q.score for q in knots], [q.quantile for q in knots])
+    )
+    assert at_threshold > 0.9
+    for flagged in (high, low):
+        assert flagged.decision > 0
+        assert flagged.is_anomaly
+        assert flagged.confidence >= at_threshold
+        assert flagged.confidence > normal.confidence
+    assert weird.verdict == pb.VERDICT_OUT_OF_RANGE
+    assert weird.is_anomaly
+    # Named in the model's feature order, whatever order the request used.
+    expected = [
+        f for f, v in zip(FEATURES, WEIRD, strict=True) if not ranges[f][0] <= v <= ranges[f][1]
+    ]
+    assert list(weird.out_of_range_features) == expected
+    order = list(reversed(FEATURES))
+    shuffled = [dict(zip(FEATURES, WEIRD, strict=True))[f] for f in order]
+    again = cortex.Score(_request([shuffled], feature_names=order), timeout=TIMEOUT)
+    assert list(again.scores[0].out_of_range_features) == expected
+
+
 def test_pinned_to_another_version(cortex: pb_grpc.AnomalyServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as info:
         cortex.Score(_request([NORMAL], model_version="0" * 64), timeout=TIMEOUT)
@@ -196,11 +276,20 @@ def test_hot_swap_under_load_drops_nothing(
                         if s.is_anomaly != (s.score < r.threshold):
                             failures.append(f"inconsistent verdict under {r.model_version}")
 
+    def answered() -> int:
+        with lock:
+            return calls[0]
+
+    def versions() -> set[str]:
+        with lock:
+            return set(seen)
+
     threads = [threading.Thread(target=client) for _ in range(3)]
     for t in threads:
         t.start()
+    registry = ml_service.service.registry
     try:
-        time.sleep(0.3)
+        wait_until(lambda: answered() >= 20, what="calls before the swap")
         tuned = tune_model(
             load_model(ml_models.directory, ml_models.version, keys),
             feedback,
@@ -209,54 +298,37 @@ def test_hot_swap_under_load_drops_nothing(
         )
         assert tuned.changed
         new = tuned.stored.card.version
-        deadline = time.monotonic() + 10
-        while new not in seen and time.monotonic() < deadline:
-            time.sleep(0.02)
-        # A newer card that fails authentication must not interrupt anything either.
+        wait_until(lambda: new in versions(), what="calls answered by the new model")
+        # A newer card that fails authentication must not interrupt anything either: once the
+        # registry has refused it (its 50ms poll), calls keep being answered by `new`.
         bad = card_path(ml_models.directory, "e" * 64)
         doc = json.loads(card_path(ml_models.directory, new).read_text())
         doc.update(version="e" * 64, created="2999-01-01T00:00:00.000000Z")
         bad.write_text(json.dumps(doc))
-        time.sleep(0.4)
+        refusal = wait_until(lambda: registry.refused, what="the bad card refused")
+        assert refusal is not None
+        assert refusal.version == "e" * 64
+        assert not refusal.rollback
+        after = answered()
+        wait_until(lambda: answered() >= after + 20, what="calls after the refusal")
     finally:
         stop.set()
         for t in threads:
             t.join(10)
     assert failures == []
-    assert calls[0] > 50
     assert set(seen) == {ml_models.version, new}
     assert seen[new] == {tuned.after.threshold}
-    assert ml_service.service.registry.require().version == new
+    assert registry.require().version == new
 
 
 def test_qsc_ml_process_serves_and_stops_on_sigterm(
     ml_pki: Path, ml_models: Models, tmp_path: Path
 ) -> None:
-    config = tmp_path / "ml.toml"
-    cfg = service_config(ml_pki, ml_models, poll="1h")  # only SIGHUP can make it look
-    lines = []
-    for section, table in (
-        ("server", {k: v for k, v in cfg["server"].items() if k != "tls"}),
-        ("server.tls", cfg["server"]["tls"]),
-        ("model", cfg["model"]),
-    ):
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
-    config.write_text("\n".join(lines) + "\n")
-    port_file = tmp_path / "port"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'proto'}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ml", "--config", str(config), "--port-file", str(port_file)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    # Polled hourly: only SIGHUP can make it look.
+    config = write_config(tmp_path / "ml.toml", service_config(ml_pki, ml_models, poll="1h"))
+    service = MlProcess(config, tmp_path / "port")
     try:
-        deadline = time.monotonic() + 20
-        while not port_file.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert port_file.exists(), proc.stderr.read().decode() if proc.stderr else ""
-        port = int(port_file.read_text())
+        port = service.wait_port()
         with _channel(ml_pki, port, "cortex", "c1") as channel:
             stub = pb_grpc.AnomalyServiceStub(channel)
             first = stub.Score(_request([WEIRD]), timeout=TIMEOUT)
@@ -271,23 +343,18 @@ def test_qsc_ml_process_serves_and_stops_on_sigterm(
                 objective="target_fpr",
                 target_fpr=0.001,
             )
-            proc.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 10
-            version = first.model_version
-            while version == first.model_version and time.monotonic() < deadline:
-                time.sleep(0.05)
-                version = stub.GetModel(pb.GetModelRequest(), timeout=TIMEOUT).version
+            seen = service.hangup()
+            record = service.wait_log("model serving", "info", after=seen)
+            assert record["version"] == tuned.stored.card.version
+            assert record["previous"] == ml_models.version
+            answer = service.wait_log("model directory checked on request", after=seen)
+            assert answer["swapped"] is True
+            version = stub.GetModel(pb.GetModelRequest(), timeout=TIMEOUT).version
             assert version == tuned.stored.card.version
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        assert service.stop() == 0
+        assert service.wait_log("signal received, draining")["signal"] == "SIGTERM"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        if proc.stdout:
-            proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
+        service.close()
 
 
 def test_scores_match_in_process_scoring(

@@ -1,4 +1,5 @@
-"""The authorization table: full RPC name -> roles, default deny, health and reflection open."""
+"""The authorization table: full RPC name -> roles, default deny, health open to every role,
+reflection to operators and SOAR integrations only."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import pkgutil
 import pytest
 
 import qsc
-from mesh.authz import EVERY_ROLE, MESH_AUTHZ, OPEN_METHODS, AuthzTable
+from mesh.authz import (
+    EVERY_ROLE,
+    MESH_AUTHZ,
+    OPEN_METHODS,
+    REFLECTION_METHODS,
+    AuthzTable,
+)
 from mesh.errors import ConfigError, PermissionDeniedError
 
 GET_STATUS = "/qsc.guardian.v1.GuardianService/GetStatus"
@@ -43,15 +50,46 @@ def test_default_deny_for_anything_not_listed() -> None:
     assert not table.allows(GET_STATUS, "alpha")
 
 
-def test_health_and_reflection_are_open_to_every_role() -> None:
-    table = AuthzTable.of({})
-    assert {
-        "/grpc.health.v1.Health/Check",
-        "/grpc.health.v1.Health/Watch",
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-    } <= OPEN_METHODS
-    for method in OPEN_METHODS:
+HEALTH = (
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.health.v1.Health/List",
+)
+REFLECTION = (
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",  # what buf curl tries first
+)
+
+
+@pytest.mark.parametrize("table", [AuthzTable.of({}), MESH_AUTHZ], ids=["empty", "mesh"])
+def test_health_is_open_to_every_role(table: AuthzTable) -> None:
+    assert set(HEALTH) == OPEN_METHODS
+    for method in HEALTH:
         assert table.roles_for(method) == EVERY_ROLE
+        for role in EVERY_ROLE:
+            table.check(method, role)
+
+
+@pytest.mark.parametrize("table", [AuthzTable.of({}), MESH_AUTHZ], ids=["empty", "mesh"])
+def test_reflection_is_for_operators_and_soar_only(table: AuthzTable) -> None:
+    assert set(REFLECTION) == REFLECTION_METHODS
+    assert not REFLECTION_METHODS & OPEN_METHODS
+    for method in REFLECTION:
+        assert table.roles_for(method) == {"operator", "soar"}
+        table.check(method, "operator")
+        table.check(method, "soar")
+        for role in ("alpha", "beta", "cortex", "ml"):
+            assert not table.allows(method, role)
+            with pytest.raises(PermissionDeniedError, match=f"^role {role} may not call {method}$"):
+                table.check(method, role)
+
+
+@pytest.mark.parametrize("method", [*HEALTH, *REFLECTION])
+def test_built_in_rules_cannot_be_listed(method: str) -> None:
+    # A listed entry would be ignored, so a table that tried to open reflection to alpha (or
+    # close health) would silently not mean what it says.
+    with pytest.raises(ConfigError, match="authorization is built in"):
+        AuthzTable.of({method: ["alpha"]})
 
 
 @pytest.mark.parametrize(

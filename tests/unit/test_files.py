@@ -16,6 +16,7 @@ from crypto.files import (
     NotRegularFileError,
     atomic_file,
     fsync_directory,
+    make_private_dirs,
     read_regular_capped,
     write_file_atomic,
 )
@@ -93,3 +94,20 @@ def test_capped_read_refusals(tmp_path: Path) -> None:
         read_regular_capped(tmp_path, 10)
     with pytest.raises(FileNotFoundError):
         read_regular_capped(tmp_path / "missing", 10)
+
+
+def test_private_dirs_are_0700_all_the_way_down_and_existing_ones_are_kept(
+    tmp_path: Path, umask0: None
+) -> None:
+    existing = tmp_path / "shared"
+    existing.mkdir(mode=0o755)
+    os.chmod(existing, 0o755)
+    target = existing / "a" / "b" / "c"
+    make_private_dirs(target)
+    for directory in (existing / "a", existing / "a" / "b", target):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o755  # not ours to change
+    make_private_dirs(target)  # idempotent
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        make_private_dirs(tmp_path / "file")

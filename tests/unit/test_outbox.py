@@ -764,6 +764,32 @@ def test_wait_for_seq_after_wakes_on_an_append_from_another_thread(outbox: Outbo
     assert asyncio.run(outbox.wait_for_seq_after(0, timeout=10)) == 2  # already there
 
 
+@pytest.mark.parametrize("turns", range(8))
+def test_wait_for_seq_after_never_swallows_a_cancellation(outbox: Outbox, turns: int) -> None:
+    """A waiter cancelled as an append wakes it must still end cancelled (Python 3.11's
+    wait_for returned the result instead). ``turns`` loop passes between the append and the
+    cancel cover every interleaving of the wake-up with the cancellation; no timing involved."""
+
+    async def main() -> None:
+        task = asyncio.create_task(outbox.wait_for_seq_after(0, timeout=60))
+        for _ in range(3):
+            await asyncio.sleep(0)  # let it register and block
+        outbox.append(make_event(0))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if task.done():  # woken and finished before the cancel: nothing to swallow
+            assert task.result() == 1
+            return
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+
+    asyncio.run(main())
+    # The cancelled waiter unregistered itself: a later wait still works.
+    assert asyncio.run(outbox.wait_for_seq_after(0, timeout=60)) == 1
+
+
 def test_close_wakes_waiters_and_refuses_further_use(tmp_path: Path) -> None:
     box = open_outbox(tmp_path / "outbox")
     box.append(make_event(0))

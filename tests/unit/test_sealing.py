@@ -287,7 +287,7 @@ def test_tampered_offer_is_rejected(
 @pytest.mark.parametrize(
     ("field", "message"),
     [
-        ("suites", "1 to 16 sealing suites"),
+        ("suites", "offer lists no sealing suite"),
         ("x25519_public_key", "x25519_public_key must be 32 bytes, got 0"),
         ("mlkem_encapsulation_key", "mlkem_encapsulation_key must be 1568 bytes, got 0"),
         ("client_nonce", "client_nonce must be 32 bytes, got 0"),
@@ -310,7 +310,7 @@ def test_offer_missing_fields(
 
 
 def _signed_offer(key: ec.EllipticCurvePrivateKey, suites: list[int]) -> SealedSessionOffer:
-    """An offer as a newer subscriber might send it, listing suites this code does not know."""
+    """A correctly signed offer listing `suites` as given (which the subscriber API refuses)."""
     _, offer = SubscriberHandshake.start(key)
     del offer.suites[:]
     offer.suites.extend(suites)  # type: ignore[arg-type]
@@ -320,25 +320,77 @@ def _signed_offer(key: ec.EllipticCurvePrivateKey, suites: list[int]) -> SealedS
     return offer
 
 
-def test_unknown_suites_are_skipped_and_none_known_is_rejected(
-    subscriber: pki.IssuedLeaf, guardian: pki.IssuedLeaf
+@pytest.mark.parametrize(
+    ("suites", "message"),
+    [
+        ([], "offer lists no sealing suite"),
+        ([int(AES_SUITE), int(AES_SUITE)], "AES_256_GCM more than once"),
+        ([int(XCHACHA_SUITE), int(AES_SUITE), int(XCHACHA_SUITE)], "3 sealing suites"),
+        ([int(XCHACHA_SUITE), int(XCHACHA_SUITE)], "XCHACHA20_POLY1305 more than once"),
+        ([99, int(XCHACHA_SUITE)], "unknown sealing suite 99"),
+        ([int(AES_SUITE), 0], "unknown sealing suite SEALING_SUITE_UNSPECIFIED"),
+        ([int(AES_SUITE), int(XCHACHA_SUITE), 3], "there are only 2 distinct suites"),
+        ([int(AES_SUITE)] * 1000, "1000 sealing suites"),
+    ],
+    ids=[
+        "none",
+        "aes-twice",
+        "three",
+        "xchacha-twice",
+        "unknown",
+        "unspecified",
+        "too-many",
+        "1000",
+    ],
+)
+def test_offer_with_a_bad_suite_list_is_refused(
+    suites: list[int], message: str, subscriber: pki.IssuedLeaf, guardian: pki.IssuedLeaf
 ) -> None:
-    offer = _signed_offer(subscriber.key, [99, int(XCHACHA_SUITE)])
-    accept, _ = accept_offer(
-        offer,
-        client_cert=subscriber.cert,
-        guardian_key=guardian.key,
-        guardian_chain=[guardian.cert],
-    )
-    assert accept.suite == XCHACHA_SUITE
-    offer = _signed_offer(subscriber.key, [99, 0])
-    with pytest.raises(HandshakeError, match=r"no common sealing suite \(offered: 99, SEALING"):
+    # Correctly signed, so the list itself is what is refused (before any KEM work).
+    offer = _signed_offer(subscriber.key, suites)
+    with pytest.raises(HandshakeError, match=re.escape(message)):
         accept_offer(
             offer,
             client_cert=subscriber.cert,
             guardian_key=guardian.key,
             guardian_chain=[guardian.cert],
         )
+
+
+@pytest.mark.parametrize(
+    ("suites", "chosen"),
+    [
+        ([int(XCHACHA_SUITE), int(AES_SUITE)], AES_SUITE),  # the guardian's order wins
+        ([int(XCHACHA_SUITE)], XCHACHA_SUITE),
+    ],
+)
+def test_known_suites_each_once_are_accepted(
+    suites: list[int], chosen: int, subscriber: pki.IssuedLeaf, guardian: pki.IssuedLeaf
+) -> None:
+    accept, _ = accept_offer(
+        _signed_offer(subscriber.key, suites),
+        client_cert=subscriber.cert,
+        guardian_key=guardian.key,
+        guardian_chain=[guardian.cert],
+    )
+    assert accept.suite == chosen
+
+
+def test_no_common_suite_is_refused(subscriber: pki.IssuedLeaf, guardian: pki.IssuedLeaf) -> None:
+    offer = _signed_offer(subscriber.key, [int(XCHACHA_SUITE)])
+    with pytest.raises(HandshakeError, match=r"no common sealing suite \(offered: SEALING_SUITE_"):
+        accept_offer(
+            offer,
+            client_cert=subscriber.cert,
+            guardian_key=guardian.key,
+            guardian_chain=[guardian.cert],
+            suite_preference=(AES_SUITE,),
+        )
+
+
+def test_subscriber_refuses_to_offer_copies(subscriber: pki.IssuedLeaf) -> None:
+    with pytest.raises(ValueError, match="distinct suites"):
+        SubscriberHandshake.start(subscriber.key, suites=(AES_SUITE, AES_SUITE))
 
 
 def test_low_order_x25519_key_is_rejected(

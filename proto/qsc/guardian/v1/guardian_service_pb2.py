@@ -28,30 +28,31 @@ from qsc.common.v1 import classification_pb2 as qsc_dot_common_dot_v1_dot_classi
 from qsc.common.v1 import event_pb2 as qsc_dot_common_dot_v1_dot_event__pb2
 from qsc.common.v1 import identity_pb2 as qsc_dot_common_dot_v1_dot_identity__pb2
 from qsc.common.v1 import pipeline_details_pb2 as qsc_dot_common_dot_v1_dot_pipeline__details__pb2
+from qsc.common.v1 import transport_status_pb2 as qsc_dot_common_dot_v1_dot_transport__status__pb2
 from qsc.guardian.v1 import sealed_session_pb2 as qsc_dot_guardian_dot_v1_dot_sealed__session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&qsc/guardian/v1/guardian_service.proto\x12\x0fqsc.guardian.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"qsc/common/v1/classification.proto\x1a\x19qsc/common/v1/event.proto\x1a\x1cqsc/common/v1/identity.proto\x1a$qsc/common/v1/pipeline_details.proto\x1a$qsc/guardian/v1/sealed_session.proto\"\xac\x01\n\x0b\x45ventFilter\x12+\n\ncategories\x18\x01 \x03(\x0e\x32\x17.qsc.common.v1.Category\x12-\n\x0cmin_severity\x18\x02 \x01(\x0e\x32\x17.qsc.common.v1.Severity\x12\x10\n\x08rule_ids\x18\x03 \x03(\t\x12/\n\x0c\x64\x65tail_kinds\x18\x04 \x03(\x0e\x32\x19.qsc.common.v1.DetailKind\"\xb4\x02\n\x10SubscribeRequest\x12\x17\n\x0fstart_after_seq\x18\x01 \x01(\x04\x12\x17\n\x0fstart_at_latest\x18\x02 \x01(\x08\x12,\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1c.qsc.guardian.v1.EventFilter\x12\x18\n\x10max_batch_events\x18\x04 \x01(\r\x12\x32\n\x0fmax_batch_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x0esealed_session\x18\x07 \x01(\x0b\x32#.qsc.guardian.v1.SealedSessionOffer\"\xed\x01\n\x11SubscribeResponse\x12>\n\x0esession_accept\x18\x01 \x01(\x0b\x32$.qsc.guardian.v1.SealedSessionAcceptH\x00\x12*\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x19.qsc.common.v1.EventBatchH\x00\x12\x34\n\x0csealed_batch\x18\x03 \x01(\x0b\x32\x1c.qsc.guardian.v1.SealedBatchH\x00\x12+\n\x08progress\x18\x04 \x01(\x0b\x32\x17.qsc.common.v1.ProgressH\x00\x42\t\n\x07payload\"\x12\n\x10GetStatusRequest\"\x8d\x02\n\x0cSensorStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.qsc.common.v1.SensorState\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12)\n\x04loss\x18\x05 \x01(\x0b\x32\x1b.qsc.common.v1.LossCounters\x12\x0e\n\x06\x65vents\x18\x06 \x01(\x04\x12\x33\n\x0flast_event_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11state_change_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb0\x01\n\x0cOutboxStatus\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\x04\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x04 \x01(\x04\x12\x19\n\x11\x64isk_budget_bytes\x18\x05 \x01(\x04\x12,\n\tretention\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x64ropped\x18\x07 \x01(\x04\"\xd1\x02\n\x11GetStatusResponse\x12,\n\x08guardian\x18\x01 \x01(\x0b\x32\x1a.qsc.common.v1.GuardianRef\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x07sensors\x18\x05 \x03(\x0b\x32\x1d.qsc.guardian.v1.SensorStatus\x12)\n\x04loss\x18\x06 \x01(\x0b\x32\x1b.qsc.common.v1.LossCounters\x12-\n\x06outbox\x18\x07 \x01(\x0b\x32\x1d.qsc.guardian.v1.OutboxStatus\x12\x18\n\x10subscriber_count\x18\x08 \x01(\r2\xbb\x01\n\x0fGuardianService\x12T\n\tSubscribe\x12!.qsc.guardian.v1.SubscribeRequest\x1a\".qsc.guardian.v1.SubscribeResponse0\x01\x12R\n\tGetStatus\x12!.qsc.guardian.v1.GetStatusRequest\x1a\".qsc.guardian.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&qsc/guardian/v1/guardian_service.proto\x12\x0fqsc.guardian.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"qsc/common/v1/classification.proto\x1a\x19qsc/common/v1/event.proto\x1a\x1cqsc/common/v1/identity.proto\x1a$qsc/common/v1/pipeline_details.proto\x1a$qsc/common/v1/transport_status.proto\x1a$qsc/guardian/v1/sealed_session.proto\"\xac\x01\n\x0b\x45ventFilter\x12+\n\ncategories\x18\x01 \x03(\x0e\x32\x17.qsc.common.v1.Category\x12-\n\x0cmin_severity\x18\x02 \x01(\x0e\x32\x17.qsc.common.v1.Severity\x12\x10\n\x08rule_ids\x18\x03 \x03(\t\x12/\n\x0c\x64\x65tail_kinds\x18\x04 \x03(\x0e\x32\x19.qsc.common.v1.DetailKind\"\xb4\x02\n\x10SubscribeRequest\x12\x17\n\x0fstart_after_seq\x18\x01 \x01(\x04\x12\x17\n\x0fstart_at_latest\x18\x02 \x01(\x08\x12,\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1c.qsc.guardian.v1.EventFilter\x12\x18\n\x10max_batch_events\x18\x04 \x01(\r\x12\x32\n\x0fmax_batch_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x0esealed_session\x18\x07 \x01(\x0b\x32#.qsc.guardian.v1.SealedSessionOffer\"\xed\x01\n\x11SubscribeResponse\x12>\n\x0esession_accept\x18\x01 \x01(\x0b\x32$.qsc.guardian.v1.SealedSessionAcceptH\x00\x12*\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x19.qsc.common.v1.EventBatchH\x00\x12\x34\n\x0csealed_batch\x18\x03 \x01(\x0b\x32\x1c.qsc.guardian.v1.SealedBatchH\x00\x12+\n\x08progress\x18\x04 \x01(\x0b\x32\x17.qsc.common.v1.ProgressH\x00\x42\t\n\x07payload\"\x12\n\x10GetStatusRequest\"\x8d\x02\n\x0cSensorStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.qsc.common.v1.SensorState\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12)\n\x04loss\x18\x05 \x01(\x0b\x32\x1b.qsc.common.v1.LossCounters\x12\x0e\n\x06\x65vents\x18\x06 \x01(\x04\x12\x33\n\x0flast_event_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11state_change_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb0\x01\n\x0cOutboxStatus\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\x04\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x04 \x01(\x04\x12\x19\n\x11\x64isk_budget_bytes\x18\x05 \x01(\x04\x12,\n\tretention\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x64ropped\x18\x07 \x01(\x04\"\x84\x03\n\x11GetStatusResponse\x12,\n\x08guardian\x18\x01 \x01(\x0b\x32\x1a.qsc.common.v1.GuardianRef\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x07sensors\x18\x05 \x03(\x0b\x32\x1d.qsc.guardian.v1.SensorStatus\x12)\n\x04loss\x18\x06 \x01(\x0b\x32\x1b.qsc.common.v1.LossCounters\x12-\n\x06outbox\x18\x07 \x01(\x0b\x32\x1d.qsc.guardian.v1.OutboxStatus\x12\x18\n\x10subscriber_count\x18\x08 \x01(\r\x12\x31\n\ttransport\x18\t \x01(\x0b\x32\x1e.qsc.common.v1.TransportStatus2\xbb\x01\n\x0fGuardianService\x12T\n\tSubscribe\x12!.qsc.guardian.v1.SubscribeRequest\x1a\".qsc.guardian.v1.SubscribeResponse0\x01\x12R\n\tGetStatus\x12!.qsc.guardian.v1.GetStatusRequest\x1a\".qsc.guardian.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qsc.guardian.v1.guardian_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTFILTER']._serialized_start=294
-  _globals['_EVENTFILTER']._serialized_end=466
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=469
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=777
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=780
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1017
-  _globals['_GETSTATUSREQUEST']._serialized_start=1019
-  _globals['_GETSTATUSREQUEST']._serialized_end=1037
-  _globals['_SENSORSTATUS']._serialized_start=1040
-  _globals['_SENSORSTATUS']._serialized_end=1309
-  _globals['_OUTBOXSTATUS']._serialized_start=1312
-  _globals['_OUTBOXSTATUS']._serialized_end=1488
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1491
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1828
-  _globals['_GUARDIANSERVICE']._serialized_start=1831
-  _globals['_GUARDIANSERVICE']._serialized_end=2018
+  _globals['_EVENTFILTER']._serialized_start=332
+  _globals['_EVENTFILTER']._serialized_end=504
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=507
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=815
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=818
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1055
+  _globals['_GETSTATUSREQUEST']._serialized_start=1057
+  _globals['_GETSTATUSREQUEST']._serialized_end=1075
+  _globals['_SENSORSTATUS']._serialized_start=1078
+  _globals['_SENSORSTATUS']._serialized_end=1347
+  _globals['_OUTBOXSTATUS']._serialized_start=1350
+  _globals['_OUTBOXSTATUS']._serialized_end=1526
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1529
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1917
+  _globals['_GUARDIANSERVICE']._serialized_start=1920
+  _globals['_GUARDIANSERVICE']._serialized_end=2107
 # @@protoc_insertion_point(module_scope)

@@ -13,6 +13,7 @@ from qsc.common.v1 import classification_pb2 as _classification_pb2
 from qsc.common.v1 import event_pb2 as _event_pb2
 from qsc.common.v1 import identity_pb2 as _identity_pb2
 from qsc.common.v1 import pipeline_details_pb2 as _pipeline_details_pb2
+from qsc.common.v1 import transport_status_pb2 as _transport_status_pb2
 from qsc.guardian.v1 import sealed_session_pb2 as _sealed_session_pb2
 import builtins as _builtins
 import sys
@@ -313,6 +314,7 @@ class GetStatusResponse(_message.Message):
     LOSS_FIELD_NUMBER: _builtins.int
     OUTBOX_FIELD_NUMBER: _builtins.int
     SUBSCRIBER_COUNT_FIELD_NUMBER: _builtins.int
+    TRANSPORT_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Software version, for example `0.1.0`."""
     subscriber_count: _builtins.int
@@ -341,6 +343,10 @@ class GetStatusResponse(_message.Message):
     def outbox(self) -> Global___OutboxStatus:
         """The outbox."""
 
+    @_builtins.property
+    def transport(self) -> _transport_status_pb2.TransportStatus:
+        """Calls by peer role and key-exchange group, classical ones included (see `prefer`)."""
+
     def __init__(
         self,
         *,
@@ -352,10 +358,11 @@ class GetStatusResponse(_message.Message):
         loss: _pipeline_details_pb2.LossCounters | None = ...,
         outbox: Global___OutboxStatus | None = ...,
         subscriber_count: _builtins.int = ...,
+        transport: _transport_status_pb2.TransportStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["guardian", b"guardian", "loss", b"loss", "outbox", b"outbox", "start_time", b"start_time", "uptime", b"uptime"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["guardian", b"guardian", "loss", b"loss", "outbox", b"outbox", "start_time", b"start_time", "transport", b"transport", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["guardian", b"guardian", "loss", b"loss", "outbox", b"outbox", "sensors", b"sensors", "start_time", b"start_time", "subscriber_count", b"subscriber_count", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guardian", b"guardian", "loss", b"loss", "outbox", b"outbox", "sensors", b"sensors", "start_time", b"start_time", "subscriber_count", b"subscriber_count", "transport", b"transport", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -110,7 +110,9 @@ class SealedSessionOffer(_message.Message):
     """Signature over the transcript (see the message comment)."""
     @_builtins.property
     def suites(self) -> _containers.RepeatedScalarFieldContainer[Global___SealingSuite.ValueType]:
-        """The suites the subscriber accepts, most preferred first."""
+        """The suites the subscriber accepts, most preferred first: distinct and known to the guardian (an
+        offer with none, a duplicate or an unknown value is refused).
+        """
 
     def __init__(
         self,
