@@ -31,6 +31,7 @@ from mesh.service import serve
 
 if TYPE_CHECKING:
     from beta.app import Beta
+    from crypto.keyring import KeyManager
 
 PROG = "qsc-beta"
 
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_config(config: BetaConfig) -> str:
     """What --check-config verifies beyond parsing: the certificate is a Beta's, the keyring
-    opens, the baseline (if any yet) verifies. Raises the error that would stop a start."""
+    opens, the baseline (if any yet) verifies, the vault's index and every copy in it verify.
+    Raises the error that would stop a start (or, for bad vault copies, degrade healing)."""
     from beta.app import open_keys  # the guardian's imports, only when needed
 
     identity = load_tls(config.server.tls).identity
@@ -63,10 +65,41 @@ def check_config(config: BetaConfig) -> str:
             baseline = f"baseline version {b.version} revision {b.revision} ({len(b)} entries)"
         except BaselineMissingError:
             baseline = f"no baseline yet at {config.fim.baseline} (`{PROG} baseline init`)"
+    vault = _check_vault(config, keys)
     return (
         f"{PROG}: configuration OK: identity {identity.spiffe_id}, keyring {keys}, {baseline}, "
+        f"{vault}, "
         f"{len(config.backups.sets)} backup set(s), {len(config.certs.watch)} certificate(s)"
     )
+
+
+def _check_vault(config: BetaConfig, keys: KeyManager) -> str:
+    from beta.sources.heal import heal_roots
+    from beta.vault import Vault, VaultConfig, VaultTamperedError
+
+    roots = heal_roots(config.fim)
+    if not roots:
+        return "healing off"
+    directory = config.heal.vault_directory
+    if not directory.exists():
+        return f"no vault yet at {directory} (made at the first start)"
+    vault_config = VaultConfig(
+        directory,
+        roots=roots,
+        versions=config.heal.vault_versions,
+        max_bytes=config.heal.vault_max_bytes,
+    )
+    with Vault(vault_config, keys) as vault:  # VaultTamperedError: the index does not verify
+        result = vault.verify()
+    if result.bad:
+        shown = "; ".join(
+            f"{b.record.path} v{b.record.version} ({b.reason})" for b in result.bad[:8]
+        )
+        raise VaultTamperedError(
+            f"{len(result.bad)} of {result.checked} copies in {directory}",
+            f"{shown}{' ...' if len(result.bad) > 8 else ''}",
+        )
+    return f"vault {directory}: {result.checked} copies verified"
 
 
 def _build(config: BetaConfig) -> Beta:

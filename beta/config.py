@@ -264,6 +264,9 @@ class HealSection:
     vault_directory: Path = Path("/var/lib/qsc/beta/vault")
     vault_versions: int = 5  # known-good copies kept per path
     vault_max_bytes: int = 16 * 1024 * 1024  # per copy: configuration files, not disk images
+    # Every copy is opened and re-hashed at start and this often, so corruption is found before
+    # a heal needs the copy.
+    vault_verify_interval: timedelta = timedelta(hours=6)
     validators: tuple[ValidatorSection, ...] = ()  # the first matching one applies
     approval_ttl: timedelta = timedelta(hours=24)  # an undecided proposal then expires
     # The loop guard, per (path, baseline version): after attempt n the next waits
@@ -279,6 +282,8 @@ class HealSection:
             raise ConfigError("vault_versions", "must be at least 1")
         if not 1 <= self.vault_max_bytes <= 1 << 30:
             raise ConfigError("vault_max_bytes", "1 B..1 GiB")
+        if not timedelta(seconds=1) <= self.vault_verify_interval <= timedelta(days=30):
+            raise ConfigError("vault_verify_interval", "must be between 1s and 30d")
         if self.approval_ttl <= timedelta(0):
             raise ConfigError("approval_ttl", "must be positive")
         if not timedelta(0) < self.backoff_initial <= self.backoff_max:

@@ -31,6 +31,7 @@ __all__ = [
     "change_to_event",
     "changes_to_events",
     "file_metadata",
+    "rule_ref",
     "severity_of",
 ]
 
@@ -134,6 +135,11 @@ def _rule(change: Change) -> cls.RuleRef:
         old, new
     ):
         rule_id, name, techniques = _ESCALATION_RULE
+    return rule_ref(rule_id, name, techniques)
+
+
+def rule_ref(rule_id: str, name: str, techniques: Iterable[str]) -> cls.RuleRef:
+    """A Beta rule reference with its ATT&CK techniques (ids from the table above)."""
     ref = cls.RuleRef(id=rule_id, name=name)
     for tid in techniques:
         tname, tactics = _TECHNIQUES[tid]

@@ -1,6 +1,7 @@
 """Heal domain types -> protobuf (the only heal module that imports `qsc.*`).
 
 `record_to_event` builds a `qsc.common.v1.Event` with detail `heal_action`, category HEALING;
+`bad_copy_to_event` the `file_integrity` event of a vault copy that failed verification;
 the runtime stamps id, guardian and sequence number. `proposal_to_proto` and
 `states_from_proto` serve `BetaService.ListHealProposals`, `ApproveHeal` and `RejectHeal`.
 """
@@ -11,13 +12,16 @@ from collections.abc import Iterable
 from typing import Final
 
 from beta.fim.config import HealPolicyName
+from beta.fim.convert import rule_ref
 from beta.heal.model import HealProposal, HealRecord, HealState, ValidatorResult
 from qsc.beta.v1 import beta_service_pb2
 from qsc.common.v1 import classification_pb2 as cls
 from qsc.common.v1 import event_pb2
 from qsc.common.v1 import heal_details_pb2 as pb
+from qsc.common.v1 import integrity_details_pb2 as ipb
 
 __all__ = [
+    "bad_copy_to_event",
     "policy_to_proto",
     "proposal_to_proto",
     "record_to_action",
@@ -159,3 +163,31 @@ def proposal_to_proto(p: HealProposal) -> beta_service_pb2.HealProposal:
     if p.last_action is not None:
         msg.last_action.CopyFrom(record_to_action(p.last_action))
     return msg
+
+
+_VAULT_RULE: Final = ("beta.vault.copy_tampered", "Vault copy failed verification")
+
+
+def bad_copy_to_event(
+    path: str, version: int, indexed_blake3: bytes, reason: str, now: float
+) -> event_pb2.Event:
+    """A `file_integrity` event (change VAULT_COPY_TAMPERED, detection VAULT_VERIFY) for one
+    vault copy that failed verification, or for the index itself (`version` 0, `path` the index
+    file). HIGH: the file can no longer be healed from that copy, and someone wrote to the vault."""
+    what = f"vault copy v{version} of {path}" if version else f"vault index {path}"
+    event = event_pb2.Event(
+        severity=cls.SEVERITY_HIGH,
+        category=cls.CATEGORY_INTEGRITY,
+        rule=rule_ref(*_VAULT_RULE, ("T1565.001",)),
+        summary=_text(f"{what} failed verification ({reason}); nothing is healed from it", 512),
+        file_integrity=ipb.FileIntegrity(
+            path=_text(path),
+            change=ipb.FILE_CHANGE_VAULT_COPY_TAMPERED,
+            old_blake3=indexed_blake3,
+            detection=ipb.INTEGRITY_DETECTION_VAULT_VERIFY,
+        ),
+    )
+    ns = int(now * 1e9)
+    event.time.FromNanoseconds(ns)
+    event.observed_time.FromNanoseconds(ns)
+    return event

@@ -62,7 +62,7 @@ from beta.heal.queue import HealConflictError, HealExpiredError, HealQueue
 from beta.heal.validate import ValidatorRule, run_validator
 from beta.vault.safefs import UnsafePathError, check_path, open_parent
 from beta.vault.store import Vault
-from crypto.files import fsync_directory
+from crypto.files import fsync_directory, make_private_dirs
 from crypto.hashing import blake3_256
 from crypto.keyring import KeyManager
 
@@ -236,7 +236,7 @@ class Healer:
         self._on_record = on_record
         self._clock = clock
         self._lock = threading.RLock()
-        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(config.state_dir)
         self.queue = HealQueue(
             config.state_dir / QUEUE_FILE,
             keys,

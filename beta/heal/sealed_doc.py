@@ -21,7 +21,7 @@ from typing import Any, Final
 from beta.errors import BetaError, IntegrityError
 from crypto.aead import Sealer, open_sealed
 from crypto.errors import CryptoError, DecryptionError
-from crypto.files import PRIVATE_MODE, write_file_atomic
+from crypto.files import PRIVATE_MODE, make_private_dirs, write_file_atomic
 from crypto.keyring import KeyManager
 
 __all__ = ["HealStateError", "HealStateTamperedError", "SealedStateFile"]
@@ -102,7 +102,7 @@ class SealedStateFile:
             except CryptoError as exc:
                 raise HealStateError(f"{self.path}: keys unavailable ({exc})") from None
             try:
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                make_private_dirs(self.path.parent)
                 write_file_atomic(self.path, blob, mode=PRIVATE_MODE, overwrite=True)
             except OSError as exc:
                 raise HealStateError(f"{self.path}: cannot write ({exc.strerror})") from None

@@ -9,6 +9,13 @@ the `file_integrity` event that triggered it), `never` never gets here. Undecide
 expire on the same thread. BetaService decisions (`approve`, `reject`) run on the caller's
 thread; the healer serializes them with the queued work.
 
+The vault is verified (every copy opened and re-hashed, `Vault.verify`) when the worker starts
+and every `[heal] vault_verify_interval`: each bad copy is a `file_integrity` event (change
+VAULT_COPY_TAMPERED), is quarantined, and is captured again from the live file when that still
+matches the baseline. The heal sensor is DEGRADED while the last verification found bad copies,
+while a heal of some path has failed (until a later heal of it is verified), or while a file
+could not be captured; a vault index that does not verify makes it FAILED.
+
 Every heal step is a `heal_action` event. Beta's own restores are announced to FIM first
 (`FimSource.suppress`), so they raise no `file_integrity` event, and the candidate file the
 healer writes beside its target is excluded from FIM (`with_heal_exclude`).
@@ -40,9 +47,10 @@ from beta.heal import (
     ValidatorRule,
     fim_policy,
 )
-from beta.heal.convert import record_to_event
+from beta.heal.convert import bad_copy_to_event, record_to_event
 from beta.sources.fim import FimSource
-from beta.vault import Vault, VaultConfig
+from beta.vault import Vault, VaultConfig, VaultTamperedError
+from beta.vault.store import INDEX_FILE
 from crypto.keyring import KeyManager
 from mesh.guardian.sensors import SensorHandle, SensorRegistry, SensorState
 from mesh.logs import log_event
@@ -53,6 +61,7 @@ __all__ = ["HealSource", "heal_roots", "with_heal_exclude"]
 _log = logging.getLogger("qsc.beta.heal")
 _EXPIRE_EVERY: Final = 60.0  # seconds between sweeps of undecided proposals
 _POLL: Final = 0.5
+_MAX_REASONS: Final = 6  # reasons shown on the sensor; the rest are counted
 
 EmitMany = Callable[[Sequence[event_pb2.Event]], tuple[int, int]]
 
@@ -109,6 +118,13 @@ class HealSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.synced_version = 0  # the baseline version the vault was last synced with
+        # What keeps the sensor DEGRADED (see the module docstring); guarded by _status.
+        self._status = threading.Lock()
+        self._sync_failed: tuple[str, ...] = ()
+        self._bad_copies: tuple[str, ...] = ()
+        self._failed_heals: dict[str, str] = {}
+        self._index_bad: str | None = None
+        self._synced_once = False
 
     @property
     def enabled(self) -> bool:
@@ -138,6 +154,8 @@ class HealSource:
                 self._keys,
             )
         except BetaError as exc:  # a tampered vault index: nothing can be restored from it
+            if isinstance(exc, VaultTamperedError):
+                self._index_event(section.vault_directory, exc)
             self._handle.failed(f"vault unusable: {exc}", mode="stopped")
             return
         try:
@@ -174,7 +192,12 @@ class HealSource:
         healer = self._healer
         assert healer is not None
         next_expire = time.monotonic() + _EXPIRE_EVERY
+        interval = self._config.heal.vault_verify_interval.total_seconds()
+        next_verify = time.monotonic()  # at once: before any heal needs a copy
         while not self._stop.is_set():
+            if time.monotonic() >= next_verify:
+                self.verify_vault()
+                next_verify = time.monotonic() + interval
             if not self._fim.started.is_set():
                 self._stop.wait(_POLL)  # no trusted baseline yet: nothing to heal to
                 continue
@@ -198,6 +221,10 @@ class HealSource:
             return
         result = healer.sync_vault()
         self.synced_version = version
+        with self._status:
+            self._synced_once = True
+            # A file that is not as the baseline says cannot be captured: it cannot be healed.
+            self._sync_failed = tuple(f"no vault copy of {p}: {why}" for p, why in result.failed)
         log_event(
             _log,
             "vault synced with the baseline",
@@ -206,14 +233,77 @@ class HealSource:
             unchanged=result.unchanged,
             failed=len(result.failed),
         )
+        self._report()
+
+    def verify_vault(self) -> None:
+        """Open every vault copy; report, quarantine and re-capture the bad ones (worker thread;
+        public so tests and an operator-triggered check can run it)."""
+        vault = self._vault
+        if vault is None:
+            return
+        try:
+            result = vault.verify(stop=self._stop.is_set)
+        except VaultTamperedError as exc:
+            self._index_event(vault.config.directory, exc)
+            with self._status:
+                self._index_bad = f"vault index failed verification ({exc.reason})"
+            self._report()
+            return
+        now = time.time()
+        if result.bad:
+            self._emit_many(
+                [
+                    bad_copy_to_event(
+                        b.record.path, b.record.version, b.record.blake3, b.reason, now
+                    )
+                    for b in result.bad
+                ]
+            )
+            if self._handle is not None:
+                self._handle.count_event(len(result.bad))
+            vault.quarantine(result.bad)
+            self.synced_version = 0  # capture them again from live files that match
+        log_event(
+            _log,
+            "vault verified",
+            level=logging.ERROR if result.bad else logging.INFO,
+            checked=result.checked,
+            bad=len(result.bad),
+            paths=sorted({b.record.path for b in result.bad})[:16] or None,
+        )
+        with self._status:
+            self._index_bad = None
+            self._bad_copies = tuple(
+                f"vault copy v{b.record.version} of {b.record.path} failed verification "
+                f"({b.reason}); quarantined"
+                for b in result.bad
+            )
+        self._report()
+
+    def _index_event(self, directory: Path, exc: VaultTamperedError) -> None:
+        path = str(directory / INDEX_FILE)
+        self._emit_many([bad_copy_to_event(path, 0, b"", exc.reason, time.time())])
+        log_event(_log, "vault index failed verification", level=logging.ERROR, reason=exc.reason)
+
+    def _report(self) -> None:
+        """Set the sensor from what is wrong now (the module docstring lists it)."""
         if self._handle is None:
             return
-        if result.failed:
-            # A file that is not as the baseline says cannot be captured: it cannot be healed.
-            reasons = [f"no vault copy of {p}: {why}" for p, why in result.failed[:4]]
-            self._handle.degraded(*reasons)
-        else:
-            self._handle.healthy()
+        with self._status:
+            if self._index_bad is not None:
+                self._handle.failed(self._index_bad)
+                return
+            reasons = [
+                *self._bad_copies,
+                *(f"heal of {p} failed: {why}" for p, why in sorted(self._failed_heals.items())),
+                *self._sync_failed,
+            ]
+            if reasons:
+                more = len(reasons) - _MAX_REASONS
+                shown = reasons[:_MAX_REASONS] + ([f"and {more} more"] if more > 0 else [])
+                self._handle.degraded(*shown)
+            elif self._synced_once:
+                self._handle.healthy()
 
     def _handle_change(self, healer: Healer, change: Change, event_id: str) -> None:
         try:
@@ -231,6 +321,13 @@ class HealSource:
         self._emit_many([record_to_event(record)])
         if self._handle is not None:
             self._handle.count_event()
+        if record.state in (HealState.FAILED, HealState.VERIFIED):
+            with self._status:
+                if record.state is HealState.FAILED:
+                    self._failed_heals[record.path] = record.failure_reason or "failed"
+                else:
+                    self._failed_heals.pop(record.path, None)
+            self._report()
         log_event(
             _log,
             "heal",

@@ -10,6 +10,7 @@ What the Beta runtime uses::
 
 from beta.vault.safefs import UnsafePathError, check_path
 from beta.vault.store import (
+    BadCopy,
     Vault,
     VaultConfig,
     VaultCopy,
@@ -17,9 +18,11 @@ from beta.vault.store import (
     VaultNotFoundError,
     VaultRecord,
     VaultTamperedError,
+    VaultVerification,
 )
 
 __all__ = [
+    "BadCopy",
     "UnsafePathError",
     "Vault",
     "VaultConfig",
@@ -28,5 +31,6 @@ __all__ = [
     "VaultNotFoundError",
     "VaultRecord",
     "VaultTamperedError",
+    "VaultVerification",
     "check_path",
 ]

@@ -28,8 +28,13 @@ the header line being the associated data. A vault remembers the highest revisio
 and refuses an older index; a missing index while objects exist is tampering, not emptiness.
 
 **Reads** decrypt and compare the BLAKE3 of the plaintext with the indexed hash (constant
-time); any failure is `VaultTamperedError`. Paths must be absolute, normal and under the
-configured roots; live files are read through a symlink-free directory-fd walk.
+time); any failure is `VaultTamperedError`. **Verification** (`verify`) reads every retained copy
+that way, one at a time, so a corrupted copy is found before a heal needs it; `quarantine`
+takes bad copies out of the index and renames their objects `<object>.tampered` (kept for
+investigation, never read again), and `put` writes a fresh version when the newest copy of a
+path no longer verifies, so a capture from a live file that matches the baseline repairs it.
+Paths must be absolute, normal and under the configured roots; live files are read through a
+symlink-free directory-fd walk.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -60,6 +65,7 @@ from beta.vault.safefs import (
 )
 from crypto.aead import AeadKey, Algorithm, Sealer, open_sealed, sealed_key_id
 from crypto.errors import CryptoError, DecryptionError
+from crypto.files import make_private_dirs
 from crypto.hashing import blake3_256
 from crypto.kdf import build_info, encode_fields, hkdf
 from crypto.keyring import KeyManager
@@ -69,6 +75,7 @@ from mesh.errors import FailedPreconditionError
 __all__ = [
     "FORMAT_VERSION",
     "PURPOSE",
+    "BadCopy",
     "Vault",
     "VaultConfig",
     "VaultCopy",
@@ -76,6 +83,7 @@ __all__ = [
     "VaultNotFoundError",
     "VaultRecord",
     "VaultTamperedError",
+    "VaultVerification",
     "object_aad",
     "slot_of",
     "vault_gcm_key",
@@ -156,6 +164,26 @@ class VaultRecord:
     @property
     def object_name(self) -> str:
         return f"{slot_of(self.path)}.{self.version}"
+
+
+@dataclass(frozen=True)
+class BadCopy:
+    """A retained copy that failed verification, and why (never its content)."""
+
+    record: VaultRecord
+    reason: str
+
+
+@dataclass(frozen=True)
+class VaultVerification:
+    """What `Vault.verify` found: how many copies it opened, and the bad ones."""
+
+    checked: int
+    bad: tuple[BadCopy, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
 
 
 @dataclass(frozen=True, repr=False)
@@ -290,7 +318,7 @@ class Vault:
         self.config = config
         self._keys = keys
         self._lock = threading.RLock()
-        config.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(config.directory.parent)
         self._dir_fd = _private_dir(None, config.directory)
         try:
             self._obj_fd = _private_dir(self._dir_fd, config.directory / OBJECTS_DIR)
@@ -360,6 +388,56 @@ class Vault:
                 return self._read(rec)
         raise VaultNotFoundError(f"no vault copy of {path} matches the baseline hash")
 
+    def verify(self, *, stop: Callable[[], bool] | None = None) -> VaultVerification:
+        """Open every retained copy (AEAD) and re-hash it against the index, one at a time
+        (bounded memory; the lock is held per copy, so heals interleave). The index itself is
+        verified first: VaultTamperedError when it does not, as at open. `stop` ends early."""
+        with self._lock:
+            records = [r for pe in self._current().entries.values() for r in pe.records]
+        bad: list[BadCopy] = []
+        checked = 0
+        for rec in records:
+            if stop is not None and stop():
+                break
+            with self._lock:
+                pe = self._current().entries.get(rec.path)
+                if pe is None or rec not in pe.records:
+                    continue  # replaced or forgotten meanwhile
+                checked += 1
+                try:
+                    self._read(rec)
+                except VaultTamperedError as exc:
+                    bad.append(BadCopy(rec, exc.reason))
+        return VaultVerification(checked, tuple(bad))
+
+    def quarantine(self, bad: Iterable[BadCopy]) -> int:
+        """Take these copies out of the index (a revision of its own) and rename their objects
+        aside as `<object>.tampered`; how many were still listed."""
+        drop = {(b.record.path, b.record.version) for b in bad}
+        if not drop:
+            return 0
+        with self._lock, self._flock():
+            index = self._current()
+            entries = dict(index.entries)
+            gone: list[VaultRecord] = []
+            for path, pe in index.entries.items():
+                keep = tuple(r for r in pe.records if (path, r.version) not in drop)
+                if len(keep) != len(pe.records):
+                    gone += [r for r in pe.records if (path, r.version) in drop]
+                    entries[path] = _PathEntry(pe.next_version, keep)
+            if not gone:
+                return 0
+            self._write_index(_Index(index.revision + 1, MappingProxyType(entries)))
+            for rec in gone:  # after the index stops naming them
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(
+                        rec.object_name,
+                        rec.object_name + ".tampered",
+                        src_dir_fd=self._obj_fd,
+                        dst_dir_fd=self._obj_fd,
+                    )
+            return len(gone)
+
     # -- writes --
 
     def put(
@@ -385,7 +463,12 @@ class Vault:
             index = self._current()
             pe = index.entries.get(path)
             if pe and pe.records and hmac.compare_digest(pe.records[-1].blake3, digest):
-                return pe.records[-1]
+                try:
+                    self._read(pe.records[-1])
+                except VaultTamperedError:
+                    pass  # the copy we would keep is bad: write a fresh version below
+                else:
+                    return pe.records[-1]
             version = pe.next_version if pe else 1
             sealer = self._active_sealer(index)
             blob = sealer.seal(data, object_aad(path, version, digest))

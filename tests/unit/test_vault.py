@@ -318,3 +318,71 @@ def test_lost_nonce_state_is_not_recreated(tmp_path: Path, etc: Path, keys: KeyM
 def test_keys_never_in_repr(vault: Vault) -> None:
     text = repr(vault) + repr(vault.config)
     assert "secret" not in text.lower()
+
+
+# --- verification: every copy, before a heal needs it --------------------------------------------
+
+
+def _damage(obj: Path, how: str) -> None:
+    blob = obj.read_bytes()
+    if how == "flip":
+        obj.write_bytes(blob[:40] + bytes([blob[40] ^ 1]) + blob[41:])
+    elif how == "truncate":
+        obj.write_bytes(blob[:-3])
+    else:
+        obj.unlink()
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [("flip", "does not open"), ("truncate", "does not open"), ("delete", "object missing")],
+)
+def test_verify_names_each_bad_copy_and_quarantine_takes_it_out(
+    vault: Vault, etc: Path, how: str, reason: str
+) -> None:
+    hosts, sshd = str(etc / "hosts"), str(etc / "ssh" / "sshd_config")
+    vault.put(hosts, b"hosts v1\n")
+    vault.put(hosts, b"hosts v2\n")
+    vault.put(sshd, b"PermitRootLogin no\n")
+    assert vault.verify().ok
+    assert vault.verify().checked == 3
+    obj = _objects(vault) / f"{slot_of(hosts)}.1"
+    _damage(obj, how)
+    result = vault.verify()
+    assert not result.ok
+    assert [(b.record.path, b.record.version, b.reason) for b in result.bad] == [
+        (hosts, 1, reason)
+    ]
+    assert vault.quarantine(result.bad) == 1
+    assert [r.version for r in vault.versions(hosts)] == [2]
+    assert vault.verify().ok
+    assert vault.verify().checked == 2
+    if how != "delete":  # kept aside for investigation, never read again
+        assert (obj.parent / (obj.name + ".tampered")).exists()
+    assert vault.quarantine(result.bad) == 0  # idempotent
+
+
+def test_a_bad_newest_copy_is_replaced_by_a_fresh_version_on_capture(
+    vault: Vault, etc: Path
+) -> None:
+    path = str(etc / "hosts")
+    good = b"127.0.0.1 localhost\n"
+    vault.put(path, good)
+    _damage(_objects(vault) / f"{slot_of(path)}.1", "flip")
+    # Before: "the newest version already holds it" kept the corrupted copy forever.
+    rec = vault.put(path, good, expected_blake3=blake3_256(good))
+    assert rec.version == 2
+    assert vault.get(path).content == good
+
+
+def test_verify_reports_a_tampered_index_as_the_open_does(
+    tmp_path: Path, etc: Path, keys: KeyManager
+) -> None:
+    cfg = _config(tmp_path, etc)
+    with Vault(cfg, keys) as v:
+        v.put(str(etc / "hosts"), b"good\n")
+        index = cfg.directory / INDEX_FILE
+        raw = index.read_bytes()
+        index.write_bytes(raw[:-3] + bytes([raw[-3] ^ 0x40]) + raw[-2:])
+        with pytest.raises(VaultTamperedError, match="index"):
+            v.verify()

@@ -48,6 +48,12 @@ class _FileChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileChange
     """A log file was rotated (renamed aside and recreated, or copied and truncated as logrotate does)."""
     FILE_CHANGE_LOG_TRUNCATED: _FileChange.ValueType  # 7
     """A log file shrank or was emptied outside a rotation: possible log clearing."""
+    FILE_CHANGE_VAULT_COPY_TAMPERED: _FileChange.ValueType  # 8
+    """A known-good copy of the file in Beta's vault failed verification (missing, does not open
+    under the vault's keys, or its content does not hash to what the vault index records):
+    `path` names the file, `old_blake3` the hash the index records. The live file may be intact;
+    it can no longer be healed from that copy.
+    """
 
 class FileChange(_FileChange, metaclass=_FileChangeEnumTypeWrapper):
     """What happened to a file under integrity monitoring, compared with the baseline."""
@@ -72,6 +78,12 @@ FILE_CHANGE_LOG_ROTATED: FileChange.ValueType  # 6
 """A log file was rotated (renamed aside and recreated, or copied and truncated as logrotate does)."""
 FILE_CHANGE_LOG_TRUNCATED: FileChange.ValueType  # 7
 """A log file shrank or was emptied outside a rotation: possible log clearing."""
+FILE_CHANGE_VAULT_COPY_TAMPERED: FileChange.ValueType  # 8
+"""A known-good copy of the file in Beta's vault failed verification (missing, does not open
+under the vault's keys, or its content does not hash to what the vault index records):
+`path` names the file, `old_blake3` the hash the index records. The live file may be intact;
+it can no longer be healed from that copy.
+"""
 Global___FileChange: _TypeAlias = FileChange  # noqa: Y015
 
 class _MetadataField:
@@ -184,6 +196,8 @@ class _IntegrityDetectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_In
     """By a full scan that re-hashes content."""
     INTEGRITY_DETECTION_QUICK_SCAN: _IntegrityDetection.ValueType  # 3
     """By a quick scan that compares metadata and re-hashes only files whose metadata changed."""
+    INTEGRITY_DETECTION_VAULT_VERIFY: _IntegrityDetection.ValueType  # 4
+    """Verification of every vault copy (at start and on Beta's `vault_verify_interval`)."""
 
 class IntegrityDetection(_IntegrityDetection, metaclass=_IntegrityDetectionEnumTypeWrapper):
     """How a change was detected."""
@@ -196,6 +210,8 @@ INTEGRITY_DETECTION_FULL_SCAN: IntegrityDetection.ValueType  # 2
 """By a full scan that re-hashes content."""
 INTEGRITY_DETECTION_QUICK_SCAN: IntegrityDetection.ValueType  # 3
 """By a quick scan that compares metadata and re-hashes only files whose metadata changed."""
+INTEGRITY_DETECTION_VAULT_VERIFY: IntegrityDetection.ValueType  # 4
+"""Verification of every vault copy (at start and on Beta's `vault_verify_interval`)."""
 Global___IntegrityDetection: _TypeAlias = IntegrityDetection  # noqa: Y015
 
 class _VerifyDepth:
