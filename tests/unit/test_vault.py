@@ -350,9 +350,7 @@ def test_verify_names_each_bad_copy_and_quarantine_takes_it_out(
     _damage(obj, how)
     result = vault.verify()
     assert not result.ok
-    assert [(b.record.path, b.record.version, b.reason) for b in result.bad] == [
-        (hosts, 1, reason)
-    ]
+    assert [(b.record.path, b.record.version, b.reason) for b in result.bad] == [(hosts, 1, reason)]
     assert vault.quarantine(result.bad) == 1
     assert [r.version for r in vault.versions(hosts)] == [2]
     assert vault.verify().ok
