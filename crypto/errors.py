@@ -33,6 +33,10 @@ class NonceStateError(CryptoError):
     """The persisted nonce counter is missing, unreadable or corrupt: refuse rather than reuse."""
 
 
+class NonceStateLostError(NonceStateError):
+    """The counter file of a key that has sealed data is gone: starting again would reuse nonces."""
+
+
 class StateFileError(CryptoError):
     """A checksummed state file (:mod:`crypto.statefile`) is missing, unreadable, corrupt or of
     an unsupported version; ``problem`` says which. Refuse, or act conservatively: never reset."""

@@ -19,7 +19,15 @@ VERSION: Final = "v1"
 KEY_LEN: Final = 32
 # Purposes a key manager hands out keys for. A closed set: a typo must fail loudly rather than
 # derive a different key whose data nobody can open later.
-PURPOSES: Final = ("event-store", "vault", "outbox", "baseline", "manifest", "model")
+PURPOSES: Final = (
+    "event-store",
+    "vault",
+    "outbox",
+    "baseline",
+    "manifest",
+    "model",
+    "blind-index",  # the Cortex store's keyed blind indexes (HMAC-SHA256), never for sealing
+)
 
 _NAME_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _MAX_FIELD: Final = 0xFFFF

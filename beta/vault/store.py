@@ -63,13 +63,14 @@ from beta.vault.safefs import (
     read_regular_at,
     write_atomic_at,
 )
-from crypto.aead import AeadKey, Algorithm, Sealer, open_sealed, sealed_key_id
-from crypto.errors import CryptoError, DecryptionError
+from crypto.aead import AeadKey, Sealer, open_sealed, sealed_key_id
+from crypto.errors import CryptoError, DecryptionError, NonceStateLostError
 from crypto.files import make_private_dirs
 from crypto.hashing import blake3_256
-from crypto.kdf import build_info, encode_fields, hkdf
+from crypto.kdf import encode_fields
 from crypto.keyring import KeyManager
-from crypto.nonces import CounterNonceSource, random_fixed_field
+from crypto.nonces import CounterNonceSource
+from crypto.subkeys import gcm_key, open_counter_nonces
 from mesh.errors import FailedPreconditionError
 
 __all__ = [
@@ -224,8 +225,7 @@ def object_aad(path: str, version: int, digest: bytes) -> bytes:
 
 def vault_gcm_key(purpose_key: AeadKey) -> AeadKey:
     """The AES-256-GCM key of one vault purpose key: HKDF-separated, id `<purpose id>/gcm`."""
-    secret = hkdf(purpose_key.secret, build_info("vault-aes-256-gcm", purpose_key.key_id))
-    return AeadKey(f"{purpose_key.key_id}/gcm", secret, Algorithm.AES_256_GCM)
+    return gcm_key(purpose_key, "vault-aes-256-gcm")
 
 
 def _index_header(revision: int) -> bytes:
@@ -278,10 +278,6 @@ def _decode_index(plain: bytes, revision: int) -> _Index:
             )
         entries[check_path(path)] = _PathEntry(nxt, tuple(records))
     return _Index(revision, MappingProxyType(entries))
-
-
-def _nonce_file(key_id: str) -> str:
-    return key_id.replace("/", "_") + ".json"
 
 
 # --- the vault ------------------------------------------------------------------------------
@@ -561,20 +557,14 @@ class Vault:
         if self._nonces is not None:  # rotated: the old key seals no more
             self._nonces.close()
             self._nonces = self._sealer = None
-        state = self.config.directory / NONCES_DIR / _nonce_file(key.key_id)
         try:
-            if state.exists() or state.is_symlink():
-                nonces = CounterNonceSource.open(state, key.key_id)
-            elif self._key_used(key.key_id, index):
-                raise VaultTamperedError(
-                    "nonce state",
-                    f"{state} is missing but copies sealed under key {key.key_id} exist; "
-                    "refusing to start its counter again (nonce reuse). Restore the file",
-                )
-            else:
-                nonces = CounterNonceSource.create(
-                    state, key.key_id, fixed_field=random_fixed_field()
-                )
+            nonces = open_counter_nonces(
+                self.config.directory / NONCES_DIR,
+                key.key_id,
+                key_used=lambda: self._key_used(key.key_id, index),
+            )
+        except NonceStateLostError as exc:
+            raise VaultTamperedError("nonce state", str(exc)) from None
         except CryptoError as exc:
             raise VaultError(f"vault nonce state: {exc}") from None
         self._nonces = nonces
