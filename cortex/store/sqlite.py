@@ -101,6 +101,7 @@ MAX_LIMIT: Final = 10_000
 _MAX_SEQ: Final = 2**63  # SQLite integers are signed 64-bit
 _HEAD_LEN: Final = 8 + 32 + 32
 _CHUNK: Final = 500  # rows per executemany / IN list
+_BLIND_CACHE: Final = 65_536  # (field, value) -> term entries kept before starting over
 
 Clock = Callable[[], int]  # nanoseconds since the epoch
 
@@ -174,6 +175,7 @@ class SqliteEventStore:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._open_keys: dict[str, AeadKey] = {}
+        self._blind_cache: dict[tuple[str, str], bytes] = {}
         self._nonces: CounterNonceSource | None = None
         self._aead: RawAead | None = None
         self._sealing_key_id = ""
@@ -551,9 +553,16 @@ class SqliteEventStore:
 
     def blind(self, field: str, value: str) -> bytes:
         """The blind index term of `value` in the blind field `field` (for `Filter.to_sql`)."""
-        if field not in fields.BLIND_FIELDS:
-            raise StoreArgumentError(f"{field!r} is not a blind field")
-        return codec.blind_term(self._binding.blind_key, field, value)
+        term = self._blind_cache.get((field, value))
+        if term is None:
+            if field not in fields.BLIND_FIELDS:
+                raise StoreArgumentError(f"{field!r} is not a blind field")
+            # Users, paths and executables repeat a lot: remember recent terms (bounded).
+            if len(self._blind_cache) >= _BLIND_CACHE:
+                self._blind_cache.clear()
+            term = codec.blind_term(self._binding.blind_key, field, value)
+            self._blind_cache[(field, value)] = term
+        return term
 
     def _sealing(self) -> tuple[RawAead, CounterNonceSource, str]:
         """The active payload key and its nonce counter (reopened after a rotation)."""
@@ -709,14 +718,14 @@ class SqliteEventStore:
             return 0
         now = max(self._clock(), self._last_stored_ns)  # never backwards: retention cuts a prefix
         rowid, prev = self._head_rowid, self._head_hash
-        store_id = self._binding.store_id
+        aad_prefix = codec.payload_aad_prefix(self._binding.store_id, guardian_id, key_id)
         rows: list[tuple[codec.RowValue, ...]] = []
         term_rows: list[tuple[int, str, bytes]] = []
         for event in new:
             rowid += 1
             clear = fields.clear_columns(event)
             nonce = nonces.next_nonce()
-            aad = codec.payload_aad(store_id, guardian_id, event.seq, event.id, key_id)
+            aad = aad_prefix + codec.payload_aad_tail(event.seq, event.id)
             ciphertext = aead.encrypt(nonce, event.SerializeToString(deterministic=True), aad)
             row: tuple[codec.RowValue, ...] = (
                 rowid,
