@@ -112,6 +112,27 @@ _FIELDS: Final = (
 )
 FIELDS: Final[Mapping[str, Field]] = MappingProxyType({f.name: f for f in _FIELDS})
 BLIND_FIELDS: Final = tuple(f.name for f in _FIELDS if f.kind is FieldKind.BLIND)
+# Other spellings a filter may use, as the proto's field paths read (`guardian.host`) or as an
+# analyst qualifies a field by its event (`auth.source_address`). A filter's canonical text
+# uses the names above, so a page token does not care which spelling made it.
+ALIASES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "guardian.id": "guardian",
+        "guardian.host": "host",
+        "rule_id": "rule.id",
+        "auth.user": "user",
+        "auth.source_address": "source_address",
+        "network.source_address": "source_address",
+        "network.destination_address": "destination_address",
+        "process_exe": "process.exe",
+        "file_path": "file.path",
+    }
+)
+
+
+def field_named(name: str) -> Field | None:
+    """The field `name` (or one of its aliases) stands for; None for an unknown name."""
+    return FIELDS.get(ALIASES.get(name, name))
 
 
 def values(event: event_pb2.Event, field: str) -> tuple[str | int, ...]:

@@ -27,6 +27,10 @@ So `a AND b OR c` is `a AND (b OR c)`. Fields (`cortex.fields.FIELDS`) and what 
     blind fields          = !=; the exact value (`process.exe = "/tmp/x"`), no wildcard:
                           process.exe user source_address destination_address file.path
 
+Aliases (`cortex.fields.ALIASES`): `guardian.id`, `guardian.host`, `auth.user`,
+`auth.source_address`, `network.source_address`, `network.destination_address` mean the fields
+above; the canonical text uses the short names.
+
 Semantics: a field has zero or more values (MITRE techniques and file.path can have several,
 an event can lack any field). A comparison holds when some value satisfies it; an event with no
 value satisfies none. `f != v` is exactly `NOT f = v`: no value equals v (so it includes events

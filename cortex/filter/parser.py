@@ -11,7 +11,7 @@ import difflib
 from typing import Final
 
 from cortex.errors import FilterError
-from cortex.fields import FIELDS, FieldKind
+from cortex.fields import FIELDS, FieldKind, field_named
 from cortex.filter import literals
 from cortex.filter.canonical import conjunction, disjunction, negation
 from cortex.filter.lexer import T, Token, tokenize
@@ -138,7 +138,7 @@ class _Parser:
             )
         if tok.kind is not T.TEXT:
             raise FilterError(tok.position, f"expected a comparison or '(', found {tok.describe()}")
-        field = FIELDS.get(tok.value)
+        field = field_named(tok.value)
         if field is None:
             raise FilterError(tok.position, _unknown_field(tok.value))
         self.terms += 1

@@ -681,3 +681,19 @@ def test_not_equal_is_not_of_equal_in_both_worlds(store: sqlite3.Connection) -> 
         assert ne == Filter(Not(eq.root))
         assert select(store, eq) | select(store, ne) == set(range(1, len(EVENTS) + 1))
         assert not select(store, eq) & select(store, ne)
+
+
+@pytest.mark.parametrize(
+    ("alias", "name", "value"),
+    [
+        ("auth.source_address", "source_address", '"192.0.2.7"'),
+        ("guardian.host", "host", '"web-1"'),
+        ("guardian.id", "guardian", '"alpha-web-1"'),
+        ("auth.user", "user", '"alice"'),
+        ("network.destination_address", "destination_address", '"198.51.100.2"'),
+    ],
+)
+def test_aliases_mean_their_field_and_share_its_canonical_text(
+    alias: str, name: str, value: str
+) -> None:
+    assert parse(f"{alias} = {value}").canonical() == parse(f"{name} = {value}").canonical()
