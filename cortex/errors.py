@@ -13,6 +13,7 @@ from mesh.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     MeshError,
+    NotFoundError,
 )
 
 
@@ -74,3 +75,67 @@ class StoreArgumentError(StoreError, InvalidArgumentError):
 class CheckpointFileError(StoreError, InvalidArgumentError):
     """An exported checkpoint file cannot be read, is malformed, is another store's, or its
     signature does not verify with its certificate."""
+
+
+# --- read API (`cortex.queries`, `cortex.paging`) ------------------------------------------
+
+
+class ReadApiError(CortexError):
+    """Base of the read API's own refusals. `reason` is the `google.rpc.ErrorInfo` reason the
+    servicer sends (UPPER_SNAKE, stable: integrations branch on it, not on the message) and
+    `metadata` its metadata (short strings, never stored or key-derived values)."""
+
+    reason = "CORTEX_ERROR"
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.metadata: dict[str, str] = dict(metadata)
+
+
+class PageSizeError(ReadApiError, InvalidArgumentError):
+    """A negative `page_size` (INVALID_ARGUMENT): AIP-158 gives 0 a meaning, not -1."""
+
+    reason = "INVALID_PAGE_SIZE"
+
+
+class PageTokenError(ReadApiError, InvalidArgumentError):
+    """A `page_token` that is malformed, tampered with, from another store, or reused with another
+    filter or order_by (INVALID_ARGUMENT). One message for all: the token is authenticated, so
+    which of them it was is not something the server can (or should) tell apart."""
+
+    reason = "INVALID_PAGE_TOKEN"
+
+
+class ResourceNameError(ReadApiError, InvalidArgumentError):
+    """A resource `name` that is not `events/{id}` or `guardians/{id}` (INVALID_ARGUMENT)."""
+
+    reason = "INVALID_NAME"
+
+
+class EventNotFoundError(ReadApiError, NotFoundError):
+    """No stored event has this id (never stored, or aged out by retention)."""
+
+    reason = "EVENT_NOT_FOUND"
+
+
+class GuardianNotFoundError(ReadApiError, NotFoundError):
+    """The Cortex follows no guardian of this id."""
+
+    reason = "GUARDIAN_NOT_FOUND"
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+
+class IngestError(CortexError):
+    """Base of the ingest's errors (`cortex.ingest`)."""
+
+
+class GuardianMismatchError(IngestError, FailedPreconditionError):
+    """A configured guardian does not match what it is: its events name another guardian id,
+    or its id is the Cortex's own. It is refused until a reload changes its entry."""
+
+    def __init__(self, guardian_id: str, reason: str) -> None:
+        super().__init__(f"guardian {guardian_id}: {reason}")
+        self.guardian_id = guardian_id
+        self.reason = reason

@@ -1,0 +1,182 @@
+"""The Cortex's configuration: TOML plus `QSC_CORTEX_*` environment overrides.
+
+    [server]       listen, TLS files, limits (mesh.server.ServerConfig); its TLS identity is
+                   also the client identity the Cortex dials guardians with, and the key that
+                   signs the store's checkpoints
+    [store]        the event store's directory and checkpoint cadence (cortex.store.StoreConfig)
+    [keyring]      the Cortex keyring (`qsc keys init --component cortex`): store and blind keys
+    [[guardians]]  the guardians to follow: id, address, expected role and host
+    [ingest]       silence deadline, batch and heartbeat hints, reconnect backoff
+    [log]          level, format
+
+`qsc-cortex run --config cortex.toml`; see deploy/cortex.toml for a documented example.
+`QSC_CORTEX_INGEST__SILENCE_DEADLINE=1m` overrides one key; the guardian list is a TOML array
+of tables (`QSC_CORTEX_GUARDIANS='[{id = "alpha-web-01", ...}]'`). SIGHUP re-reads the file
+for the guardian list only (`CortexConfig.guardians`); every other change needs a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Final, Literal
+
+from cortex.store import StoreConfig
+from mesh.config import load_config
+from mesh.errors import ConfigError
+from mesh.logs import LogConfig
+from mesh.server import ServerConfig
+
+__all__ = [
+    "COMPONENT",
+    "CortexConfig",
+    "GuardianSection",
+    "IngestSection",
+    "KeyringSection",
+    "StoreSection",
+    "load_cortex_config",
+]
+
+COMPONENT: Final = "cortex"
+# A guardian id is its `GuardianRef.id` and the `guardians/{id}` resource id of the API.
+_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
+_ADDRESS_RE: Final = re.compile(r"\S+:\d{1,5}")
+MAX_BATCH_EVENTS: Final = 65_536
+
+
+def _absolute(key: str, path: Path) -> None:
+    if not path.is_absolute():
+        raise ConfigError(key, f"must be an absolute path, got {str(path)!r}")
+
+
+@dataclass(frozen=True)
+class StoreSection:
+    """`[store]`: the embedded event store (one SQLite database in WAL mode)."""
+
+    directory: Path = Path("/var/lib/qsc/cortex/store")
+    checkpoint_every: int = 10_000  # records between signed checkpoints...
+    checkpoint_interval: timedelta = timedelta(seconds=60)  # ...or this long, whichever first
+    # FULL: a commit survives power loss; NORMAL: only a process crash (faster).
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    def __post_init__(self) -> None:
+        _absolute("directory", self.directory)
+        if self.checkpoint_every < 1:
+            raise ConfigError("checkpoint_every", "must be at least 1")
+        if self.checkpoint_interval < timedelta(seconds=1):
+            raise ConfigError("checkpoint_interval", "must be at least 1s")
+
+    def store_config(self) -> StoreConfig:
+        return StoreConfig(
+            self.directory,
+            checkpoint_every=self.checkpoint_every,
+            checkpoint_interval=self.checkpoint_interval.total_seconds(),
+            synchronous=self.synchronous,
+        )
+
+
+@dataclass(frozen=True)
+class KeyringSection:
+    """`[keyring]`: the Cortex keyring. Never created by the Cortex: a keyring that vanished must
+    be restored from backup (everything the store sealed would be orphaned)."""
+
+    directory: Path = Path("/var/lib/qsc/cortex/keys")
+
+    def __post_init__(self) -> None:
+        _absolute("directory", self.directory)
+
+
+@dataclass(frozen=True)
+class GuardianSection:
+    """`[[guardians]]`: one guardian to subscribe to, sealed, verified as `role` on `host`."""
+
+    # Its GuardianRef.id as the guardian's own [guardian] id says (default `<role>-<host>`);
+    # events of another id are refused, so a misconfigured entry cannot store under a wrong name.
+    id: str
+    address: str  # HOST:PORT the Cortex dials
+    role: Literal["alpha", "beta"]
+    host: str  # the host its certificate must name (`qsc pki issue ROLE HOST`)
+    # TLS name to check when `address` is not among the certificate's SANs (an IP vs a DNS name).
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _ID_RE.fullmatch(self.id):
+            raise ConfigError("id", "1-63 letters, digits, '.' or '-', starting alnum")
+        if not _ADDRESS_RE.fullmatch(self.address) or int(self.address.rsplit(":", 1)[1]) > 65535:
+            raise ConfigError("address", f"{self.address!r} is not HOST:PORT")
+        if not self.host.strip():
+            raise ConfigError("host", "must not be empty")
+        if self.server_name is not None and not self.server_name.strip():
+            raise ConfigError("server_name", "must not be empty when set")
+
+
+@dataclass(frozen=True)
+class IngestSection:
+    """`[ingest]`: how the Cortex follows its guardians."""
+
+    # No batch and no heartbeat for this long: the Cortex stores `cortex.guardian_lost`.
+    silence_deadline: timedelta = timedelta(seconds=30)
+    # Hints to the guardians (0 / unset: their defaults).
+    max_batch_events: int = 512
+    max_batch_delay: timedelta | None = None
+    heartbeat_interval: timedelta = timedelta(seconds=5)
+    # A stream silent (no heartbeat either) for this long is dead: dial again.
+    idle_timeout: timedelta = timedelta(seconds=15)
+    reconnect_initial: timedelta = timedelta(milliseconds=200)
+    reconnect_max: timedelta = timedelta(seconds=10)
+    # How often the Cortex looks at each guardian's state (silence, lag).
+    watch_interval: timedelta = timedelta(seconds=1)
+
+    def __post_init__(self) -> None:
+        for name in ("silence_deadline", "heartbeat_interval", "idle_timeout", "watch_interval"):
+            if getattr(self, name) <= timedelta(0):
+                raise ConfigError(name, "must be positive")
+        if not 0 <= self.max_batch_events <= MAX_BATCH_EVENTS:
+            raise ConfigError("max_batch_events", f"must be 0..{MAX_BATCH_EVENTS}")
+        if self.max_batch_delay is not None and self.max_batch_delay <= timedelta(0):
+            raise ConfigError("max_batch_delay", "must be positive when set")
+        if self.idle_timeout <= self.heartbeat_interval:
+            raise ConfigError("idle_timeout", "must be longer than heartbeat_interval")
+        # A dead stream must be noticed before silence is declared, or `lost` comes late.
+        if self.idle_timeout > self.silence_deadline:
+            raise ConfigError("idle_timeout", "must not be longer than silence_deadline")
+        if self.reconnect_initial <= timedelta(0):
+            raise ConfigError("reconnect_initial", "must be positive")
+        if self.reconnect_max < self.reconnect_initial:
+            raise ConfigError("reconnect_max", "must be at least reconnect_initial")
+
+
+@dataclass(frozen=True)
+class CortexConfig:
+    """Everything `qsc-cortex run` reads. Frozen; validated section by section on load."""
+
+    server: ServerConfig
+    store: StoreSection = field(default_factory=StoreSection)
+    keyring: KeyringSection = field(default_factory=KeyringSection)
+    guardians: tuple[GuardianSection, ...] = ()
+    ingest: IngestSection = field(default_factory=IngestSection)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        ids = [g.id for g in self.guardians]
+        addresses = [g.address for g in self.guardians]
+        for i, guardian in enumerate(self.guardians):
+            if guardian.id in ids[:i]:
+                raise ConfigError(f"guardians[{i}].id", f"{guardian.id!r} is configured twice")
+            if guardian.address in addresses[:i]:
+                raise ConfigError(
+                    f"guardians[{i}].address", f"{guardian.address!r} is configured twice"
+                )
+
+
+def load_cortex_config(
+    path: Path | str | None, env: Mapping[str, str] | None = None
+) -> CortexConfig:
+    """Load `CortexConfig` from `path` and the `QSC_CORTEX_*` environment."""
+    return load_config(
+        CortexConfig, component=COMPONENT, path=path, env=os.environ if env is None else env
+    )

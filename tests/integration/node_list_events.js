@@ -1,0 +1,128 @@
+// Pages through qsc.cortex.v1.CortexService/ListEvents over mutual TLS the way a Node.js SOAR
+// integration would: @grpc/proto-loader reads proto/, @grpc/grpc-js makes the calls, and a
+// refusal's google.rpc.Status (trailer grpc-status-details-bin) is decoded to its ErrorInfo.
+//
+//   node node_list_events.js PROTO_ROOT GOOGLE_PROTO_ROOT HOST:PORT CA CERT KEY REQUEST_JSON
+//
+// REQUEST_JSON: {"page_size": 500, "filter": "...", "order_by": "time desc",
+//                "page_token": "<start from this token>", "max_pages": 100}
+// GOOGLE_PROTO_ROOT holds google/rpc/status.proto and error_details.proto.
+// Prints one JSON line: {"ok": true, "pages": N, "total_size": T, "events": [[id, guardian, seq],
+// ...], "last_token": "..."} or {"ok": false, "code": "INVALID_ARGUMENT", "details": "...",
+// "reason": "...", "domain": "...", "metadata": {...}, "pages": N}. Exit 0 either way; 3 when the
+// npm modules are missing, 2 on bad usage.
+"use strict";
+
+const fs = require("fs");
+const path = require("path");
+
+function requireTool(name) {
+  try {
+    return require(name);
+  } catch (err) {
+    process.stderr.write(
+      `cannot load ${name} (${err.code || err.message}); ` +
+        "install the Node.js tools with `npm ci --prefix tools/npm` (or run `make test`)\n",
+    );
+    process.exit(3);
+  }
+}
+
+const protoLoader = requireTool("@grpc/proto-loader");
+const grpc = requireTool("@grpc/grpc-js");
+const protobuf = requireTool("protobufjs");
+
+const LOADER_OPTIONS = {
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: false,
+  oneofs: true,
+};
+
+// google.rpc.Status -> its ErrorInfo detail, if any.
+function errorInfo(googleRoot, metadata) {
+  const raw = metadata && metadata.get("grpc-status-details-bin");
+  if (!raw || raw.length === 0) {
+    return null;
+  }
+  const root = new protobuf.Root();
+  root.resolvePath = (_origin, target) => path.join(googleRoot, target);
+  root.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"]);
+  const Status = root.lookupType("google.rpc.Status");
+  const ErrorInfo = root.lookupType("google.rpc.ErrorInfo");
+  const status = Status.decode(raw[0]);
+  for (const detail of status.details) {
+    if (detail.type_url === "type.googleapis.com/google.rpc.ErrorInfo") {
+      return ErrorInfo.toObject(ErrorInfo.decode(detail.value));
+    }
+  }
+  return null;
+}
+
+function main() {
+  const [root, googleRoot, address, ca, cert, key, requestJson] = process.argv.slice(2);
+  if (!requestJson) {
+    process.stderr.write(
+      "usage: node node_list_events.js PROTO_ROOT GOOGLE_PROTO_ROOT HOST:PORT CA CERT KEY " +
+        "REQUEST_JSON\n",
+    );
+    process.exit(2);
+  }
+  const request = JSON.parse(requestJson);
+  const definition = protoLoader.loadSync("qsc/cortex/v1/cortex_service.proto", {
+    includeDirs: [root],
+    ...LOADER_OPTIONS,
+  });
+  const CortexService = grpc.loadPackageDefinition(definition).qsc.cortex.v1.CortexService;
+  const [caPem, certPem, keyPem] = [ca, cert, key].map((p) => fs.readFileSync(path.resolve(p)));
+  const client = new CortexService(address, grpc.credentials.createSsl(caPem, keyPem, certPem));
+  const events = [];
+  let pages = 0;
+  let totalSize = null;
+  let token = request.page_token || "";
+  const maxPages = request.max_pages || 1000;
+
+  const finish = (out) => {
+    process.stdout.write(JSON.stringify(out) + "\n");
+    client.close();
+  };
+
+  const next = () => {
+    const call = {
+      page_size: request.page_size || 0,
+      page_token: token,
+      filter: request.filter || "",
+      order_by: request.order_by || "",
+    };
+    client.ListEvents(call, { deadline: new Date(Date.now() + 30000) }, (err, response) => {
+      if (err) {
+        const info = errorInfo(googleRoot, err.metadata) || {};
+        finish({
+          ok: false,
+          code: grpc.status[err.code],
+          details: err.details,
+          reason: info.reason || null,
+          domain: info.domain || null,
+          metadata: info.metadata || {},
+          pages,
+        });
+        return;
+      }
+      pages += 1;
+      totalSize = response.total_size || 0;
+      for (const e of response.events) {
+        events.push([e.id, e.guardian ? e.guardian.id : "", Number(e.seq)]);
+      }
+      token = response.next_page_token || "";
+      if (token && pages < maxPages) {
+        next();
+      } else {
+        finish({ ok: true, pages, total_size: totalSize, events, last_token: token });
+      }
+    });
+  };
+  next();
+}
+
+main();

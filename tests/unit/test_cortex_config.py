@@ -1,0 +1,109 @@
+"""`cortex.config`: the documented example loads, overrides apply, bad values name their key."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from cortex.config import CortexConfig, load_cortex_config
+from mesh.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "deploy" / "cortex.toml"
+
+MINIMAL = """
+[server.tls]
+cert = "/pki/cortex.crt"
+key = "/pki/cortex.key"
+ca = "/pki/ca.crt"
+"""
+
+GUARDIAN = """
+[[guardians]]
+id = "{id}"
+address = "{address}"
+role = "alpha"
+host = "web-01"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cortex.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_example_loads_with_every_section() -> None:
+    config = load_cortex_config(EXAMPLE, env={})
+    assert isinstance(config, CortexConfig)
+    assert [g.id for g in config.guardians] == ["alpha-web-01", "beta-web-01"]
+    assert [g.role for g in config.guardians] == ["alpha", "beta"]
+    assert config.ingest.silence_deadline == timedelta(seconds=30)
+    store = config.store.store_config()
+    assert store.directory == Path("/var/lib/qsc/cortex/store")
+    assert store.checkpoint_interval == 60.0
+    assert store.synchronous == "FULL"
+
+
+def test_defaults_and_environment_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    config = load_cortex_config(path, env={})
+    assert config.guardians == ()
+    assert config.ingest.silence_deadline == timedelta(seconds=30)
+    env = {
+        "QSC_CORTEX_INGEST__SILENCE_DEADLINE": "1m",
+        "QSC_CORTEX_STORE__SYNCHRONOUS": "NORMAL",
+        "QSC_CORTEX_GUARDIANS": '[{id = "beta-db", address = "db:7444", role = "beta", '
+        'host = "db", server_name = "db.example"}]',
+    }
+    config = load_cortex_config(path, env=env)
+    assert config.ingest.silence_deadline == timedelta(minutes=1)
+    assert config.store.synchronous == "NORMAL"
+    (g,) = config.guardians
+    assert (g.id, g.address, g.role, g.host, g.server_name) == (
+        "beta-db",
+        "db:7444",
+        "beta",
+        "db",
+        "db.example",
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[store]\ndirectory = "relative"\n', "store.directory"),
+        ("[store]\ncheckpoint_every = 0\n", "store.checkpoint_every"),
+        ('[store]\nsynchronous = "OFF"\n', "store.synchronous"),
+        ('[keyring]\ndirectory = "keys"\n', "keyring.directory"),
+        ('[ingest]\nsilence_deadline = "0s"\n', "ingest.silence_deadline"),
+        ('[ingest]\nidle_timeout = "1m"\n', "ingest.idle_timeout"),
+        ('[ingest]\nheartbeat_interval = "20s"\n', "ingest.idle_timeout"),
+        ("[ingest]\nmax_batch_events = -1\n", "ingest.max_batch_events"),
+        (GUARDIAN.format(id="bad id", address="h:1"), "guardians[0].id"),
+        (GUARDIAN.format(id="a", address="nope"), "guardians[0].address"),
+        (GUARDIAN.format(id="a", address="h:99999"), "guardians[0].address"),
+        (GUARDIAN.replace('"alpha"', '"cortex"').format(id="a", address="h:1"), "guardians"),
+        ("[ingest]\nsilence = 3\n", "ingest.silence"),
+    ],
+)
+def test_bad_values_name_their_key(tmp_path: Path, extra: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_cortex_config(write(tmp_path, MINIMAL + extra), env={})
+    assert key in str(info.value)
+
+
+def test_a_guardian_listed_twice_is_refused(tmp_path: Path) -> None:
+    twice = GUARDIAN.format(id="a", address="h:1") + GUARDIAN.format(id="a", address="h:2")
+    with pytest.raises(ConfigError, match=r"guardians\[1\]\.id.*configured twice"):
+        load_cortex_config(write(tmp_path, MINIMAL + twice), env={})
+    same_address = GUARDIAN.format(id="a", address="h:1") + GUARDIAN.format(id="b", address="h:1")
+    with pytest.raises(ConfigError, match=r"guardians\[1\]\.address"):
+        load_cortex_config(write(tmp_path, MINIMAL + same_address), env={})
+
+
+def test_unknown_environment_variables_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="QSC_CORTEX_INGST"):
+        load_cortex_config(write(tmp_path, MINIMAL), env={"QSC_CORTEX_INGST__X": "1"})
