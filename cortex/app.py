@@ -10,35 +10,35 @@
 corrupted file refuses the start before anything listens (`StoreOpenError` names the file).
 Checkpoints are signed with the TLS identity's key (`cortex.store.checkpoint`).
 
-The read API (`cortex.service.CortexServicer(store, directory)`) is served when that module
-provides it; otherwise the server carries health and reflection only.
+The read API is `cortex.service.CortexServicer` over the store and the ingest's guardian
+tracker; its page tokens are keyed from the store (`SqliteEventStore.token_key`), so a client
+paging through a restart carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
-import importlib.util
 import logging
 from pathlib import Path
 
 from cortex.config import COMPONENT, CortexConfig, load_cortex_config
 from cortex.guardian_view import GuardianDirectory
 from cortex.ingest import Ingest, OwnIdentity
+from cortex.service import SERVICE, CortexServicer
 from cortex.store import CheckpointSigner, SqliteEventStore
 from mesh.channel import open_channel
 from mesh.errors import ConfigError, MeshError
 from mesh.identity import load_tls
 from mesh.logs import log_event
-from mesh.server import ComponentServer, ServiceBinding
+from mesh.server import ComponentServer
 from mesh.stream.subscriber import Dialer
 
 __all__ = ["SERVICE_NAME", "Cortex", "open_store"]
 
 _log = logging.getLogger(__name__)
 
-SERVICE_NAME = "qsc.cortex.v1.CortexService"
+SERVICE_NAME = SERVICE
 
 
 def open_store(config: CortexConfig, signer: CheckpointSigner) -> SqliteEventStore:
@@ -49,27 +49,6 @@ def open_store(config: CortexConfig, signer: CheckpointSigner) -> SqliteEventSto
         component=COMPONENT,
         signer=signer,
         create=True,
-    )
-
-
-def _servicer_binding(store: SqliteEventStore, directory: GuardianDirectory) -> ServiceBinding:
-    """`cortex.service.CortexServicer` bound, when that module exists and provides it."""
-    if importlib.util.find_spec("cortex.service") is None:
-        raise LookupError("cortex.service is not there")
-    module = importlib.import_module("cortex.service")
-    servicer_class = getattr(module, "CortexServicer", None)
-    if servicer_class is None:
-        raise LookupError("cortex.service has no CortexServicer")
-    servicer = servicer_class(store, directory)
-    binding = getattr(servicer, "binding", None)
-    if callable(binding):
-        result = binding()
-        if isinstance(result, ServiceBinding):
-            return result
-    from qsc.cortex.v1 import cortex_service_pb2_grpc
-
-    return ServiceBinding(
-        SERVICE_NAME, cortex_service_pb2_grpc.add_CortexServiceServicer_to_server, servicer
     )
 
 
@@ -104,12 +83,10 @@ class Cortex:
                 dial=dial,
             )
             self.server = ComponentServer(config.server, component=COMPONENT)
-            try:
-                self.server.add_service(_servicer_binding(self.store, self.ingest.tracker))
-                self.api = True
-            except LookupError as exc:
-                log_event(_log, "serving health and reflection only", reason=str(exc))
-                self.api = False
+            self.servicer = CortexServicer(
+                self.store, self.ingest.tracker, token_key=self.store.token_key()
+            )
+            self.server.add_service(self.servicer.binding())
         except BaseException:
             self.store.close()
             raise

@@ -164,6 +164,13 @@ class GuardianTracker:
             entry.state = ConnectionState.REFUSED
             entry.last_error = reason
 
+    def seed(self, guardian_id: str, committed_seq: int) -> None:
+        """What the store already holds of `guardian_id` (its stored cursor), so a restarted
+        Cortex reports it before the guardian answers."""
+        entry = self._entries.get(guardian_id)
+        if entry is not None:
+            entry.committed_seq = max(entry.committed_seq, committed_seq)
+
     def observe(self, states: Mapping[str, GuardianState]) -> None:
         """Take in the fan-in's snapshot (keyed by guardian id)."""
         now = self._clock()

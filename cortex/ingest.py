@@ -165,6 +165,7 @@ class Ingest:
     async def start(self) -> None:
         stored = await asyncio.to_thread(self.store.cursor, self.own.guardian_id)
         self._own_seq = 0 if stored is None else stored.seq
+        await asyncio.to_thread(self._seed, self._guardians)
         fanin = self._build()  # unusable TLS files fail the start, not a guardian later
         self._run_task = asyncio.create_task(self._run(fanin), name="cortex:ingest")
         self._watch_task = asyncio.create_task(self._watch(), name="cortex:watch")
@@ -188,8 +189,15 @@ class Ingest:
         self._check_ids(guardians)
         self._guardians = tuple(guardians)
         self.tracker.configure(guardians)
+        self._seed(guardians)
         log_event(_log, "guardian list reloaded", guardians=[g.id for g in guardians])
         self._reloaded.set()
+
+    def _seed(self, guardians: Sequence[GuardianSection]) -> None:
+        for g in guardians:
+            cursor = self.store.cursor(g.id)
+            if cursor is not None:
+                self.tracker.seed(g.id, cursor.seq)
 
     # -- the fan-in ------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """`qsc.cortex.v1.CortexService`, the read half: GetEvent, ListEvents, GetGuardian, ListGuardians.
 
 Decode, call the core (`cortex.queries.CortexQueries`), encode. The other RPCs (assessments,
-verdicts, playbook runs: parts 2 and 3) answer UNIMPLEMENTED through the generated base class.
+verdicts, playbook runs) answer UNIMPLEMENTED until the correlation and playbook parts exist.
 Who may call what is `mesh.authz.MESH_AUTHZ` (roles soar and operator), enforced by the mesh
 interceptor before any of this runs.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any, Final, NoReturn
 
 import grpc
@@ -120,6 +121,46 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
             next_page_token=page.next_page_token,
             total_size=_int32(page.total_size),
         )
+
+    # Assessments and verdicts (correlation) and playbook runs come with later parts: until
+    # then these answer UNIMPLEMENTED, which clients treat as "not offered by this server".
+    async def GetAssessment(  # noqa: N802 (gRPC method name)
+        self, request: pb.GetAssessmentRequest, context: Any
+    ) -> pb.GetAssessmentResponse:
+        await _unimplemented(context, "GetAssessment")
+
+    async def ListAssessments(  # noqa: N802 (gRPC method name)
+        self, request: pb.ListAssessmentsRequest, context: Any
+    ) -> pb.ListAssessmentsResponse:
+        await _unimplemented(context, "ListAssessments")
+
+    async def SubscribeAssessments(  # noqa: N802 (gRPC method name)
+        self, request: pb.SubscribeAssessmentsRequest, context: Any
+    ) -> AsyncIterator[pb.SubscribeAssessmentsResponse]:
+        await _unimplemented(context, "SubscribeAssessments")
+        yield pb.SubscribeAssessmentsResponse()  # pragma: no cover (makes this a generator)
+
+    async def SubmitVerdict(  # noqa: N802 (gRPC method name)
+        self, request: pb.SubmitVerdictRequest, context: Any
+    ) -> pb.SubmitVerdictResponse:
+        await _unimplemented(context, "SubmitVerdict")
+
+    async def GetPlaybookRun(  # noqa: N802 (gRPC method name)
+        self, request: pb.GetPlaybookRunRequest, context: Any
+    ) -> pb.GetPlaybookRunResponse:
+        await _unimplemented(context, "GetPlaybookRun")
+
+    async def ListPlaybookRuns(  # noqa: N802 (gRPC method name)
+        self, request: pb.ListPlaybookRunsRequest, context: Any
+    ) -> pb.ListPlaybookRunsResponse:
+        await _unimplemented(context, "ListPlaybookRuns")
+
+
+async def _unimplemented(context: Any, method: str) -> NoReturn:
+    await context.abort(
+        grpc.StatusCode.UNIMPLEMENTED, f"{SERVICE}/{method} is not served by this Cortex yet"
+    )
+    raise AssertionError("abort returned")  # pragma: no cover (abort always raises)
 
 
 def _int32(n: int) -> int:

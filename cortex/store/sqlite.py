@@ -75,6 +75,7 @@ from cortex.store.verify import StoreView, verify_store
 from crypto.aead import AeadKey, RawAead
 from crypto.errors import CryptoError, DecryptionError
 from crypto.files import PRIVATE_DIR_MODE, PRIVATE_MODE, make_private_dirs
+from crypto.kdf import build_info, hkdf
 from crypto.keyring import KeyManager
 from crypto.nonces import CounterNonceSource
 from crypto.subkeys import derive_subkey, gcm_key, open_counter_nonces
@@ -94,6 +95,7 @@ BLIND_PURPOSE: Final = "blind-index"
 GCM_LABEL: Final = "event-store-aes-256-gcm"
 BINDING_LABEL: Final = "event-store-binding"
 BLIND_LABEL: Final = "blind-index-hmac-sha256"
+PAGE_LABEL: Final = "read-api-page-token"  # an HKDF label, not a secret
 DB_FILE: Final = "events.db"
 NONCES_DIR: Final = "nonces"
 LOCK_FILE: Final = "store.lock"
@@ -563,6 +565,11 @@ class SqliteEventStore:
             term = codec.blind_term(self._binding.blind_key, field, value)
             self._blind_cache[(field, value)] = term
         return term
+
+    def token_key(self) -> bytes:
+        """The read API's page-token key (`cortex.paging`): derived from the store's binding key,
+        so tokens stay valid across restarts and key rotation, and differ between stores."""
+        return hkdf(self._binding.binding_key, build_info(PAGE_LABEL, self._binding.store_id))
 
     def _sealing(self) -> tuple[RawAead, CounterNonceSource, str]:
         """The active payload key and its nonce counter (reopened after a rotation)."""

@@ -1,0 +1,460 @@
+"""The read half of CortexService against a real `cortex.app.Cortex` on 127.0.0.1:0 over mTLS.
+
+The store holds 10,000 events of one guardian, appended through the Cortex's own store before it
+starts (the same keyring and checkpoint identity). Clients, as integrations would use them:
+grpcio over `mesh.channel` (hybrid key exchange), grpcurl 1.8.6 (classical, so a `soar` client
+under the default `prefer` policy) and a Node.js @grpc/grpc-js pager that decodes the ErrorInfo
+of a refusal. Every refusal is checked for its code and its `google.rpc.ErrorInfo` reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from google.rpc import error_details_pb2, status_pb2
+
+from cortex.app import Cortex, open_store
+from cortex.config import CortexConfig
+from cortex.store import CheckpointSigner
+from crypto.keyring import KeyManager
+from crypto.pki import init_ca, issue_leaf, write_leaf
+from mesh.channel import ChannelConfig, open_channel
+from mesh.config import TlsFiles, config_from_dict
+from mesh.identity import load_tls
+from mesh.stream.cursor import StoredCursor
+from qsc.common.v1 import event_pb2
+from qsc.cortex.v1 import cortex_service_pb2 as pb
+from qsc.cortex.v1 import cortex_service_pb2_grpc as pb_grpc
+from qsc.cortex.v1 import guardian_pb2
+from tests.integration.test_mesh_server import HOW_TO_FIX, NODE_MODULES, PROTO_ROOT, _grpcurl
+from tests.unit.test_cortex_store import event
+
+T = TypeVar("T")
+TD = "cortex.test"
+HOST = "127.0.0.1"
+GUARDIAN = "alpha-web-1"
+SPIFFE = f"spiffe://{TD}/alpha/web-1"
+N_EVENTS = 10_000
+NODE_SCRIPT = Path(__file__).with_name("node_list_events.js")
+GOOGLE_PROTOS = Path(error_details_pb2.__file__).parents[2]  # google/rpc/*.proto ship beside
+SELECTIVE = 'process.exe = "/tmp/x" AND rule.id = "alpha.ptrace"'
+CLIENT_STEMS = ("soar-s1", "operator-o1", "alpha-web-1", "cortex-c1")
+
+
+class CortexThread:
+    """A Cortex on its own event loop in a thread, so tests call it with blocking clients."""
+
+    def __init__(self, config: CortexConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.cortex = self.run(self._build(config))
+        self.port = self.run(self.cortex.start())
+
+    @staticmethod
+    async def _build(config: CortexConfig) -> Cortex:
+        return Cortex(config)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        try:
+            self.run(self.cortex.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("pki")
+    ca = init_ca(base, TD)
+    for stem in CLIENT_STEMS:
+        role, host = stem.split("-", 1)
+        write_leaf(issue_leaf(ca, role, host, ips=[HOST]), base, ca.cert)
+    return base
+
+
+def tls(pki: Path, stem: str) -> TlsFiles:
+    return TlsFiles(cert=pki / f"{stem}.crt", key=pki / f"{stem}.key", ca=pki / "ca.crt")
+
+
+@pytest.fixture(scope="module")
+def stored(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> list[event_pb2.Event]:
+    """What the store holds: 10,000 events of GUARDIAN (deterministic values per seq)."""
+    return [event(seq, GUARDIAN) for seq in range(1, N_EVENTS + 1)]
+
+
+@pytest.fixture(scope="module")
+def server(
+    pki: Path, stored: list[event_pb2.Event], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CortexThread]:
+    base = tmp_path_factory.mktemp("cortex")
+    cert = tls(pki, "cortex-c1")
+    table: dict[str, Any] = {
+        "server": {
+            "listen": f"{HOST}:0",
+            "tls": {"cert": str(cert.cert), "key": str(cert.key), "ca": str(cert.ca)},
+            "shutdown_grace": "0s",
+        },
+        "store": {"directory": str(base / "store"), "synchronous": "NORMAL"},
+        "keyring": {"directory": str(base / "keys")},
+        # Configured but unreachable (port 1): listed by the guardian RPCs, never connected.
+        "guardians": [{"id": GUARDIAN, "address": f"{HOST}:1", "role": "alpha", "host": "web-1"}],
+        "ingest": {"reconnect_initial": "1s", "reconnect_max": "5s"},
+    }
+    config = config_from_dict(CortexConfig, table)
+    KeyManager.create(base / "keys", "cortex")
+    store = open_store(config, CheckpointSigner.from_tls(load_tls(cert)))
+    try:
+        for first in range(0, N_EVENTS, 1000):
+            chunk = stored[first : first + 1000]
+            store.append_batch(GUARDIAN, chunk, StoredCursor(SPIFFE, chunk[-1].seq))
+    finally:
+        store.close()
+    srv = CortexThread(config)
+    yield srv
+    srv.close()
+
+
+# --- clients ------------------------------------------------------------------------------------
+
+
+def call(pki: Path, port: int, stem: str, method: str, request: Any) -> Any:
+    """One unary call with grpcio over mesh.channel (hybrid key exchange), as `stem`."""
+
+    async def body() -> Any:
+        config = ChannelConfig(target=f"{HOST}:{port}", tls=tls(pki, stem))
+        async with open_channel(config) as channel:
+            return await getattr(pb_grpc.CortexServiceStub(channel), method)(request)
+
+    return asyncio.run(body())
+
+
+def refusal(pki: Path, port: int, method: str, request: Any, stem: str = "soar-s1") -> Any:
+    """The code and ErrorInfo of a call that must fail."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call(pki, port, stem, method, request)
+    err: Any = caught.value
+    return err.code(), err.details(), error_info(err.trailing_metadata() or ())
+
+
+def error_info(trailers: Any) -> error_details_pb2.ErrorInfo | None:
+    for key, value in trailers:
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            assert len(status.details) == 1, status
+            info = error_details_pb2.ErrorInfo()
+            assert status.details[0].Unpack(info)
+            return info
+    return None
+
+
+def page_all(pki: Path, port: int, **request: Any) -> tuple[list[event_pb2.Event], int]:
+    events: list[event_pb2.Event] = []
+    token, pages = "", 0
+    while True:
+        resp = call(
+            pki, port, "soar-s1", "ListEvents", pb.ListEventsRequest(page_token=token, **request)
+        )
+        events.extend(resp.events)
+        pages += 1
+        token = resp.next_page_token
+        if not token:
+            return events, pages
+
+
+def ids(events: list[event_pb2.Event]) -> list[str]:
+    return [e.id for e in events]
+
+
+def newest_first(events: list[event_pb2.Event]) -> list[str]:
+    # The store's order: time, then insertion (rowid), descending.
+    order = sorted(enumerate(events), key=lambda p: (p[1].time.ToNanoseconds(), p[0]), reverse=True)
+    return [e.id for _, e in order]
+
+
+def matches(events: list[event_pb2.Event]) -> list[event_pb2.Event]:
+    return [e for e in events if e.process.exe == "/tmp/x" and e.rule.id == "alpha.ptrace"]
+
+
+# --- grpcio ---------------------------------------------------------------------------------------
+
+
+def test_pages_through_every_event_newest_first(
+    pki: Path, server: CortexThread, stored: list[event_pb2.Event]
+) -> None:
+    events, pages = page_all(pki, server.port, page_size=1000)
+    assert pages == 10
+    assert ids(events) == newest_first(stored)
+    # Payloads come back whole: the stored event, decrypted.
+    by_id = {e.id: e for e in stored}
+    assert all(e == by_id[e.id] for e in events[:50])
+
+
+def test_selective_filter_on_blind_and_clear_fields(
+    pki: Path, server: CortexThread, stored: list[event_pb2.Event]
+) -> None:
+    expected = matches(stored)
+    assert 100 < len(expected) < N_EVENTS // 2
+    events, pages = page_all(pki, server.port, page_size=400, filter=SELECTIVE, order_by="time")
+    assert pages == -(-len(expected) // 400) + (len(expected) % 400 == 0)
+    assert sorted(ids(events)) == sorted(ids(expected))
+    times = [e.time.ToNanoseconds() for e in events]
+    assert times == sorted(times)  # order_by time: oldest first
+
+
+def test_get_event_and_its_refusals(
+    pki: Path, server: CortexThread, stored: list[event_pb2.Event]
+) -> None:
+    target = stored[1234]
+    resp = call(
+        pki, server.port, "operator-o1", "GetEvent", pb.GetEventRequest(name=f"events/{target.id}")
+    )
+    assert resp.event == target
+    missing = "events/00000000-0000-7000-8000-000000000000"
+    code, _, info = refusal(pki, server.port, "GetEvent", pb.GetEventRequest(name=missing))
+    assert (code, info.reason, info.domain) == (
+        grpc.StatusCode.NOT_FOUND,
+        "EVENT_NOT_FOUND",
+        "cortex.qsc",
+    )
+    code, _, info = refusal(pki, server.port, "GetEvent", pb.GetEventRequest(name="event/x"))
+    assert (code, info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NAME")
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "reason", "metadata"),
+    [
+        ({"filter": 'severity >= "HUGE"'}, "INVALID_FILTER", {"argument": "filter"}),
+        ({"filter": 'process.exe > "/tmp/x"'}, "INVALID_FILTER", {"argument": "filter"}),
+        (
+            {"filter": "no_such_field = 1"},
+            "INVALID_FILTER",
+            {"argument": "filter", "position": "1"},
+        ),
+        ({"filter": '(rule.id = "a"'}, "INVALID_FILTER", {"argument": "filter"}),
+        ({"filter": "x" * 100_000}, "INVALID_FILTER", {"argument": "filter"}),
+        ({"order_by": "severity"}, "INVALID_ORDER_BY", {"argument": "order_by"}),
+        ({"page_size": -1}, "INVALID_PAGE_SIZE", {}),
+        ({"page_token": "not-a-token"}, "INVALID_PAGE_TOKEN", {}),
+    ],
+)
+def test_bad_requests_are_invalid_argument_with_a_reason(
+    pki: Path,
+    server: CortexThread,
+    request_fields: dict[str, Any],
+    reason: str,
+    metadata: dict[str, str],
+) -> None:
+    code, details, info = refusal(
+        pki, server.port, "ListEvents", pb.ListEventsRequest(**request_fields)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert info is not None
+    assert (info.reason, info.domain) == (reason, "cortex.qsc")
+    assert metadata.items() <= dict(info.metadata).items()
+    if reason == "INVALID_FILTER":
+        assert "position" in info.metadata
+        assert info.metadata["position"] in details
+
+
+def test_a_token_works_only_with_its_own_filter_and_order(pki: Path, server: CortexThread) -> None:
+    first = call(
+        pki,
+        server.port,
+        "soar-s1",
+        "ListEvents",
+        pb.ListEventsRequest(page_size=10, filter=SELECTIVE),
+    )
+    token = first.next_page_token
+    assert token
+    # The same filter spelt differently means the same thing: the token is accepted.
+    respelt = f"({SELECTIVE})"
+    again = call(
+        pki,
+        server.port,
+        "soar-s1",
+        "ListEvents",
+        pb.ListEventsRequest(page_size=10, filter=respelt, page_token=token),
+    )
+    assert len(again.events) == 10
+    for other in (
+        pb.ListEventsRequest(page_size=10, filter='rule.id = "alpha.ptrace"', page_token=token),
+        pb.ListEventsRequest(page_size=10, filter=SELECTIVE, order_by="time", page_token=token),
+        pb.ListEventsRequest(
+            page_size=10,
+            filter=SELECTIVE,
+            page_token=token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1],
+        ),
+    ):
+        code, _, info = refusal(pki, server.port, "ListEvents", other)
+        assert (code, info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
+
+
+def test_page_size_default_and_maximum(pki: Path, server: CortexThread) -> None:
+    default = call(pki, server.port, "soar-s1", "ListEvents", pb.ListEventsRequest())
+    assert len(default.events) == 100
+    assert default.next_page_token
+    capped = call(pki, server.port, "soar-s1", "ListEvents", pb.ListEventsRequest(page_size=50_000))
+    assert len(capped.events) == 1000
+
+
+def test_only_soar_and_operator_read(pki: Path, server: CortexThread) -> None:
+    for stem in ("soar-s1", "operator-o1"):
+        resp = call(pki, server.port, stem, "ListEvents", pb.ListEventsRequest(page_size=1))
+        assert len(resp.events) == 1
+    for stem in ("alpha-web-1", "cortex-c1"):
+        code, _, _ = refusal(
+            pki, server.port, "ListEvents", pb.ListEventsRequest(page_size=1), stem
+        )
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        code, _, _ = refusal(pki, server.port, "ListGuardians", pb.ListGuardiansRequest(), stem)
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_guardians_are_listed_with_their_state(pki: Path, server: CortexThread) -> None:
+    listed = call(pki, server.port, "operator-o1", "ListGuardians", pb.ListGuardiansRequest())
+    assert [g.name for g in listed.guardians] == [f"guardians/{GUARDIAN}"]
+    got = call(
+        pki,
+        server.port,
+        "soar-s1",
+        "GetGuardian",
+        pb.GetGuardianRequest(name=f"guardians/{GUARDIAN}"),
+    )
+    assert got.guardian.committed_seq == N_EVENTS  # the cursor stored with the last batch
+    assert got.guardian.state in (
+        guardian_pb2.CONNECTION_STATE_CONNECTING,
+        guardian_pb2.CONNECTION_STATE_DISCONNECTED,
+    )
+    assert got.guardian.address == f"{HOST}:1"
+    code, _, info = refusal(
+        pki, server.port, "GetGuardian", pb.GetGuardianRequest(name="guardians/nope")
+    )
+    assert (code, info.reason) == (grpc.StatusCode.NOT_FOUND, "GUARDIAN_NOT_FOUND")
+
+
+def test_parts_not_built_yet_answer_unimplemented(pki: Path, server: CortexThread) -> None:
+    code, _, _ = refusal(pki, server.port, "ListAssessments", pb.ListAssessmentsRequest())
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+
+
+# --- grpcurl ---------------------------------------------------------------------------------
+
+
+def grpcurl(
+    pki: Path, port: int, method: str, request: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    files = tls(pki, "soar-s1")
+    return subprocess.run(
+        [
+            str(_grpcurl()),
+            *("-cacert", str(files.ca), "-cert", str(files.cert), "-key", str(files.key)),
+            *("-d", json.dumps(request)),
+            f"{HOST}:{port}",
+            f"qsc.cortex.v1.CortexService/{method}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_grpcurl_pages_through_a_filter(
+    pki: Path, server: CortexThread, stored: list[event_pb2.Event]
+) -> None:
+    got: list[str] = []
+    token = ""
+    while True:
+        result = grpcurl(
+            pki,
+            server.port,
+            "ListEvents",
+            {"pageSize": 500, "filter": SELECTIVE, "pageToken": token},
+        )
+        assert result.returncode == 0, result.stderr
+        page = json_format.Parse(result.stdout, pb.ListEventsResponse())
+        got.extend(e.id for e in page.events)
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(got) == sorted(ids(matches(stored)))
+
+
+def test_grpcurl_sees_a_bad_filter_refused(pki: Path, server: CortexThread) -> None:
+    result = grpcurl(pki, server.port, "ListEvents", {"filter": "severity >>= HIGH"})
+    assert result.returncode != 0
+    assert "InvalidArgument" in result.stderr
+    assert "filter position" in result.stderr
+
+
+# --- Node.js --------------------------------------------------------------------------------------
+
+
+def node(pki: Path, port: int, request: dict[str, Any]) -> dict[str, Any]:
+    exe = shutil.which("node")
+    if exe is None:
+        pytest.fail(f"Node.js (`node`) is not on PATH; {HOW_TO_FIX}")
+    files = tls(pki, "soar-s1")
+    result = subprocess.run(
+        [
+            *(exe, str(NODE_SCRIPT), str(PROTO_ROOT), str(GOOGLE_PROTOS), f"{HOST}:{port}"),
+            *(str(files.ca), str(files.cert), str(files.key), json.dumps(request)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NODE_PATH": str(NODE_MODULES)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def test_node_client_pages_through_all_events(
+    pki: Path, server: CortexThread, stored: list[event_pb2.Event]
+) -> None:
+    out = node(pki, server.port, {"page_size": 1000})
+    assert out["ok"], out
+    assert out["pages"] == 10
+    assert [e[0] for e in out["events"]] == newest_first(stored)
+    assert {(g, s) for _, g, s in out["events"]} == {(GUARDIAN, s) for s in range(1, N_EVENTS + 1)}
+
+
+def test_node_client_filters_and_reads_the_error_info(
+    pki: Path, server: CortexThread, stored: list[event_pb2.Event]
+) -> None:
+    out = node(pki, server.port, {"page_size": 250, "filter": SELECTIVE, "order_by": "time asc"})
+    assert out["ok"], out
+    assert sorted(e[0] for e in out["events"]) == sorted(ids(matches(stored)))
+    bad = node(pki, server.port, {"filter": 'process.exe = "/tmp/x" AND'})
+    assert not bad["ok"]
+    assert (bad["code"], bad["reason"], bad["domain"]) == (
+        "INVALID_ARGUMENT",
+        "INVALID_FILTER",
+        "cortex.qsc",
+    )
+    assert bad["metadata"]["argument"] == "filter"
+    assert int(bad["metadata"]["position"]) > 0
+    token = node(pki, server.port, {"page_size": 5, "filter": SELECTIVE, "max_pages": 1})[
+        "last_token"
+    ]
+    reused = node(
+        pki, server.port, {"page_size": 5, "filter": "severity >= HIGH", "page_token": token}
+    )
+    assert (reused["ok"], reused["reason"]) == (False, "INVALID_PAGE_TOKEN")
