@@ -213,11 +213,11 @@ def test_guardians_stream_into_the_store_exactly_once_and_resume(pki: Path, tmp_
             for node in nodes:
                 assert_exactly_once(tmp_path, node)
             directory = cortex.directory
-            views = {v.guardian_id: v for v in directory.guardians()}
             await until(
                 lambda: all(v.state is ConnectionState.CONNECTED for v in directory.guardians()),
                 "both connected",
             )
+            views = {v.guardian_id: v for v in directory.guardians()}
             assert views[nodes[0].id].spiffe_id == f"spiffe://{TD}/alpha/web-01"
 
             # A gap event and a failed sensor become the Cortex's own findings, in the store.
