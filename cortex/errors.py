@@ -14,6 +14,8 @@ from mesh.errors import (
     InvalidArgumentError,
     MeshError,
     NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
 )
 
 
@@ -139,3 +141,38 @@ class GuardianMismatchError(IngestError, FailedPreconditionError):
         super().__init__(f"guardian {guardian_id}: {reason}")
         self.guardian_id = guardian_id
         self.reason = reason
+
+
+# --- guardian calls (`cortex.guardian_client`) ----------------------------------------------
+
+
+class GuardianCallError(CortexError):
+    """A call to a guardian (AlphaService, BetaService) failed; `code` is the gRPC status name
+    the guardian (or the channel) answered, and the message is its details."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}" if details else code)
+        self.code = code
+        self.details = details
+
+
+class GuardianUnavailableError(GuardianCallError, UnavailableError):
+    """The guardian could not be reached, or did not answer within the call's deadline."""
+
+
+class GuardianDeniedError(GuardianCallError, PermissionDeniedError):
+    """The guardian refused the Cortex's certificate or its role for this call."""
+
+
+class GuardianArgumentError(GuardianCallError, InvalidArgumentError):
+    """The guardian refused the request's arguments (INVALID_ARGUMENT)."""
+
+
+class GuardianNotFoundCallError(GuardianCallError, NotFoundError):
+    """The request names something the guardian does not have (an unknown proposal id, backup
+    set or process)."""
+
+
+class GuardianPreconditionError(GuardianCallError, FailedPreconditionError):
+    """The guardian cannot do it in its current state (a proposal already decided, a file that
+    changed again, a tampered baseline)."""
