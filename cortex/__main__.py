@@ -1,7 +1,7 @@
 """`qsc-cortex`: the Cortex and its tools.
 
     qsc-cortex run --config PATH [--port-file PATH] [--check-config]    the Cortex
-    qsc-cortex store ...                 store tools (`cortex.store_cli`, when installed)
+    qsc-cortex store verify|checkpoint|retain --config PATH ...   store tools (`cortex.store_cli`)
 
 `run` follows every configured guardian into the event store and serves CortexService (health
 and reflection at least); its command line is mesh.service's, shared by every component: once
@@ -10,21 +10,18 @@ exits 0, SIGHUP re-reads the guardian list, errors print `qsc-cortex: error: ...
 traceback (2 for bad arguments or configuration, 1 for anything else: a store that refuses to
 open, an unreadable key). `--check-config` also checks the identity and opens the keyring.
 
-The store's own commands live in `cortex.store_cli` (`add_commands(subparsers)` for the help,
-and `main(argv)`, given the whole command line from `store` on); this module hooks them in when
-that module exists (`add_store_commands`).
+The store's own commands live in `cortex.store_cli`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from cortex import store_cli
 from cortex.config import COMPONENT, CortexConfig, load_cortex_config
 from mesh.command import EXIT_USAGE, command_parser
 from mesh.errors import ConfigError
@@ -35,23 +32,6 @@ if TYPE_CHECKING:
     from cortex.app import Cortex
 
 PROG = "qsc-cortex"
-STORE_CLI = "cortex.store_cli"
-
-
-def _store_cli() -> Any | None:
-    """`cortex.store_cli` when it exists (another change adds it), else None."""
-    if importlib.util.find_spec(STORE_CLI) is None:
-        return None
-    return importlib.import_module(STORE_CLI)
-
-
-def add_store_commands(subparsers: Any) -> bool:
-    """Let `cortex.store_cli.add_commands(subparsers)` add its commands; False without it."""
-    module = _store_cli()
-    if module is None:
-        return False
-    module.add_commands(subparsers)
-    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = command_parser(PROG, description="The QSC Cortex: ingest, store, correlation.")
     groups = parser.add_subparsers(dest="group", title="commands", metavar="COMMAND")
     groups.add_parser("run", help="run the Cortex (ingest and CortexService)")
-    add_store_commands(groups)
+    store_cli.add_commands(groups)
     return parser
 
 
@@ -118,10 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_help="validate config, identity and keyring; exit",
             reload=_reload,
         )
-    store_cli = _store_cli()
-    if group == "store" and store_cli is not None:
-        code: int = store_cli.main(args)
-        return code
+    if group == "store":
+        return store_cli.main(args)
     build_parser().parse_args(args)  # -h, or an unknown command: argparse says so
     build_parser().print_help(sys.stderr)
     return EXIT_USAGE

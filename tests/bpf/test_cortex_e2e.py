@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ ca = "{pki}/ca.crt"
 
 [store]
 directory = "{base}/store"
+checkpoint_interval = "1s"
 
 [keyring]
 directory = "{base}/keys"
@@ -273,3 +275,26 @@ def test_a_killed_guardian_is_lost_then_resumed(mesh: Mesh) -> None:
     stored = events(mesh, f'guardian = "{ALPHA_ID}"')
     seqs = [e.seq for e in stored]
     assert len(seqs) == len(set(seqs))  # stored exactly once by (guardian, seq)
+
+
+def test_the_store_verifies_and_exports_beside_the_running_cortex(mesh: Mesh) -> None:
+    config = str(mesh.cortex.base / "cortex.toml")
+    out = mesh.cortex.base / "checkpoint.json"
+
+    def store_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "cortex", "store", *args, "--config", config]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+    eventually(
+        "a checkpoint signed by the running Cortex",
+        lambda: not store_cli("checkpoint", "--out", str(out)).returncode,
+    )
+    verified = store_cli("verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "OK" in verified.stdout
+    out.unlink()
+    exported = store_cli("checkpoint", "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert "the latest the running Cortex signed" in exported.stdout
+    against = store_cli("verify", "--checkpoint", str(out))
+    assert against.returncode == 0, against.stdout + against.stderr
