@@ -15,6 +15,7 @@ from mesh.errors import (
     MeshError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 
@@ -158,6 +159,11 @@ class GuardianCallError(CortexError):
 
 class GuardianUnavailableError(GuardianCallError, UnavailableError):
     """The guardian could not be reached, or did not answer within the call's deadline."""
+
+
+class GuardianBusyError(GuardianCallError, ResourceExhaustedError):
+    """The guardian is doing this work already (one integrity scan at a time) or is over a
+    limit (RESOURCE_EXHAUSTED): try again later."""
 
 
 class GuardianDeniedError(GuardianCallError, PermissionDeniedError):

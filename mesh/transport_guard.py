@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from typing import Any, Final
 
 import grpc
@@ -46,10 +47,12 @@ def _header(metadata: Any, key: str) -> str | None:
     return None
 
 
+def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
+
+
 def _refusal(details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAUTHENTICATED, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None
-    )
+    return _error(grpc.StatusCode.UNAUTHENTICATED, details)
 
 
 class TransportGuard:
@@ -72,19 +75,32 @@ class TransportGuard:
     def interceptors(self) -> list[Any]:
         return [cls(self) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
 
-    async def ensure(self) -> None:
+    @property
+    def settled(self) -> bool:
+        """No check is needed before the next call."""
+        return self._verified or self.mode is not PqMode.REQUIRE or _in_preflight.get()
+
+    async def ensure(self, timeout: float | None = None) -> None:
         """Return once this channel's connection is known to be acceptable; else raise the
         AioRpcError the call ends with (the check's own error when the server cannot be
-        reached, so callers see UNAVAILABLE as they would have)."""
-        if self._verified or self.mode is not PqMode.REQUIRE or _in_preflight.get():
+        reached, so callers see UNAVAILABLE as they would have). `timeout` is the call's own
+        deadline: the check spends it, so a server that never finishes its handshake costs the
+        caller no more than the deadline it chose."""
+        if self.settled:
             return  # prefer: classical is allowed, and the server counts it
         if self._lock is None:
             self._lock = asyncio.Lock()
-        async with self._lock:
-            if not self._verified:
-                await self._check()
+        try:
+            async with asyncio.timeout(timeout), self._lock:
+                if not self._verified:
+                    await self._check(timeout)
+        except TimeoutError:
+            raise _error(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "deadline exceeded while checking the connection's key exchange",
+            ) from None
 
-    async def _check(self) -> None:
+    async def _check(self, timeout: float | None) -> None:
         channel = self.channel
         if channel is None:
             raise RuntimeError("TransportGuard used before attach()")
@@ -95,7 +111,7 @@ class TransportGuard:
                 HEALTH_CHECK,
                 request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
                 response_deserializer=health_pb2.HealthCheckResponse.FromString,
-            )(health_pb2.HealthCheckRequest())
+            )(health_pb2.HealthCheckRequest(), timeout=timeout)
             try:
                 await call
             except grpc.aio.AioRpcError as exc:
@@ -163,8 +179,20 @@ class _Guard:
         self._guard = guard
 
     async def _go(self, continuation: Any, details: Any, request: Any) -> Any:
-        await self._guard.ensure()
-        return await continuation(details, request)
+        timeout = details.timeout
+        if timeout is None or self._guard.settled:
+            await self._guard.ensure(timeout)
+            return await continuation(details, request)
+        started = time.monotonic()
+        await self._guard.ensure(timeout)
+        # The call gets what the check left of its deadline: one deadline for both.
+        left = max(timeout - (time.monotonic() - started), 0.001)
+        return await continuation(
+            grpc.aio.ClientCallDetails(
+                details.method, left, details.metadata, details.credentials, details.wait_for_ready
+            ),
+            request,
+        )
 
 
 # grpc.aio files an interceptor object under the first arity it implements: one class each.

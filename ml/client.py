@@ -6,9 +6,9 @@
         scores = await ml.score(ScoreBatch(SCHEMA_VERSION, FEATURES, keys, rows))
         scores.verdicts, scores.confidence           # BatchScores, in row order
 
-- The channel is `mesh.channel.open_channel`: mTLS from the caller's identity files, and retries
-  of UNAVAILABLE with backoff per the channel's `RetryPolicy`. It is opened on entering the
-  context and reused by every call until the context closes it.
+- The frame is `mesh.calls.MeshClient`: one `mesh.channel` channel (mTLS from the caller's
+  identity files, retries of UNAVAILABLE with backoff per the channel's `RetryPolicy`), opened on
+  entering the context and reused by every call until the context closes it.
 - Each call has a deadline: `score_timeout` or `model_timeout` from the config, or `timeout=` for
   one call; the retries spend that one deadline, never more.
 - A failed call raises from ml.errors (see there for the table): `InvalidInputError` naming the
@@ -20,16 +20,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Final
 
 import grpc
 
-from mesh.channel import ChannelConfig, open_channel
-from mesh.errors import ConfigError
+from mesh.calls import DENIED_CODES, UNAVAILABLE_CODES, MeshClient, require_positive
+from mesh.channel import ChannelConfig
 from ml import _convert
 from ml.api import BatchScores, ModelInfo, ScoreBatch
 from ml.errors import (
@@ -46,11 +44,6 @@ from qsc.ml.v1 import anomaly_service_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     from qsc.ml.v1.anomaly_service_pb2_grpc import AnomalyServiceAsyncStub
 
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-
-_UNAVAILABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-_DENIED: Final = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 # What InvalidInputError names when the service's message does not start with a field.
 _WHOLE_REQUEST: Final = "request"
 
@@ -64,49 +57,25 @@ class AnomalyClientConfig:
     model_timeout: timedelta = timedelta(seconds=5)
 
     def __post_init__(self) -> None:
-        for key in ("score_timeout", "model_timeout"):
-            if getattr(self, key) <= timedelta(0):
-                raise ConfigError(key, "must be positive")
+        require_positive(self, "score_timeout", "model_timeout")
 
 
-class AnomalyClient:
+class AnomalyClient(MeshClient["AnomalyServiceAsyncStub"]):
     """AnomalyService calls over one channel; use it as an async context manager (or call
     `open()` inside the event loop and `close()` when done)."""
 
     def __init__(self, config: AnomalyClientConfig) -> None:
+        super().__init__(config.channel, call_error)
         self.config = config
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: AnomalyServiceAsyncStub | None = None
 
-    async def __aenter__(self) -> Self:
-        self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def open(self) -> None:
-        """Open the channel (once; the identity files are checked now and raise IdentityError)."""
-        if self._channel is None:
-            self._channel = open_channel(self.config.channel)
-            self._stub = pb_grpc.AnomalyServiceStub(self._channel)
-
-    async def close(self) -> None:
-        """Close the channel; calls still running end CANCELLED."""
-        channel, self._channel, self._stub = self._channel, None, None
-        if channel is not None:
-            await channel.close(None)
+    def _bind(self, channel: grpc.aio.Channel) -> AnomalyServiceAsyncStub:
+        return pb_grpc.AnomalyServiceStub(channel)
 
     async def score(self, batch: ScoreBatch, *, timeout: timedelta | None = None) -> BatchScores:
         """Score `batch` with the serving model (or fail if `batch.model_version` is set and
         another one serves)."""
-        response = await self._call(
-            self._live().Score,
+        response = await self._unary(
+            self.stubs.Score,
             _convert.score_request(batch),
             self.config.score_timeout if timeout is None else timeout,
         )
@@ -114,26 +83,12 @@ class AnomalyClient:
 
     async def model(self, *, timeout: timedelta | None = None) -> ModelInfo:
         """The serving model, as GetModel describes it."""
-        response = await self._call(
-            self._live().GetModel,
+        response = await self._unary(
+            self.stubs.GetModel,
             pb.GetModelRequest(),
             self.config.model_timeout if timeout is None else timeout,
         )
         return _convert.model_info(response)
-
-    def _live(self) -> AnomalyServiceAsyncStub:
-        if self._stub is None:
-            raise RuntimeError("the client is not open: use `async with AnomalyClient(...)`")
-        return self._stub
-
-    @staticmethod
-    async def _call(
-        method: Callable[..., Awaitable[Response]], request: Request, timeout: timedelta
-    ) -> Response:
-        try:
-            return await method(request, timeout=timeout.total_seconds())
-        except grpc.aio.AioRpcError as exc:
-            raise call_error(exc.code(), exc.details() or "") from None
 
 
 def call_error(code: grpc.StatusCode, details: str) -> MlError:
@@ -146,8 +101,8 @@ def call_error(code: grpc.StatusCode, details: str) -> MlError:
         return InvalidInputError(_WHOLE_REQUEST, details)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return ModelVersionMismatchError(details)
-    if code in _UNAVAILABLE:
+    if code in UNAVAILABLE_CODES:
         return ServiceUnavailableError(code.name, details)
-    if code in _DENIED:
+    if code in DENIED_CODES:
         return AccessDeniedError(code.name, details)
     return ServiceCallError(code.name, details)
