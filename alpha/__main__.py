@@ -19,8 +19,7 @@ from alpha.app import Alpha
 from alpha.config import COMPONENT, AlphaConfig, load_alpha_config
 from alpha.rules import RuleEngine, RuleError
 from mesh.command import EXIT_USAGE, ErrorExit
-from mesh.errors import ConfigError
-from mesh.identity import load_tls
+from mesh.identity import load_tls_of_role
 from mesh.service import serve
 
 PROG = "qsc-alpha"
@@ -30,11 +29,7 @@ def check_config(config: AlphaConfig) -> str:
     """What --check-config verifies beyond parsing: the rules load, the certificate is an
     Alpha's. Returns a summary; raises the error that would stop a start."""
     engine = RuleEngine.default(config.rules.files)
-    identity = load_tls(config.server.tls).identity
-    if identity.role != "alpha":
-        raise ConfigError(
-            "server.tls.cert", f"certifies role {identity.role!r}, not 'alpha' ({identity})"
-        )
+    identity = load_tls_of_role(config.server.tls, "alpha").identity
     status = engine.status()
     return (
         f"{PROG}: configuration OK: identity {identity.spiffe_id}, rules {status.version} "

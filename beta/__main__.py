@@ -24,9 +24,8 @@ from beta.backups import cli as manifest_cli
 from beta.config import COMPONENT, BetaConfig, load_beta_config
 from beta.fim import BaselineMissingError, BaselineStore
 from beta.fim import cli as baseline_cli
-from mesh.command import EXIT_USAGE, command_parser
-from mesh.errors import ConfigError
-from mesh.identity import load_tls
+from mesh.command import command_parser, dispatch
+from mesh.identity import load_tls_of_role
 from mesh.service import serve
 
 if TYPE_CHECKING:
@@ -52,11 +51,7 @@ def check_config(config: BetaConfig) -> str:
     Raises the error that would stop a start (or, for bad vault copies, degrade healing)."""
     from beta.app import open_keys  # the guardian's imports, only when needed
 
-    identity = load_tls(config.server.tls).identity
-    if identity.role != "beta":
-        raise ConfigError(
-            "server.tls.cert", f"certifies role {identity.role!r}, not 'beta' ({identity})"
-        )
+    identity = load_tls_of_role(config.server.tls, "beta").identity
     keys = open_keys(config)
     baseline = "FIM off (no [[fim.paths]])"
     if config.fim.paths:
@@ -108,29 +103,27 @@ def _build(config: BetaConfig) -> Beta:
     return Beta(config)
 
 
+def _run(args: list[str]) -> int:
+    return serve(
+        PROG,
+        args[1:],
+        component=COMPONENT,
+        load_config=load_beta_config,
+        build=_build,
+        command="run",
+        description="Run Guardian-Beta (integrity assurance): GuardianService and "
+        "BetaService over mTLS.",
+        check=check_config,
+        check_help="validate config, identity, keyring and baseline; exit",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    group, rest = (args[0], args[1:]) if args else ("", [])
-    if group == "run":
-        return serve(
-            PROG,
-            rest,
-            component=COMPONENT,
-            load_config=load_beta_config,
-            build=_build,
-            command="run",
-            description="Run Guardian-Beta (integrity assurance): GuardianService and "
-            "BetaService over mTLS.",
-            check=check_config,
-            check_help="validate config, identity, keyring and baseline; exit",
-        )
-    if group == "baseline":
-        return baseline_cli.main(args)
-    if group == "manifest":
-        return manifest_cli.main(args)
-    build_parser().parse_args(args)  # -h, or an unknown command: argparse says so
-    build_parser().print_help(sys.stderr)
-    return EXIT_USAGE
+    return dispatch(
+        argv,
+        {"run": _run, "baseline": baseline_cli.main, "manifest": manifest_cli.main},
+        build_parser,
+    )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING
 
 from cortex import store_cli
 from cortex.config import COMPONENT, CortexConfig, load_cortex_config
-from mesh.command import EXIT_USAGE, command_parser
-from mesh.errors import ConfigError
-from mesh.identity import load_tls
+from mesh.command import command_parser, dispatch
+from mesh.identity import load_tls_of_role
 from mesh.service import serve
 
 if TYPE_CHECKING:
@@ -48,11 +47,7 @@ def check_config(config: CortexConfig) -> str:
     keyring opens. The store itself is not opened (a running Cortex holds its writer lock)."""
     from crypto.keyring import KeyManager
 
-    identity = load_tls(config.server.tls).identity
-    if identity.role != COMPONENT:
-        raise ConfigError(
-            "server.tls.cert", f"certifies role {identity.role!r}, not 'cortex' ({identity})"
-        )
+    identity = load_tls_of_role(config.server.tls, COMPONENT).identity
     keys = KeyManager.open(config.keyring.directory, COMPONENT)
     return (
         f"{PROG}: configuration OK: identity {identity.spiffe_id}, keyring {keys}, store "
@@ -80,29 +75,25 @@ def _reload(cortex: Cortex) -> None:
     cortex.reload()
 
 
+def _run(args: list[str]) -> int:
+    loader = _Loader()
+    return serve(
+        PROG,
+        args[1:],
+        component=COMPONENT,
+        load_config=loader,
+        build=loader.build,
+        command="run",
+        description="Run the QSC Cortex: follow the guardians into the event store and "
+        "serve CortexService over mTLS.",
+        check=check_config,
+        check_help="validate config, identity and keyring; exit",
+        reload=_reload,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    group, rest = (args[0], args[1:]) if args else ("", [])
-    if group == "run":
-        loader = _Loader()
-        return serve(
-            PROG,
-            rest,
-            component=COMPONENT,
-            load_config=loader,
-            build=loader.build,
-            command="run",
-            description="Run the QSC Cortex: follow the guardians into the event store and "
-            "serve CortexService over mTLS.",
-            check=check_config,
-            check_help="validate config, identity and keyring; exit",
-            reload=_reload,
-        )
-    if group == "store":
-        return store_cli.main(args)
-    build_parser().parse_args(args)  # -h, or an unknown command: argparse says so
-    build_parser().print_help(sys.stderr)
-    return EXIT_USAGE
+    return dispatch(argv, {"run": _run, "store": store_cli.main}, build_parser)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from cortex.ingest import Ingest, OwnIdentity
 from cortex.service import SERVICE, CortexServicer
 from cortex.store import CheckpointSigner, SqliteEventStore
 from mesh.channel import open_channel
-from mesh.errors import ConfigError, MeshError
-from mesh.identity import load_tls
+from mesh.errors import MeshError
+from mesh.identity import load_tls_of_role
 from mesh.logs import log_event
 from mesh.server import ComponentServer
 from mesh.stream.subscriber import Dialer
@@ -64,13 +64,7 @@ class Cortex:
     ) -> None:
         self.config = config
         self.config_path = config_path
-        material = load_tls(config.server.tls)
-        if material.identity.role != COMPONENT:
-            raise ConfigError(
-                "server.tls.cert",
-                f"certifies role {material.identity.role!r}, not 'cortex' "
-                f"({material.identity.spiffe_id})",
-            )
+        material = load_tls_of_role(config.server.tls, COMPONENT)
         self.identity = material.identity
         self.store = open_store(config, CheckpointSigner.from_tls(material))
         try:

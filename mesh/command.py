@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
@@ -42,6 +42,7 @@ __all__ = [
     "ErrorExit",
     "UsageError",
     "command_parser",
+    "dispatch",
     "fail",
     "run_cli",
     "run_command",
@@ -130,3 +131,20 @@ def run_cli(
         (getattr(args, "group_parser", None) or parser).print_help(sys.stderr)
         return EXIT_USAGE
     return run_command(prog, lambda: handler(args), errors=errors)
+
+
+def dispatch(
+    argv: Sequence[str] | None,
+    commands: Mapping[str, Callable[[list[str]], int]],
+    parser: Callable[[], argparse.ArgumentParser],
+) -> int:
+    """The top level of a command with groups (`qsc-beta run|baseline|manifest`): run the
+    group `argv[0]` names with the whole argument list (each group parses its own); else let
+    `parser()` (the top-level help) answer -h or an unknown group, and exit 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    handler = commands.get(args[0]) if args else None
+    if handler is not None:
+        return handler(args)
+    parser().parse_args(args)  # -h, or an unknown command: argparse says so
+    parser().print_help(sys.stderr)
+    return EXIT_USAGE

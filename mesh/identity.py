@@ -24,7 +24,7 @@ from crypto.errors import KeyFileError, PkiError, VerificationError
 from crypto.keyfile import read_private_file
 from crypto.pki import Identity, ca_trust_domain, load_certificates, parse_spiffe_id, verify_leaf
 from mesh.config import TlsFiles  # the one TlsFiles: config validates its shape, we load it
-from mesh.errors import IdentityError
+from mesh.errors import ConfigError, IdentityError
 
 AUTH_PEER_SPIFFE_ID: Final = "peer_spiffe_id"
 
@@ -89,6 +89,18 @@ def load_tls(files: TlsFiles) -> TlsMaterial:
         trust_domain=trust_domain,
         key_path=files.key,
     )
+
+
+def load_tls_of_role(files: TlsFiles, role: str, *, key: str = "server.tls.cert") -> TlsMaterial:
+    """`load_tls`, refusing (ConfigError on `key`) a certificate that is not of `role`: a
+    component started with another component's identity stops before it listens."""
+    material = load_tls(files)
+    identity = material.identity
+    if identity.role != role:
+        raise ConfigError(
+            key, f"certifies role {identity.role!r}, not {role!r} ({identity.spiffe_id})"
+        )
+    return material
 
 
 def signing_key(material: TlsMaterial) -> SigningKey:
