@@ -14,21 +14,7 @@
 
 const fs = require("fs");
 const path = require("path");
-
-function requireTool(name) {
-  try {
-    return require(name);
-  } catch (err) {
-    process.stderr.write(
-      `cannot load ${name} (${err.code || err.message}); ` +
-        "install the Node.js tools with `npm ci --prefix tools/npm` (or run `make test`)\n",
-    );
-    process.exit(3);
-  }
-}
-
-const protoLoader = requireTool("@grpc/proto-loader");
-const grpc = requireTool("@grpc/grpc-js");
+const { grpc, loadDefinition, usage } = require("./node_common");
 
 const warnings = [];
 process.on("warning", (warning) => warnings.push(`${warning.name}: ${warning.message}`));
@@ -74,21 +60,12 @@ function collectServices(node, prefix, out) {
 function main() {
   const root = process.argv[2];
   if (!root) {
-    process.stderr.write("usage: node load_protos.js PROTO_ROOT < requests.json\n");
-    process.exit(2);
+    usage("node load_protos.js PROTO_ROOT < requests.json");
   }
   const input = fs.readFileSync(0, "utf8").trim();
   const requests = input ? JSON.parse(input) : {};
   const files = protoFiles(root);
-  const packageDefinition = protoLoader.loadSync(files, {
-    includeDirs: [root],
-    keepCase: true,
-    longs: String,
-    enums: String,
-    bytes: String,
-    defaults: false,
-    oneofs: true,
-  });
+  const packageDefinition = loadDefinition(root, files, { bytes: String });
   const loaded = grpc.loadPackageDefinition(packageDefinition);
   const services = collectServices(loaded, "", {});
 

@@ -13,32 +13,17 @@
 // npm modules are missing, 2 on bad usage.
 "use strict";
 
-const fs = require("fs");
 const path = require("path");
+const {
+  grpc,
+  loadDefinition,
+  mtlsCredentials,
+  printJson,
+  requireTool,
+  usage,
+} = require("./node_common");
 
-function requireTool(name) {
-  try {
-    return require(name);
-  } catch (err) {
-    process.stderr.write(
-      `cannot load ${name} (${err.code || err.message}); ` +
-        "install the Node.js tools with `npm ci --prefix tools/npm` (or run `make test`)\n",
-    );
-    process.exit(3);
-  }
-}
-
-const protoLoader = requireTool("@grpc/proto-loader");
-const grpc = requireTool("@grpc/grpc-js");
 const protobuf = requireTool("protobufjs");
-
-const LOADER_OPTIONS = {
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: false,
-  oneofs: true,
-};
 
 // google.rpc.Status -> its ErrorInfo detail, if any.
 function errorInfo(googleRoot, metadata) {
@@ -63,20 +48,14 @@ function errorInfo(googleRoot, metadata) {
 function main() {
   const [root, googleRoot, address, ca, cert, key, requestJson] = process.argv.slice(2);
   if (!requestJson) {
-    process.stderr.write(
-      "usage: node node_list_events.js PROTO_ROOT GOOGLE_PROTO_ROOT HOST:PORT CA CERT KEY " +
-        "REQUEST_JSON\n",
+    usage(
+      "node node_list_events.js PROTO_ROOT GOOGLE_PROTO_ROOT HOST:PORT CA CERT KEY REQUEST_JSON",
     );
-    process.exit(2);
   }
   const request = JSON.parse(requestJson);
-  const definition = protoLoader.loadSync("qsc/cortex/v1/cortex_service.proto", {
-    includeDirs: [root],
-    ...LOADER_OPTIONS,
-  });
+  const definition = loadDefinition(root, "qsc/cortex/v1/cortex_service.proto");
   const CortexService = grpc.loadPackageDefinition(definition).qsc.cortex.v1.CortexService;
-  const [caPem, certPem, keyPem] = [ca, cert, key].map((p) => fs.readFileSync(path.resolve(p)));
-  const client = new CortexService(address, grpc.credentials.createSsl(caPem, keyPem, certPem));
+  const client = new CortexService(address, mtlsCredentials(ca, cert, key));
   const events = [];
   let pages = 0;
   let totalSize = null;
@@ -84,7 +63,7 @@ function main() {
   const maxPages = request.max_pages || 1000;
 
   const finish = (out) => {
-    process.stdout.write(JSON.stringify(out) + "\n");
+    printJson(out);
     client.close();
   };
 

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,9 @@ from cortex.config import CortexConfig
 from cortex.guardian_view import ConnectionState
 from cortex.ingest import GUARDIAN_GAP, GUARDIAN_LOST, SENSOR_DEGRADED
 from crypto.keyring import KeyManager
-from crypto.pki import init_ca, issue_leaf, write_leaf
 from mesh.config import config_from_dict
-from mesh.guardian import Guardian, GuardianConfig
 from qsc.common.v1 import event_pb2, pipeline_details_pb2
+from tests.integration.guardian_node import GuardianNode, issue_guardian_pki
 
 TD = "cortex.test"
 HOST = "127.0.0.1"
@@ -46,69 +44,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("pki")
-    ca = init_ca(base, TD)
-    for host, role in GUARDIANS.items():
-        # Dialled at 127.0.0.1: the IP SAN is what TLS checks; the host is the identity.
-        write_leaf(issue_leaf(ca, role, host, ips=[HOST]), base, ca.cert)
-    write_leaf(issue_leaf(ca, "cortex", "c1", ips=[HOST]), base, ca.cert)
-    return base
+    return issue_guardian_pki(tmp_path_factory.mktemp("pki"), TD, GUARDIANS, cortex_ips=[HOST])
 
 
-@dataclass
-class Node:
-    """One guardian identity with its outbox; start() may run it again on the same port."""
+class Node(GuardianNode):
+    """One guardian of GUARDIANS with its outbox; start() may run it again on the same port."""
 
-    pki: Path
-    host: str
-    workdir: Path
-    port: int = 0
-    guardian: Guardian | None = None
-
-    @property
-    def role(self) -> str:
-        return GUARDIANS[self.host]
-
-    @property
-    def id(self) -> str:
-        return f"{self.role}-{self.host}"
-
-    async def start(self) -> None:
-        stem = self.pki / f"{self.role}-{self.host}"
-        table = {
-            "guardian": {"role": self.role, "host": self.host},
-            "server": {
-                "listen": f"{HOST}:{self.port}",
-                "tls": {
-                    "cert": f"{stem}.crt",
-                    "key": f"{stem}.key",
-                    "ca": str(self.pki / "ca.crt"),
-                },
-                "shutdown_grace": "0s",  # a stop cuts the streams, as a killed guardian does
-            },
-            "outbox": {"directory": str(self.workdir / "outbox")},
-            "stream": {"heartbeat_interval": "200ms"},
-        }
-        self.guardian = Guardian(config_from_dict(GuardianConfig, table))
-        self.port = await self.guardian.start()
-
-    async def stop(self) -> None:
-        if self.guardian is not None:
-            await self.guardian.stop()
-            self.guardian = None
-
-    def emit(self, n: int) -> None:
-        assert self.guardian is not None
-        self.guardian.emit_many(event_pb2.Event(summary=f"{self.host} {i}") for i in range(n))
-
-    def emit_one(self, event: event_pb2.Event) -> None:
-        assert self.guardian is not None
-        self.guardian.emit(event)
-
-    @property
-    def last_seq(self) -> int:
-        assert self.guardian is not None
-        return self.guardian.outbox.last_seq
+    trust_domain = TD
+    roles = GUARDIANS
 
 
 def cortex_config(pki: Path, base: Path, nodes: list[Node]) -> CortexConfig:
@@ -191,7 +134,7 @@ def assert_exactly_once(base: Path, node: Node) -> None:
     )
     assert count == (0,)
     (cursor,) = rows(base, "SELECT spiffe_id, seq FROM cursors WHERE guardian_id = ?", node.id)
-    assert cursor == (f"spiffe://{TD}/{node.role}/{node.host}", node.last_seq)
+    assert cursor == (node.spiffe_id, node.last_seq)
 
 
 def test_guardians_stream_into_the_store_exactly_once_and_resume(pki: Path, tmp_path: Path) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Coroutine, Iterator
@@ -37,7 +35,7 @@ from qsc.common.v1 import event_pb2
 from qsc.cortex.v1 import cortex_service_pb2 as pb
 from qsc.cortex.v1 import cortex_service_pb2_grpc as pb_grpc
 from qsc.cortex.v1 import guardian_pb2
-from tests.integration.test_mesh_server import HOW_TO_FIX, NODE_MODULES, PROTO_ROOT, _grpcurl
+from tests.integration.clients import PROTO_ROOT, run_grpcurl, run_node, tls_args
 from tests.unit.test_cortex_store import event
 
 T = TypeVar("T")
@@ -358,19 +356,12 @@ def test_parts_not_built_yet_answer_unimplemented(pki: Path, server: CortexThrea
 def grpcurl(
     pki: Path, port: int, method: str, request: dict[str, Any]
 ) -> subprocess.CompletedProcess[str]:
-    files = tls(pki, "soar-s1")
-    return subprocess.run(
-        [
-            str(_grpcurl()),
-            *("-cacert", str(files.ca), "-cert", str(files.cert), "-key", str(files.key)),
-            *("-d", json.dumps(request)),
-            f"{HOST}:{port}",
-            f"qsc.cortex.v1.CortexService/{method}",
-        ],
-        capture_output=True,
-        text=True,
+    return run_grpcurl(
+        tls(pki, "soar-s1"),
+        *("-d", json.dumps(request)),
+        f"{HOST}:{port}",
+        f"qsc.cortex.v1.CortexService/{method}",
         timeout=60,
-        check=False,
     )
 
 
@@ -406,24 +397,12 @@ def test_grpcurl_sees_a_bad_filter_refused(pki: Path, server: CortexThread) -> N
 
 
 def node(pki: Path, port: int, request: dict[str, Any]) -> dict[str, Any]:
-    exe = shutil.which("node")
-    if exe is None:
-        pytest.fail(f"Node.js (`node`) is not on PATH; {HOW_TO_FIX}")
-    files = tls(pki, "soar-s1")
-    result = subprocess.run(
-        [
-            *(exe, str(NODE_SCRIPT), str(PROTO_ROOT), str(GOOGLE_PROTOS), f"{HOST}:{port}"),
-            *(str(files.ca), str(files.cert), str(files.key), json.dumps(request)),
-        ],
-        capture_output=True,
-        text=True,
+    return run_node(
+        NODE_SCRIPT,
+        *(str(PROTO_ROOT), str(GOOGLE_PROTOS), f"{HOST}:{port}"),
+        *(*tls_args(tls(pki, "soar-s1")), json.dumps(request)),
         timeout=120,
-        env={**os.environ, "NODE_PATH": str(NODE_MODULES)},
-        check=False,
     )
-    assert result.returncode == 0, result.stderr
-    out: dict[str, Any] = json.loads(result.stdout)
-    return out
 
 
 def test_node_client_pages_through_all_events(

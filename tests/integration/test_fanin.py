@@ -21,10 +21,8 @@ from typing import Any
 
 import pytest
 
-from crypto.pki import init_ca, issue_leaf, write_leaf
 from mesh.channel import ChannelConfig
-from mesh.config import TlsFiles, config_from_dict
-from mesh.guardian import Guardian, GuardianConfig
+from mesh.config import TlsFiles
 from mesh.stream.cursor import MemoryCursorStore, StoredCursor
 from mesh.stream.fanin import (
     ConsumerError,
@@ -40,84 +38,26 @@ from mesh.stream.subscriber import (
     ReconnectPolicy,
     SubscriberConfig,
 )
-from qsc.common.v1 import event_pb2
+from tests.integration.guardian_node import HOST, GuardianNode, issue_guardian_pki
 
 TD = "fanin.test"
-HOST = "127.0.0.1"
 GUARDIANS = {"web-01": "alpha", "web-02": "alpha", "db-01": "beta"}
 DEADLINE = 30.0
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("pki")
-    ca = init_ca(base, TD)
-    for host, role in GUARDIANS.items():
-        # Dialled at 127.0.0.1: the IP SAN is what TLS checks; the host is the identity.
-        write_leaf(issue_leaf(ca, role, host, ips=[HOST]), base, ca.cert)
-    write_leaf(issue_leaf(ca, "cortex", "c1"), base, ca.cert)
-    return base
+    return issue_guardian_pki(tmp_path_factory.mktemp("pki"), TD, GUARDIANS)
 
 
 # --- guardians --------------------------------------------------------------------------------
 
 
-@dataclass
-class Node:
-    """One guardian identity with its outbox; start() may run it again on the same port."""
+class Node(GuardianNode):
+    """One guardian of GUARDIANS with its outbox; start() may run it again on the same port."""
 
-    pki: Path
-    host: str
-    workdir: Path
-    port: int = 0
-    guardian: Guardian | None = None
-    emitted: int = 0
-
-    @property
-    def role(self) -> str:
-        return GUARDIANS[self.host]
-
-    async def start(self) -> None:
-        stem = self.pki / f"{self.role}-{self.host}"
-        table = {
-            "guardian": {"role": self.role, "host": self.host},
-            "server": {
-                "listen": f"{HOST}:{self.port}",
-                "tls": {
-                    "cert": f"{stem}.crt",
-                    "key": f"{stem}.key",
-                    "ca": str(self.pki / "ca.crt"),
-                },
-                # No grace: a stop cuts the streams, as a killed guardian does.
-                "shutdown_grace": "0s",
-            },
-            "outbox": {"directory": str(self.workdir / "outbox")},
-            "stream": {"heartbeat_interval": "200ms"},
-        }
-        self.guardian = Guardian(config_from_dict(GuardianConfig, table))
-        self.port = await self.guardian.start()
-
-    async def stop(self) -> None:
-        if self.guardian is not None:
-            await self.guardian.stop()
-            self.guardian = None
-
-    def emit(self, n: int) -> None:
-        assert self.guardian is not None
-        first = self.emitted
-        self.guardian.emit_many(
-            event_pb2.Event(summary=f"{self.host} {i}") for i in range(first, first + n)
-        )
-        self.emitted += n
-
-    @property
-    def last_seq(self) -> int:
-        assert self.guardian is not None
-        return self.guardian.outbox.last_seq
-
-    @property
-    def spiffe_id(self) -> str:
-        return f"spiffe://{TD}/{self.role}/{self.host}"
+    trust_domain = TD
+    roles = GUARDIANS
 
 
 def source(

