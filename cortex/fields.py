@@ -165,12 +165,26 @@ MITRE_TERM_FIELD: Final = "mitre"
 
 def clear_columns(event: event_pb2.Event) -> dict[str, str | int | None]:
     """The `events` columns of `event`, keyed by column name. A field without a value is None
-    (not 0 or ""), which is what `cortex.filter` expects of the store: "absent" is one thing."""
-    row: dict[str, str | int | None] = {}
-    for name, column in COLUMNS.items():
-        found = FIELDS[name].values(event)
-        row[column] = found[0] if found else None
-    return row
+    (not 0 or ""), which is what `cortex.filter` expects of the store: "absent" is one thing.
+
+    Read straight from the message, not through `FIELDS` (this runs once per stored event and
+    the lookups were a tenth of the store's time); `test_cortex_filter` proves it agrees with
+    `FIELDS` on every column."""
+    guardian = event.guardian
+    rule_id = event.rule.id
+    return {
+        "time_ns": event.time.ToNanoseconds() if event.HasField("time") else None,
+        "guardian_id": guardian.id or None,
+        "host": guardian.host or None,
+        "seq": event.seq or None,
+        "category": event.category or None,
+        "severity": event.severity or None,
+        "rule_id": rule_id or None,
+        "kind": event.WhichOneof("detail"),
+    }
+
+
+_BLIND_VALUES: Final = tuple((name, FIELDS[name].values) for name in BLIND_FIELDS)
 
 
 def index_terms(
@@ -179,9 +193,10 @@ def index_terms(
     """The `event_terms` rows of `event` as (field, term): each MITRE technique id as UTF-8, each
     blind value as `blind(field, value)` (the store's keyed HMAC). Duplicates are dropped."""
     rows: dict[tuple[str, bytes], None] = {}  # a dict keeps the order and drops repeats
-    for technique in values(event, "mitre"):
-        rows[(MITRE_TERM_FIELD, str(technique).encode())] = None
-    for name, plain in blind_values(event).items():
-        for value in plain:
-            rows[(name, blind(name, value))] = None
+    for technique in event.rule.techniques:
+        if technique.id:
+            rows[(MITRE_TERM_FIELD, technique.id.encode())] = None
+    for name, values_of in _BLIND_VALUES:
+        for value in values_of(event):
+            rows[(name, blind(name, str(value)))] = None
     return tuple(rows)

@@ -20,6 +20,7 @@ verifier cannot drift apart.
 from __future__ import annotations
 
 import hmac
+import struct
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -50,34 +51,40 @@ RowValue = int | str | bytes | None
 
 
 _NULL: Final = b"\x00"
-
-
-def _value(value: RowValue) -> bytes:
-    # type() dispatch, most common first: this runs ~20 times per stored event.
-    kind = type(value)
-    if kind is str:
-        raw = value.encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
-        return b"\x02" + len(raw).to_bytes(4, "big") + raw
-    if kind is int:
-        return b"\x01" + value.to_bytes(8, "big", signed=True)  # type: ignore[union-attr]
-    if kind is bytes:
-        return b"\x03" + len(value).to_bytes(4, "big") + value  # type: ignore[arg-type,operator]
-    if value is None:
-        return _NULL
-    # A bool is an int and an int subclass is not an int here: refuse rather than guess.
-    raise TypeError(f"unsupported row value {kind.__name__}")
+_TAGGED_INT: Final = struct.Struct(">Bq").pack
+_TAGGED_LENGTH: Final = struct.Struct(">BI").pack
 
 
 def encode_row(row: Sequence[RowValue], terms: Iterable[tuple[str, bytes]]) -> bytes:
     """The canonical encoding of one record: `row` in ROW_COLUMNS order, then its terms."""
     if len(row) != len(ROW_COLUMNS):
         raise ValueError("row has the wrong number of columns")
+    # Inlined (no helper per value): this runs about 20 times per stored event.
+    parts: list[bytes] = []
+    add = parts.append
+    for value in row:
+        kind = type(value)
+        if kind is str:
+            raw = value.encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
+            add(_TAGGED_LENGTH(2, len(raw)))
+            add(raw)
+        elif kind is int:
+            add(_TAGGED_INT(1, value))
+        elif kind is bytes:
+            add(_TAGGED_LENGTH(3, len(value)))  # type: ignore[arg-type]
+            add(value)  # type: ignore[arg-type]
+        elif value is None:
+            add(_NULL)
+        else:  # a bool is an int and an int subclass is not an int here: refuse, not guess
+            raise TypeError(f"unsupported row value {kind.__name__}")
     ordered = sorted(terms)
-    parts = [_value(v) for v in row]
-    parts.append(len(ordered).to_bytes(4, "big"))
+    add(len(ordered).to_bytes(4, "big"))
     for field, term in ordered:
-        parts.append(_value(field))
-        parts.append(_value(term))
+        raw = field.encode("utf-8", "surrogatepass")
+        add(_TAGGED_LENGTH(2, len(raw)))
+        add(raw)
+        add(_TAGGED_LENGTH(3, len(term)))
+        add(term)
     return b"".join(parts)
 
 

@@ -405,6 +405,49 @@ def test_clear_columns_and_index_terms() -> None:
     assert set(fields.COLUMNS) | {"mitre", *fields.BLIND_FIELDS} == set(fields.FIELDS)
 
 
+def _catalogue_events() -> Iterator[event_pb2.Event]:
+    yield event_pb2.Event()  # nothing set: every column absent
+    rng = random.Random(11)
+    for seq in range(1, 200):
+        e = event_pb2.Event(seq=seq if rng.random() < 0.9 else 0)
+        e.severity = classification_pb2.Severity.ValueType(rng.randint(0, 5))
+        e.category = classification_pb2.Category.ValueType(rng.randint(0, 5))
+        if rng.random() < 0.8:
+            e.time.FromNanoseconds(rng.randint(0, 2**62))
+        e.guardian.id = rng.choice(["", "alpha-web-1"])
+        e.guardian.host = rng.choice(["", "web-1"])
+        e.rule.id = rng.choice(["", "alpha.shadow_read"])
+        for technique in rng.sample(["T1059", "T1059", "", "T1003.008"], rng.randint(0, 3)):
+            e.rule.techniques.add(id=technique)
+        e.process.exe = rng.choice(["", "/tmp/x"])
+        detail = rng.randint(0, 3)
+        if detail == 1:
+            e.auth_event.user = rng.choice(["", "root"])
+            e.auth_event.source.address = rng.choice(["", "192.0.2.7"])
+        elif detail == 2:
+            e.file_access.path = rng.choice(["", "/etc/shadow"])
+        elif detail == 3:
+            e.network_connection.remote.address = "198.51.100.1"
+        yield e
+
+
+def test_store_helpers_agree_with_the_catalogue() -> None:
+    # clear_columns and index_terms read the message directly for speed; FIELDS stays the truth.
+    for e in _catalogue_events():
+        columns = fields.clear_columns(e)
+        assert set(columns) == set(fields.COLUMNS.values())
+        for name, column in fields.COLUMNS.items():
+            found = fields.values(e, name)
+            assert columns[column] == (found[0] if found else None), (name, e)
+        want: dict[tuple[str, bytes], None] = {}
+        for technique in fields.values(e, "mitre"):
+            want[("mitre", str(technique).encode())] = None
+        for name, plain in fields.blind_values(e).items():
+            for value in plain:
+                want[(name, blind(name, value))] = None
+        assert fields.index_terms(e, blind) == tuple(want)
+
+
 def test_successors() -> None:
     assert bytes_successor(b"T1059") == b"T105:"
     assert bytes_successor(b"a\xff\xff") == b"b"
