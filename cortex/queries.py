@@ -22,8 +22,9 @@ precedence: `a AND b OR c` is `a AND (b OR c)`; NOT and `-` negate; parentheses 
     lag_events committed_seq latest_seq events_lost   all six operators; an integer
     degraded_sensors                             = !=; holds (or not) that sensor
 
-`total_size` of ListEvents needs a count the `EventStore` interface does not have yet: when the
-store offers `count(where) -> int` it is used, otherwise total_size is 0 ("not computed").
+`total_size` of ListEvents is the store's count of matching events when the first page is
+read; the page token carries it, so later pages report the same total without counting again
+(a listing's total is as of its first page, like its order).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol
 
 from cortex import filter as event_filter
 from cortex.errors import (
@@ -83,19 +84,16 @@ class ReadableStore(Protocol):
         limit: int = 100,
     ) -> Page: ...
 
-    def blind(self, field: str, value: str) -> bytes: ...
-
-
-@runtime_checkable
-class _CountingStore(Protocol):
     def count(self, where: WhereClause | None = None) -> int: ...
+
+    def blind(self, field: str, value: str) -> bytes: ...
 
 
 @dataclass(frozen=True)
 class EventsPage:
     events: tuple[event_pb2.Event, ...]
     next_page_token: str  # "" on the last page
-    total_size: int  # 0 when the store cannot count (see the module docstring)
+    total_size: int  # matching events when the listing's first page was read
 
 
 @dataclass(frozen=True)
@@ -138,16 +136,25 @@ class CortexQueries:
             else event_filter.parse_order_by(order_by)
         )
         binding = PageBinding("events", self._store.store_id, flt.canonical(), order.canonical())
+        where = flt.to_sql(self._store.blind)
         after: Position | None = None
         if page_token:
+            # The token holds "<position> <total>": where the last page ended, and the count
+            # taken at the first page.
+            position, _, counted = self._tokens.open(binding, page_token).partition(" ")
             try:
-                after = Position.parse(self._tokens.open(binding, page_token))
+                after = Position.parse(position)
             except StoreArgumentError:
                 raise PageTokenError("page_token is malformed") from None
-        where = flt.to_sql(self._store.blind)
+            if counted and not counted.isdigit():
+                raise PageTokenError("page_token is malformed")
+            total = int(counted or 0)  # a token from before totals were carried: not counted
+        else:
+            total = self._store.count(where)
         page = self._store.query(where, descending=order.descending, after=after, limit=size)
-        next_token = "" if page.next is None else self._tokens.issue(binding, page.next.token())
-        total = self._store.count(where) if isinstance(self._store, _CountingStore) else 0
+        next_token = (
+            "" if page.next is None else self._tokens.issue(binding, f"{page.next.token()} {total}")
+        )
         return EventsPage(page.events, next_token, total)
 
     # -- guardians ---------------------------------------------------------------------------

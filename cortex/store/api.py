@@ -154,6 +154,10 @@ class EventStore(Protocol):
         limit: int = 100,
     ) -> Page: ...
 
+    def count(self, where: WhereClause | None = None) -> int:
+        """How many stored events match `where` (all of them for None)."""
+        ...
+
     def blind(self, field: str, value: str) -> bytes:
         """The blind index term of `value` in the blind field `field`, for the filter compiler."""
         ...

@@ -943,6 +943,18 @@ class SqliteEventStore:
         last = rows[-1] if rows and more else None
         return Page(events, None if last is None else Position(last[1], last[0]))
 
+    def count(self, where: WhereClause | None = None) -> int:
+        """How many stored events match `where` (all of them for None)."""
+        sql = "SELECT count(*) FROM events"
+        if where is not None:
+            sql += f" WHERE ({where.sql})"
+        with self._read_lock:
+            try:
+                row = self._reader.execute(sql, list(where.params) if where else []).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreArgumentError(f"the count cannot run ({exc})") from None
+        return int(row[0])
+
     def verify(
         self,
         *,

@@ -375,11 +375,20 @@ def test_the_cortex_process_ingests_reloads_on_sighup_and_drains_on_sigterm(
             await until(caught_up(tmp_path, db), "db-01's events after the reload")
             web.emit(20)
             await until(caught_up(tmp_path, web), "web-01's later events")
+            # A broken file on SIGHUP: refused, both guardians still followed.
+            config.write_text(config_toml(pki, tmp_path, [web, db]) + "[[guardians]]\nid = 1\n")
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.5)
+            web.emit(10)
+            db.emit(10)
+            await until(caught_up(tmp_path, web, db), "both guardians after a refused reload")
+            assert proc.poll() is None
             proc.send_signal(signal.SIGTERM)
             _, err = await asyncio.to_thread(proc.communicate, timeout=DEADLINE)
             assert proc.returncode == 0, err
             assert "Traceback" not in err
             assert "guardian list reloaded" in err
+            assert "reload refused; the guardian list is unchanged" in err
             for node in (web, db):
                 assert_exactly_once(tmp_path, node)
         finally:

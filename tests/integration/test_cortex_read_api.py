@@ -54,10 +54,17 @@ class CortexThread:
     """A Cortex on its own event loop in a thread, so tests call it with blocking clients."""
 
     def __init__(self, config: CortexConfig) -> None:
+        self.config = config
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.cortex = self.run(self._build(config))
+        self.port = self.run(self.cortex.start())
+
+    def restart(self) -> None:
+        """Stop the Cortex (store closed, last checkpoint signed) and start a new one."""
+        self.run(self.cortex.stop())
+        self.cortex = self.run(self._build(self.config))
         self.port = self.run(self.cortex.start())
 
     @staticmethod
@@ -109,8 +116,12 @@ def server(
         },
         "store": {"directory": str(base / "store"), "synchronous": "NORMAL"},
         "keyring": {"directory": str(base / "keys")},
-        # Configured but unreachable (port 1): listed by the guardian RPCs, never connected.
-        "guardians": [{"id": GUARDIAN, "address": f"{HOST}:1", "role": "alpha", "host": "web-1"}],
+        # Configured but unreachable (ports 1-3): listed by the guardian RPCs, never connected.
+        "guardians": [
+            {"id": GUARDIAN, "address": f"{HOST}:1", "role": "alpha", "host": "web-1"},
+            {"id": "beta-web-1", "address": f"{HOST}:2", "role": "beta", "host": "web-1"},
+            {"id": "alpha-db-1", "address": f"{HOST}:3", "role": "alpha", "host": "db-1"},
+        ],
         "ingest": {"reconnect_initial": "1s", "reconnect_max": "5s"},
     }
     config = config_from_dict(CortexConfig, table)
@@ -160,9 +171,11 @@ def error_info(trailers: Any) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
-def page_all(pki: Path, port: int, **request: Any) -> tuple[list[event_pb2.Event], int]:
+def page_all(
+    pki: Path, port: int, token: str = "", **request: Any
+) -> tuple[list[event_pb2.Event], int]:
     events: list[event_pb2.Event] = []
-    token, pages = "", 0
+    pages = 0
     while True:
         resp = call(
             pki, port, "soar-s1", "ListEvents", pb.ListEventsRequest(page_token=token, **request)
@@ -200,6 +213,21 @@ def test_pages_through_every_event_newest_first(
     # Payloads come back whole: the stored event, decrypted.
     by_id = {e.id: e for e in stored}
     assert all(e == by_id[e.id] for e in events[:50])
+
+
+def test_total_size_counts_the_matches_on_every_page(
+    pki: Path, server: CortexThread, stored: list[event_pb2.Event]
+) -> None:
+    for filter_, want in (("", N_EVENTS), (SELECTIVE, len(matches(stored)))):
+        request = pb.ListEventsRequest(filter=filter_, page_size=10)
+        first = call(pki, server.port, "soar-s1", "ListEvents", request)
+        request.page_token = first.next_page_token
+        second = call(pki, server.port, "soar-s1", "ListEvents", request)
+        assert (first.total_size, second.total_size) == (want, want), filter_
+    none = call(
+        pki, server.port, "soar-s1", "ListEvents", pb.ListEventsRequest(filter='host = "nowhere"')
+    )
+    assert (len(none.events), none.total_size, none.next_page_token) == (0, 0, "")
 
 
 def test_selective_filter_on_blind_and_clear_fields(
@@ -269,6 +297,21 @@ def test_bad_requests_are_invalid_argument_with_a_reason(
         assert info.metadata["position"] in details
 
 
+def test_a_token_outlives_a_restart_of_the_cortex(
+    pki: Path, server: CortexThread, stored: list[event_pb2.Event]
+) -> None:
+    """A SOAR paging through events while the Cortex restarts carries on where it was: the
+    token key comes from the store, not from the process."""
+    request: dict[str, Any] = {"filter": SELECTIVE, "page_size": 7}
+    page = call(pki, server.port, "soar-s1", "ListEvents", pb.ListEventsRequest(**request))
+    assert page.next_page_token
+    assert len(page.events) == 7
+    server.restart()
+    rest, _ = page_all(pki, server.port, token=page.next_page_token, **request)
+    want = {e.id for e in matches(stored)}
+    assert ids([*page.events, *rest]) == [i for i in newest_first(stored) if i in want]
+
+
 def test_a_token_works_only_with_its_own_filter_and_order(pki: Path, server: CortexThread) -> None:
     first = call(
         pki,
@@ -325,7 +368,12 @@ def test_only_soar_and_operator_read(pki: Path, server: CortexThread) -> None:
 
 def test_guardians_are_listed_with_their_state(pki: Path, server: CortexThread) -> None:
     listed = call(pki, server.port, "operator-o1", "ListGuardians", pb.ListGuardiansRequest())
-    assert [g.name for g in listed.guardians] == [f"guardians/{GUARDIAN}"]
+    assert [g.name for g in listed.guardians] == [
+        "guardians/alpha-db-1",
+        f"guardians/{GUARDIAN}",
+        "guardians/beta-web-1",
+    ]
+    assert listed.total_size == 3
     got = call(
         pki,
         server.port,
@@ -343,6 +391,62 @@ def test_guardians_are_listed_with_their_state(pki: Path, server: CortexThread) 
         pki, server.port, "GetGuardian", pb.GetGuardianRequest(name="guardians/nope")
     )
     assert (code, info.reason) == (grpc.StatusCode.NOT_FOUND, "GUARDIAN_NOT_FOUND")
+
+
+def list_guardians(pki: Path, port: int, **request: Any) -> tuple[list[str], int]:
+    names: list[str] = []
+    token, total = "", -1
+    while True:
+        resp = call(
+            pki,
+            port,
+            "soar-s1",
+            "ListGuardians",
+            pb.ListGuardiansRequest(page_token=token, **request),
+        )
+        names.extend(g.name.removeprefix("guardians/") for g in resp.guardians)
+        total, token = resp.total_size, resp.next_page_token
+        if not token:
+            return names, total
+
+
+def test_guardians_filtered_ordered_and_paged(pki: Path, server: CortexThread) -> None:
+    port = server.port
+    assert list_guardians(pki, port, filter='role = "alpha"') == (["alpha-db-1", GUARDIAN], 2)
+    assert list_guardians(pki, port, filter='host = "web-*"', order_by="name desc") == (
+        ["beta-web-1", GUARDIAN],
+        2,
+    )
+    assert list_guardians(pki, port, filter='role = "beta" OR guardian_id = "alpha-db-1"') == (
+        ["alpha-db-1", "beta-web-1"],
+        2,
+    )
+    # One guardian per page, newest name first: the tokens carry the order.
+    assert list_guardians(pki, port, page_size=1, order_by="name desc") == (
+        ["beta-web-1", GUARDIAN, "alpha-db-1"],
+        3,
+    )
+    # A committed cursor and nothing received: lag is 0 for all, ties broken by name.
+    assert list_guardians(pki, port, order_by="lag_events desc")[0] == [
+        "alpha-db-1",
+        GUARDIAN,
+        "beta-web-1",
+    ]
+    assert list_guardians(pki, port, filter="state = CONNECTED") == ([], 0)
+    first = call(
+        pki, port, "soar-s1", "ListGuardians", pb.ListGuardiansRequest(page_size=1)
+    ).next_page_token
+    for request, reason in (
+        (pb.ListGuardiansRequest(filter='colour = "red"'), "INVALID_FILTER"),
+        (pb.ListGuardiansRequest(filter="lag_events > x"), "INVALID_FILTER"),
+        (pb.ListGuardiansRequest(order_by="address"), "INVALID_ORDER_BY"),
+        (pb.ListGuardiansRequest(page_size=-1), "INVALID_PAGE_SIZE"),
+        (pb.ListGuardiansRequest(page_token=first, order_by="name desc"), "INVALID_PAGE_TOKEN"),
+    ):
+        code, _, info = refusal(pki, port, "ListGuardians", request)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, request
+        assert info is not None, request
+        assert info.reason == reason, (request, info)
 
 
 def test_parts_not_built_yet_answer_unimplemented(pki: Path, server: CortexThread) -> None:
@@ -413,6 +517,7 @@ def test_node_client_pages_through_all_events(
     assert out["pages"] == 10
     assert [e[0] for e in out["events"]] == newest_first(stored)
     assert {(g, s) for _, g, s in out["events"]} == {(GUARDIAN, s) for s in range(1, N_EVENTS + 1)}
+    assert out["total_size"] == N_EVENTS
 
 
 def test_node_client_filters_and_reads_the_error_info(
