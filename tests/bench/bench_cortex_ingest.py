@@ -22,8 +22,6 @@ import argparse
 import asyncio
 import os
 import resource
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,95 +37,18 @@ from cortex.config import load_cortex_config
 from crypto.keyring import KeyManager
 from crypto.pki import init_ca, issue_leaf, write_leaf
 from mesh.config import TlsFiles
+from tests.bench.guardian_proc import GuardianProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 GUARDIANS = 10
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def host(i: int) -> str:
     return f"bench-{i:02d}"
 
 
-class Guardian:
-    """A guardian process whose synthetic source writes `total` events, then stops."""
-
-    def __init__(self, pki: Path, work: Path, i: int, total: int) -> None:
-        work.mkdir(parents=True)
-        self.id = f"alpha-{host(i)}"
-        files = TlsFiles.in_dir(pki, self.id)
-        config = work / "guardian.toml"
-        config.write_text(
-            f"""
-[guardian]
-role = "alpha"
-host = "{host(i)}"
-[server]
-listen = "127.0.0.1:0"
-tls = {{ cert = "{files.cert}", key = "{files.key}", ca = "{files.ca}" }}
-[outbox]
-directory = "{work / "outbox"}"
-[synthetic]
-rate = 1000000
-total = {total}
-batch = 512
-[log]
-level = "info"
-format = "text"
-"""
-        )
-        self.port_file = work / "port"
-        self.log_path = work / "guardian.log"
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mesh.guardian",
-                "--config",
-                config,
-                "--port-file",
-                self.port_file,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        log.close()
-
-    async def port(self) -> int:
-        deadline = time.monotonic() + 60
-        while not self.port_file.exists() or not self.port_file.read_text().endswith("\n"):
-            self._alive(deadline)
-            await asyncio.sleep(0.01)
-        return int(self.port_file.read_text())
-
-    async def produced(self) -> None:
-        deadline = time.monotonic() + 300
-        while "synthetic source stopped" not in self.log_path.read_text(errors="replace"):
-            self._alive(deadline)
-            await asyncio.sleep(0.05)
-
-    def _alive(self, deadline: float) -> None:
-        if self.proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"guardian {self.id} failed; see {self.log_path}")
-
-    def cpu(self) -> float:
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(stat[11]) + int(stat[12])) / CLK_TCK  # utime + stime
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def cortex_toml(base: Path, pki: Path, guardians: Sequence[tuple[Guardian, int]], sync: str) -> str:
+def cortex_toml(
+    base: Path, pki: Path, guardians: Sequence[tuple[GuardianProcess, int]], sync: str
+) -> str:
     tls = TlsFiles.in_dir(pki, "cortex-c1")
     text = f"""
 [server]
@@ -182,7 +103,12 @@ async def run(events: int, sync: str) -> None:
         KeyManager.create(base / "keys", "cortex")
 
         print(f"== filling {GUARDIANS} guardian outboxes with {per:,} events each")
-        guardians = [Guardian(pki, base / host(i), i, per) for i in range(GUARDIANS)]
+        guardians = [
+            GuardianProcess(
+                pki, base / host(i), host=host(i), rate=1e6, total=per, batch=512, log_level="info"
+            )
+            for i in range(GUARDIANS)
+        ]
         try:
             ports = [await g.port() for g in guardians]
             t = time.perf_counter()
@@ -240,7 +166,7 @@ async def run(events: int, sync: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     args = ap.parse_args()
     asyncio.run(run(args.events, args.synchronous))

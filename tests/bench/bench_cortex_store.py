@@ -119,7 +119,7 @@ def profile_batch(store: SqliteEventStore, events: list[event_pb2.Event]) -> Non
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=1_000_000)
     args = ap.parse_args()
     n = args.events - args.events % (GUARDIANS * BATCH) or GUARDIANS * BATCH
     with tempfile.TemporaryDirectory(prefix="qsc-bench-store-") as tmp:

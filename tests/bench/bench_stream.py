@@ -25,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,13 +40,12 @@ from crypto.pki import init_ca, issue_leaf, write_leaf
 from mesh.channel import ChannelConfig
 from mesh.config import TlsFiles
 from mesh.stream.subscriber import GuardianSubscriber, ReconnectPolicy, SubscriberConfig
+from tests.bench.guardian_proc import GuardianProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_TOTAL = 300_000
 STEADY_RATE = 10_000
 STEADY_SECONDS = 5.0
 LATENCY_SAMPLE = 4  # every 4th event: enough for p99, cheap for the client
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -87,71 +84,6 @@ def make_pki(base: Path) -> None:
     write_leaf(issue_leaf(ca, "operator", "ops-1"), base, ca.cert)
 
 
-class Guardian:
-    """A guardian process with a synthetic source, in its own directory."""
-
-    def __init__(self, pki: Path, work: Path, *, rate: float, total: int, batch: int) -> None:
-        work.mkdir(parents=True)
-        files = TlsFiles.in_dir(pki, "alpha-bench-01")
-        config = work / "guardian.toml"
-        config.write_text(
-            f"""
-[guardian]
-role = "alpha"
-host = "bench-01"
-[server]
-listen = "127.0.0.1:0"
-tls = {{ cert = "{files.cert}", key = "{files.key}", ca = "{files.ca}" }}
-[outbox]
-directory = "{work / "outbox"}"
-[synthetic]
-rate = {rate}
-total = {total}
-batch = {batch}
-[log]
-level = "warning"
-"""
-        )
-        self.port_file = work / "port"
-        self.log = (work / "guardian.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mesh.guardian",
-                "--config",
-                config,
-                "--port-file",
-                self.port_file,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-
-    async def port(self) -> int:
-        deadline = time.monotonic() + 30
-        while not self.port_file.exists() or not self.port_file.read_text().endswith("\n"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"guardian did not start; see {self.log.name}")
-            await asyncio.sleep(0.005)
-        return int(self.port_file.read_text())
-
-    def cpu(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
 def subscriber(pki: Path, port: int, *, sealed: bool, delay_ms: int | None) -> GuardianSubscriber:
     stem = "cortex-c1" if sealed else "operator-ops-1"
     config = SubscriberConfig(
@@ -166,7 +98,7 @@ def subscriber(pki: Path, port: int, *, sealed: bool, delay_ms: int | None) -> G
 
 
 async def receive(
-    sub: GuardianSubscriber, total: int, guardian: Guardian | None, name: str
+    sub: GuardianSubscriber, total: int, guardian: GuardianProcess | None, name: str
 ) -> Result:
     """Consume until `total` events; the window starts at the first event's produce time."""
     latencies: list[float] = []
@@ -208,7 +140,7 @@ async def live(
     delay_ms: int | None,
     replay: bool,
 ) -> list[Result]:
-    guardian = Guardian(pki, work, rate=rate, total=total, batch=batch)
+    guardian = GuardianProcess(pki, work, rate=rate, total=total, batch=batch)
     try:
         port = await guardian.port()
         sub = subscriber(pki, port, sealed=sealed, delay_ms=delay_ms)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import threading
 import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from qsc.common.v1 import heal_details_pb2 as hpb
 from qsc.common.v1 import integrity_details_pb2 as ipb
 from qsc.common.v1 import pipeline_details_pb2 as ppb
 from tests.integration import test_beta_e2e as e2e
+from tests.integration.loop_thread import LoopThread
 from tests.integration.test_beta_e2e import BetaProcess, Collector, World
 from tests.integration.test_memscan_live import MAPPER, PY, _free_pid, first_line, spawn
 
@@ -353,15 +353,13 @@ def test_a_calls_deadline_bounds_a_server_that_never_finishes_the_handshake(
 # --- Alpha: an in-process ComponentServer serving the real AlphaServicer ------------------------
 
 
-class AlphaThread:
+class AlphaThread(LoopThread):
     """`ComponentServer(component="alpha")` with the real AlphaServicer (rules pipeline and the
     memory-scan core wired as alpha.app does, without the eBPF sources), on its own loop."""
 
     def __init__(self, tls: TlsFiles) -> None:
         self.events: list[event_pb2.Event] = []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
         self.server = self.run(self._build(tls))
         self.port = self.run(self.server.start())
 
@@ -372,14 +370,9 @@ class AlphaThread:
         server.add_service(AlphaServicer(pipeline, core).binding())
         return server
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 15) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     def close(self) -> None:
         self.run(self.server.stop(timedelta(0)))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+        self.close_loop()
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +35,7 @@ from qsc.cortex.v1 import cortex_service_pb2 as pb
 from qsc.cortex.v1 import cortex_service_pb2_grpc as pb_grpc
 from qsc.cortex.v1 import guardian_pb2
 from tests.integration.clients import PROTO_ROOT, run_grpcurl, run_node, tls_args
+from tests.integration.loop_thread import LoopThread
 from tests.unit.test_cortex_store import event
 
 T = TypeVar("T")
@@ -50,14 +50,12 @@ SELECTIVE = 'process.exe = "/tmp/x" AND rule.id = "alpha.ptrace"'
 CLIENT_STEMS = ("soar-s1", "operator-o1", "alpha-web-1", "cortex-c1")
 
 
-class CortexThread:
+class CortexThread(LoopThread):
     """A Cortex on its own event loop in a thread, so tests call it with blocking clients."""
 
     def __init__(self, config: CortexConfig) -> None:
         self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
         self.cortex = self.run(self._build(config))
         self.port = self.run(self.cortex.start())
 
@@ -71,15 +69,11 @@ class CortexThread:
     async def _build(config: CortexConfig) -> Cortex:
         return Cortex(config)
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     def close(self) -> None:
         try:
             self.run(self.cortex.stop())
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
+            self.close_loop()
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,8 @@ import logging
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -48,6 +47,7 @@ from tests.integration.clients import (
     tls_args,
 )
 from tests.integration.clients import ROOT as ROOT  # re-exported: test_transport_floor.py
+from tests.integration.loop_thread import LoopThread
 from tests.integration.mesh_server_proc import (
     CRASH_TEXT,
     FAIL_HEADER,
@@ -120,7 +120,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 # --- an in-process server in a background event loop -------------------------------------------
 
 
-class ServerThread:
+class ServerThread(LoopThread):
     """A ComponentServer on its own event loop thread, so tests can use blocking clients."""
 
     def __init__(
@@ -130,9 +130,7 @@ class ServerThread:
         guardian: type[TestGuardian] = TestGuardian,
     ) -> None:
         self.config, self.authz, self.guardian = config, authz, guardian
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
         self.server = self.run(self._build())
         self.port = self.run(self.server.start())
 
@@ -156,14 +154,9 @@ class ServerThread:
         )
         return server
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 15) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     def close(self) -> None:
         self.run(self.server.stop(timedelta(0)))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+        self.close_loop()
 
 
 @pytest.fixture(scope="module")
