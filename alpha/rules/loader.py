@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from alpha.rules import mitre
 from alpha.rules.compiler import (
     BOOL_FIELDS,
     Binder,
@@ -46,12 +45,13 @@ from alpha.rules.errors import ConditionError, RuleError
 from alpha.rules.fields import DETAIL_KINDS
 from alpha.rules.lang import Compare, Literal, Node, SourceText, parse
 from alpha.rules.output import OutputTemplate, parse_output
+from mesh import mitre
+from mesh.yamldoc import YamlDoc
 from qsc.common.v1 import classification_pb2
 
 ENGINE_VERSION = 1
 DEFAULT_RULES_DIR = Path(__file__).with_name("default")
 
-_YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # C when built
 
 # Falco's priorities and QSC's own severity names, to the API's Severity.
 PRIORITIES: dict[str, int] = {
@@ -233,47 +233,18 @@ class _RuleDraft:
     location: Location
 
 
-class _File:
-    """One file being read: its name, its text (for condition line mapping) and YAML helpers."""
+class _File(YamlDoc):
+    """One rules file being read: YAML helpers failing with RuleError, and condition line
+    mapping."""
 
     def __init__(self, name: str, text: str) -> None:
-        self.name = name
-        self.lines = text.splitlines(keepends=True)
+        super().__init__(name, text, RuleError)
 
     def loc(self, node: yaml.Node) -> Location:
-        return Location(self.name, node.start_mark.line + 1)
+        return Location(self.name, self.line(node))
 
     def fail(self, node: yaml.Node, reason: str) -> RuleError:
-        return RuleError(reason, self.name, node.start_mark.line + 1)
-
-    def string(self, node: yaml.Node, what: str) -> str:
-        if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:null":
-            raise self.fail(node, f"{what} must be a string")
-        return str(node.value)
-
-    def boolean(self, node: yaml.Node, what: str) -> bool:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
-            raise self.fail(node, f"{what} must be true or false")
-        return str(node.value).lower() in ("true", "yes", "on", "y")
-
-    def sequence(self, node: yaml.Node, what: str) -> list[yaml.Node]:
-        if not isinstance(node, yaml.SequenceNode):
-            raise self.fail(node, f"{what} must be a list")
-        return list(node.value)
-
-    def strings(self, node: yaml.Node, what: str) -> list[str]:
-        return [self.string(n, f"each item of {what}") for n in self.sequence(node, what)]
-
-    def mapping(self, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.fail(node, f"{what} must be a mapping")
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key, value in node.value:
-            name = self.string(key, "a key")
-            if name in out:
-                raise self.fail(key, f"{what}: key {name!r} given twice")
-            out[name] = (key, value)
-        return out
+        return RuleError(reason, self.name, self.line(node))
 
     def source(self, node: yaml.Node, what: str) -> SourceText:
         """A condition's text with the file line of each of its characters."""
@@ -318,20 +289,8 @@ class _Builder:
         encoded = text.encode("utf-8", "surrogateescape")
         self.digest.update(len(encoded).to_bytes(8, "big") + encoded)
         f = _File(name, text)
-        try:
-            loader = _YamlLoader(text)
-            try:
-                root = loader.get_single_node()
-            finally:
-                loader.dispose()
-        except yaml.MarkedYAMLError as err:
-            mark = err.problem_mark or err.context_mark
-            line = mark.line + 1 if mark is not None else None
-            reason = " ".join(p for p in (err.context, err.problem) if p)
-            raise RuleError(f"YAML syntax: {reason}", name, line) from None
-        except yaml.YAMLError as err:
-            raise RuleError(f"YAML syntax: {err}", name) from None
-        if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
+        root = f.root()
+        if root is None:
             return  # an empty file: nothing to load
         if not isinstance(root, yaml.SequenceNode):
             raise f.fail(
@@ -387,18 +346,6 @@ class _Builder:
                 f"this file needs engine version {text}; this engine is version {ENGINE_VERSION}",
             )
 
-    @staticmethod
-    def _check_keys(
-        f: _File, keys: dict[str, tuple[yaml.Node, yaml.Node]], allowed: Iterable[str], what: str
-    ) -> None:
-        allowed = set(allowed)
-        for key, (key_node, _) in keys.items():
-            if key not in allowed:
-                raise f.fail(
-                    key_node,
-                    f"unknown key {key!r} in {what}; allowed: {', '.join(sorted(allowed))}",
-                )
-
     def _modes(
         self,
         f: _File,
@@ -453,7 +400,7 @@ class _Builder:
     def _list(
         self, f: _File, node: yaml.Node, name: str, keys: dict[str, tuple[yaml.Node, yaml.Node]]
     ) -> None:
-        self._check_keys(f, keys, ("list", "items", "append", "override"), f"list {name!r}")
+        f.check_keys(keys, ("list", "items", "append", "override"), f"list {name!r}")
         if "items" not in keys:
             raise f.fail(node, f"list {name!r} has no items")
         items_node = keys["items"][1]
@@ -475,7 +422,7 @@ class _Builder:
     def _macro(
         self, f: _File, node: yaml.Node, name: str, keys: dict[str, tuple[yaml.Node, yaml.Node]]
     ) -> None:
-        self._check_keys(f, keys, ("macro", "condition", "append", "override"), f"macro {name!r}")
+        f.check_keys(keys, ("macro", "condition", "append", "override"), f"macro {name!r}")
         if "condition" not in keys:
             raise f.fail(node, f"macro {name!r} has no condition")
         source = f.source(keys["condition"][1], "a condition")
@@ -492,7 +439,7 @@ class _Builder:
     def _rule(
         self, f: _File, node: yaml.Node, name: str, keys: dict[str, tuple[yaml.Node, yaml.Node]]
     ) -> None:
-        self._check_keys(f, keys, RULE_KEYS, f"rule {name!r}")
+        f.check_keys(keys, RULE_KEYS, f"rule {name!r}")
         existing = self.rules.get(name)
         if set(keys) == {"rule", "enabled"}:  # Falco's short form to switch a rule on or off
             if existing is None:
@@ -689,7 +636,7 @@ class _Builder:
         out: list[_ExceptionDraft] = []
         for item in f.sequence(node, "exceptions"):
             keys = f.mapping(item, "an exception")
-            self._check_keys(f, keys, ("name", "fields", "comps", "values"), "an exception")
+            f.check_keys(keys, ("name", "fields", "comps", "values"), "an exception")
             if "name" not in keys:
                 raise f.fail(item, "an exception needs a name")
             name = f.string(keys["name"][1], "exception name")

@@ -10,7 +10,7 @@ import pytest
 
 from alpha.rules import RuleEngine, load_default, load_texts
 from alpha.rules.loader import default_rule_files
-from alpha.rules.mitre import TECHNIQUES
+from mesh.mitre import TECHNIQUES
 from qsc.common.v1 import (
     auth_details_pb2 as auth,
 )
