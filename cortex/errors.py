@@ -39,6 +39,18 @@ class FilterError(CortexError, InvalidArgumentError):
         self.argument = argument
 
 
+class CorrelationRuleError(CortexError, InvalidArgumentError):
+    """A correlation rules file (or one rule in it) cannot be loaded: the message is
+    `FILE:LINE: reason`, so an operator fixes a refused file without reading the engine."""
+
+    def __init__(self, reason: str, file: str | None = None, line: int | None = None) -> None:
+        where = "" if file is None else (f"{file}: " if line is None else f"{file}:{line}: ")
+        super().__init__(f"{where}{reason}")
+        self.reason = reason
+        self.file = file
+        self.line = line
+
+
 # --- the event store (`cortex.store`) -------------------------------------------------------
 
 
