@@ -35,6 +35,7 @@ from qsc.common.v1 import event_pb2
 DEFAULT_MAX_KEYS: Final = 10_000
 DEFAULT_MAX_EVIDENCE: Final = 64
 MAX_KEY_COMBINATIONS: Final = 16  # keys one event may join (multi-valued fields, ancestry)
+_MAX_PLANS: Final = 4096  # (rule id, kind) dispatch plans kept
 
 Change = Literal["opened", "updated", "closed"]
 Key = tuple[str, ...]
@@ -69,7 +70,7 @@ class Hit:
         return ",".join(f"{k}={v}" for k, v in self.key)
 
 
-@dataclass
+@dataclass(slots=True)
 class _StepState:
     times: deque[tuple[int, str, str, str]] = field(default_factory=deque)  # ns, id, exec, value
     total: int = 0  # events ever matched in this state (kept beyond the evidence cap)
@@ -85,7 +86,7 @@ class _StepState:
         return len({v for *_, v in self.times if v})
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     anchor: Key
     first_ns: int
@@ -95,6 +96,21 @@ class _State:
     fired: bool = False
     revision: int = 0
     signature: tuple[tuple[str, int], ...] = ()
+
+
+class _KeyCache:
+    """One event's key values, computed once however many rules group by them."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[str, ...]] = {}
+
+    def get(self, field: str, event: event_pb2.Event) -> tuple[str, ...]:
+        found = self._values.get(field)
+        if found is None:
+            found = self._values[field] = key_values(event, field)
+        return found
 
 
 @dataclass
@@ -112,17 +128,20 @@ class _RuleRunner:
         self.states: OrderedDict[Key, _State] = OrderedDict()
         self.stats = RuleStats()
         self.watermark = 0
+        self.required = rule.required
 
     # -- keys -
 
-    def _candidates(self, event: event_pb2.Event, step: Step) -> list[Key]:
+    def _candidates(self, event: event_pb2.Event, step: Step, cache: _KeyCache) -> list[Key]:
         """The keys `event` may belong to for `step` (several for multi-valued keys)."""
         per_key = []
         for group_key in self.rule.group_by:
-            values = key_values(event, step.key_field(group_key))
+            values = cache.get(step.key_field(group_key), event)
             if not values:
                 return []
             per_key.append(values)
+        if len(per_key) == 1 and len(per_key[0]) == 1:
+            return [per_key[0]]
         return list(itertools.islice(itertools.product(*per_key), MAX_KEY_COMBINATIONS))
 
     def _anchor(self, candidates: list[Key]) -> Key:
@@ -132,18 +151,25 @@ class _RuleRunner:
 
     # -- observing -
 
-    def observe(self, event: event_pb2.Event, steps: Iterable[Step]) -> list[Hit]:
-        rule = self.rule
-        now = event.time.ToNanoseconds() if event.HasField("time") else self.watermark
+    def observe(
+        self,
+        event: event_pb2.Event,
+        steps: Iterable[Step],
+        now: int | None,
+        until: bool,
+        cache: _KeyCache,
+    ) -> list[Hit]:
+        if now is None:
+            now = self.watermark
         self.watermark = max(self.watermark, now)
         hits: list[Hit] = []
-        if rule.until is not None and rule.until.matches(event):
-            self._until(event)
+        if until and self.rule.until is not None and self.rule.until.matches(event):
+            self._until(event, cache)
         touched: dict[Key, _State] = {}
         for step in steps:
             if not step.filter.matches(event):
                 continue
-            candidates = self._candidates(event, step)
+            candidates = self._candidates(event, step, cache)
             if not candidates:
                 continue
             states = [self.states[k] for k in candidates if k in self.states]
@@ -153,7 +179,7 @@ class _RuleRunner:
                 state = self._new_state(self._anchor(candidates), now)
                 states = [state]
             for state in states:
-                self._add(state, step, event, now)
+                self._add(state, step, event, now, cache)
                 touched[state.anchor] = state
         for state in touched.values():
             hit = self._evaluate(state)
@@ -165,7 +191,7 @@ class _RuleRunner:
         # A sequence starts only at its first required step (optional steps ride along).
         if self.rule.type is not RuleType.SEQUENCE:
             return True
-        return step is self.rule.required[0]
+        return step is self.required[0]
 
     def _new_state(self, anchor: Key, now: int) -> _State:
         state = _State(anchor=anchor, first_ns=now, last_ns=now)
@@ -176,16 +202,18 @@ class _RuleRunner:
         self.stats.states = len(self.states)
         return state
 
-    def _add(self, state: _State, step: Step, event: event_pb2.Event, now: int) -> None:
+    def _add(
+        self, state: _State, step: Step, event: event_pb2.Event, now: int, cache: _KeyCache
+    ) -> None:
         rule = self.rule
         if rule.type is RuleType.SEQUENCE:
             if now - state.first_ns > rule.timespan_ns and not state.fired:
                 # The maxspan passed: this sequence is over; a first step starts a fresh one.
                 state.steps.clear()
                 state.stage, state.first_ns = 0, now
-                if step is not rule.required[0]:
+                if step is not self.required[0]:
                     return
-            required = rule.required
+            required = self.required
             if not step.optional:
                 index = required.index(step)
                 if index > state.stage:
@@ -193,7 +221,7 @@ class _RuleRunner:
         step_state = state.steps.setdefault(step.name, _StepState())
         value = ""
         if step.distinct_field:
-            found = key_values(event, step.distinct_field)
+            found = cache.get(step.distinct_field, event)
             value = found[0] if found else ""
         step_state.times.append((now, event.id, event.process.exec_id, value))
         step_state.total += 1
@@ -202,7 +230,7 @@ class _RuleRunner:
         state.last_ns = max(state.last_ns, now)
         self.states.move_to_end(state.anchor)
         if rule.type is RuleType.SEQUENCE and not step.optional:
-            index = rule.required.index(step)
+            index = self.required.index(step)
             if index == state.stage and self._holds(step, step_state):
                 state.stage += 1
 
@@ -217,10 +245,10 @@ class _RuleRunner:
                 s.prune(oldest)
             ok = all(
                 step.name in state.steps and self._holds(step, state.steps[step.name])
-                for step in rule.required
+                for step in self.required
             )
         else:
-            ok = state.stage >= len(rule.required)
+            ok = state.stage >= len(self.required)
         if not ok:
             return None
         signature = tuple(
@@ -261,11 +289,11 @@ class _RuleRunner:
             revision=state.revision,
         )
 
-    def _until(self, event: event_pb2.Event) -> None:
+    def _until(self, event: event_pb2.Event, cache: _KeyCache) -> None:
         # Only the state anchored at the event's own values ends: a child's exit does not end
         # its parent's sequence.
         for step in self.rule.steps:
-            candidates = self._candidates(event, step)
+            candidates = self._candidates(event, step, cache)
             state = self.states.get(candidates[0]) if candidates else None
             if state is not None and not state.fired:
                 del self.states[state.anchor]
@@ -296,40 +324,75 @@ class Correlator:
         self.ruleset = ruleset
         self._runners = {r.id: _RuleRunner(r, max_keys, max_evidence) for r in ruleset.enabled}
         # (field, value) -> [(runner, step)]: the steps an event with that rule id or kind can
-        # match; `_anywhere` are tried on every event.
+        # match; prefixes (`alpha.*`) are looked up by trying each; `_anywhere` is every event.
         self._by_value: dict[tuple[str, str], list[tuple[_RuleRunner, Step]]] = {}
+        self._by_prefix: dict[tuple[str, str], list[tuple[_RuleRunner, Step]]] = {}
         self._anywhere: list[tuple[_RuleRunner, Step]] = []
-        self._until: list[_RuleRunner] = []
+        self._until_by_value: dict[tuple[str, str], list[_RuleRunner]] = {}
+        self._until_anywhere: list[_RuleRunner] = []
         for runner in self._runners.values():
             for step in runner.rule.steps:
                 found = dispatch_values(step.filter)
                 if found is None:
                     self._anywhere.append((runner, step))
-                else:
-                    name, values = found
-                    for value in values:
-                        self._by_value.setdefault((name, value), []).append((runner, step))
+                    continue
+                name, values = found
+                for value in values:
+                    table = self._by_prefix if value.endswith("*") else self._by_value
+                    table.setdefault((name, value.rstrip("*")), []).append((runner, step))
             if runner.rule.until is not None:
-                self._until.append(runner)
+                found = dispatch_values(runner.rule.until)
+                if found is None or any(v.endswith("*") for v in found[1]):
+                    self._until_anywhere.append(runner)
+                else:
+                    for value in found[1]:
+                        self._until_by_value.setdefault((found[0], value), []).append(runner)
+        self._prefixes = tuple(self._by_prefix.items())
+        # (rule id, kind) -> the runners to call, their steps in rule order, whether `until`
+        # is to be checked: rule ids and kinds are few, so this is nearly always a hit.
+        self._plans: dict[tuple[str, str], list[tuple[_RuleRunner, list[Step], bool]]] = {}
 
     def observe(self, event: event_pb2.Event) -> list[Hit]:
-        rule_id, kind = event_dispatch(event)
-        by_runner: dict[str, list[Step]] = {}
+        dispatch = event_dispatch(event)
+        plan = self._plans.get(dispatch)
+        if plan is None:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[dispatch] = self._plan(*dispatch)
+        now = event.time.ToNanoseconds() if event.HasField("time") else None
+        cache = _KeyCache()
+        hits: list[Hit] = []
+        for runner, steps, until in plan:
+            hits.extend(runner.observe(event, steps, now, until, cache))
+        return hits
+
+    def _plan(self, rule_id: str, kind: str) -> list[tuple[_RuleRunner, list[Step], bool]]:
+        wanted: dict[str, tuple[_RuleRunner, set[int]]] = {}
         for pairs in (
             self._by_value.get(("rule.id", rule_id), ()),
             self._by_value.get(("kind", kind), ()),
             self._anywhere,
+            *(
+                pairs
+                for (name, prefix), pairs in self._prefixes
+                if (rule_id if name == "rule.id" else kind).startswith(prefix)
+            ),
         ):
             for runner, step in pairs:
-                by_runner.setdefault(runner.rule.id, []).append(step)
-        for runner in self._until:
-            by_runner.setdefault(runner.rule.id, [])
-        hits: list[Hit] = []
-        for rule_id_, steps in by_runner.items():
-            runner = self._runners[rule_id_]
-            ordered = [s for s in runner.rule.steps if s in steps]  # rule order
-            hits.extend(runner.observe(event, ordered))
-        return hits
+                wanted.setdefault(runner.rule.id, (runner, set()))[1].add(id(step))
+        until: set[str] = set()
+        for runners in (
+            self._until_by_value.get(("rule.id", rule_id), ()),
+            self._until_by_value.get(("kind", kind), ()),
+            self._until_anywhere,
+        ):
+            for runner in runners:
+                until.add(runner.rule.id)
+                wanted.setdefault(runner.rule.id, (runner, set()))
+        return [
+            (runner, [s for s in runner.rule.steps if id(s) in step_ids], rid in until)
+            for rid, (runner, step_ids) in wanted.items()
+        ]
 
     def expire(self, now_ns: int) -> list[Hit]:
         return [hit for runner in self._runners.values() for hit in runner.expire(now_ns)]

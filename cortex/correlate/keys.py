@@ -48,8 +48,9 @@ def lineage(event: event_pb2.Event) -> tuple[str, ...]:
 
 
 def dispatch_values(flt: Filter) -> tuple[str, frozenset[str]] | None:
-    """("rule.id" or "kind", the exact values one of which every matching event has), or None
-    when the filter requires neither (the step is then tried on every event)."""
+    """("rule.id" or "kind", what every matching event's value is one of), or None when the
+    filter requires neither (the step is then tried on every event). A value ending in `*` is a
+    prefix (`rule.id = "alpha.*"`)."""
     if flt.root is None:
         return None
     for name in ("rule.id", "kind"):
@@ -61,8 +62,8 @@ def dispatch_values(flt: Filter) -> tuple[str, frozenset[str]] | None:
 
 def _required(node: Node, name: str) -> frozenset[str] | None:
     if isinstance(node, Comparison):
-        if node.field == name and node.op is Op.EQ and not node.prefix:
-            return frozenset({str(node.value)})
+        if node.field == name and node.op is Op.EQ:
+            return frozenset({f"{node.value}*" if node.prefix else str(node.value)})
         return None
     if isinstance(node, And):  # any conjunct that pins the field pins it for the whole
         for child in node.children:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cortex.filter import canonical, evaluate, sql
@@ -27,7 +28,14 @@ class Filter:
 
     def matches(self, event: event_pb2.Event) -> bool:
         """Whether `event` passes: the same answer as `to_sql` gives over the store."""
-        return self.root is None or evaluate.matches(self.root, event)
+        return self._predicate(event)
+
+    @functools.cached_property
+    def _predicate(self) -> evaluate.Predicate:
+        # Compiled on first use and kept (a frozen dataclass may cache in its __dict__).
+        if self.root is None:
+            return lambda _e: True
+        return evaluate.compile_node(self.root)
 
     def canonical(self) -> str:
         """The normalized text (empty for everything); `parse(f.canonical()) == f`."""
