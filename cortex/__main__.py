@@ -6,9 +6,11 @@
 `run` follows every configured guardian into the event store and serves CortexService (health
 and reflection at least); its command line is mesh.service's, shared by every component: once
 listening it writes the bound port to `--port-file` atomically, SIGTERM or SIGINT drains and
-exits 0, SIGHUP re-reads the guardian list, errors print `qsc-cortex: error: ...` without a
-traceback (2 for bad arguments or configuration, 1 for anything else: a store that refuses to
-open, an unreadable key). `--check-config` also checks the identity and opens the keyring.
+exits 0, SIGHUP re-reads the guardian list and the correlation rules, errors print
+`qsc-cortex: error: ...` without a traceback (2 for bad arguments or configuration, a rule file
+that does not load included, naming FILE:LINE; 1 for anything else: a store that refuses to
+open, an unreadable key). `--check-config` also checks the identity, opens the keyring and
+loads the correlation rules.
 
 The store's own commands live in `cortex.store_cli`.
 """
@@ -23,7 +25,9 @@ from typing import TYPE_CHECKING
 
 from cortex import store_cli
 from cortex.config import COMPONENT, CortexConfig, load_cortex_config
-from mesh.command import command_parser, dispatch
+from cortex.correlate import load_files
+from cortex.errors import CorrelationRuleError
+from mesh.command import EXIT_USAGE, ErrorExit, command_parser, dispatch
 from mesh.identity import load_tls_of_role
 from mesh.service import serve
 
@@ -49,9 +53,16 @@ def check_config(config: CortexConfig) -> str:
 
     identity = load_tls_of_role(config.server.tls, COMPONENT).identity
     keys = KeyManager.open(config.keyring.directory, COMPONENT)
+    correlation = "correlation off"
+    if config.correlation.enabled:
+        rules = load_files(list(config.correlation.rules) or None)
+        correlation = (
+            f"{len(rules.enabled)} correlation rule(s) enabled of {len(rules.rules)} "
+            f"(version {rules.version})"
+        )
     return (
         f"{PROG}: configuration OK: identity {identity.spiffe_id}, keyring {keys}, store "
-        f"{config.store.directory}, {len(config.guardians)} guardian(s)"
+        f"{config.store.directory}, {len(config.guardians)} guardian(s), {correlation}"
     )
 
 
@@ -89,6 +100,7 @@ def _run(args: list[str]) -> int:
         check=check_config,
         check_help="validate config, identity and keyring; exit",
         reload=_reload,
+        errors=(ErrorExit((CorrelationRuleError,), EXIT_USAGE),),  # a bad rule file is config
     )
 
 

@@ -1,16 +1,18 @@
 """Cortex domain types -> protobuf: the one place besides the servicer that builds `qsc.*` messages.
 
-Only the read API's conversions live here so far: `GuardianView` -> `qsc.cortex.v1.Guardian`.
-Events need none: the store keeps and returns `qsc.common.v1.Event` messages as they arrived.
+`GuardianView` -> `qsc.cortex.v1.Guardian`, `Assessment` -> `qsc.cortex.v1.Assessment`. Events
+need none: the store keeps and returns `qsc.common.v1.Event` messages as they arrived.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Final
 
+from cortex.assessments import Assessment
 from cortex.guardian_view import ConnectionState, GuardianView
-from qsc.common.v1 import identity_pb2
-from qsc.cortex.v1 import guardian_pb2
+from qsc.common.v1 import classification_pb2, event_pb2, identity_pb2
+from qsc.cortex.v1 import assessment_pb2, guardian_pb2
 
 _STATES: Final = {
     ConnectionState.CONNECTING: guardian_pb2.CONNECTION_STATE_CONNECTING,
@@ -53,3 +55,88 @@ def guardian(view: GuardianView) -> guardian_pb2.Guardian:
     if view.last_contact_ns is not None:
         message.last_contact_time.FromNanoseconds(view.last_contact_ns)
     return message
+
+
+_A_STATES: Final = {
+    "open": assessment_pb2.ASSESSMENT_STATE_OPEN,
+    "resolved": assessment_pb2.ASSESSMENT_STATE_RESOLVED,
+    "expired": assessment_pb2.ASSESSMENT_STATE_EXPIRED,
+}
+_VERDICTS: Final = {
+    "true_positive": assessment_pb2.VERDICT_TRUE_POSITIVE,
+    "false_positive": assessment_pb2.VERDICT_FALSE_POSITIVE,
+    "benign": assessment_pb2.VERDICT_BENIGN,
+}
+VERDICT_NAMES: Final = {number: name for name, number in _VERDICTS.items()}
+_SEVERITIES: Final = {
+    "info": classification_pb2.SEVERITY_INFO,
+    "low": classification_pb2.SEVERITY_LOW,
+    "medium": classification_pb2.SEVERITY_MEDIUM,
+    "high": classification_pb2.SEVERITY_HIGH,
+    "critical": classification_pb2.SEVERITY_CRITICAL,
+}
+MAX_CONTRIBUTING: Final = 16  # events listed whole in an assessment; the count says how many
+
+
+def assessment(
+    a: Assessment, lookup: Callable[[str], event_pb2.Event | None]
+) -> assessment_pb2.Assessment:
+    """`a` as the API's Assessment; `lookup` reads a contributing event from the store (None
+    when it aged out), for the most recent MAX_CONTRIBUTING of them."""
+    message = assessment_pb2.Assessment(
+        name=a.name,
+        title=a.title,
+        description=a.description,
+        confidence=a.confidence,
+        prior=a.prior,
+        severity=_SEVERITIES[a.severity],
+        state=_A_STATES[a.state],
+        contributing_event_count=a.event_count,
+        hosts=list(a.hosts),
+        correlation_key=a.correlation_key,
+        revision=a.revision,
+    )
+    for f in a.factors:
+        message.factors.add(
+            name=f.step,
+            description=f"{f.source}: {f.count} event(s), weight {f.weight:.2f}",
+            count=f.count,
+            likelihood_ratio=f.lr,
+            log_odds=f.contribution,
+        )
+    for technique in a.mitre:
+        message.techniques.add(id=technique)
+    guardians: dict[str, None] = {}
+    for event in _events(a.event_ids[-MAX_CONTRIBUTING:], lookup):
+        guardians[event.guardian.id] = None
+        c = message.contributing_events.add(
+            event=f"events/{event.id}",
+            guardian=event.guardian.id,
+            seq=event.seq,
+            rule_id=event.rule.id,
+            severity=event.severity,
+            summary=event.summary,
+        )
+        c.time.CopyFrom(event.time)
+    message.guardians.extend(guardians)
+    message.first_event_time.FromNanoseconds(a.first_event_ns)
+    message.last_event_time.FromNanoseconds(a.last_event_ns)
+    message.create_time.FromNanoseconds(a.create_ns)
+    message.update_time.FromNanoseconds(a.update_ns)
+    if a.close_ns:
+        message.close_time.FromNanoseconds(a.close_ns)
+    if a.verdict is not None:
+        message.verdict.verdict = _VERDICTS[a.verdict.verdict]
+        message.verdict.comment = a.verdict.comment
+        message.verdict.actor = a.verdict.actor
+        message.verdict.time.FromNanoseconds(a.verdict.time_ns)
+    return message
+
+
+def _events(
+    ids: Iterable[str], lookup: Callable[[str], event_pb2.Event | None]
+) -> Iterable[event_pb2.Event]:
+    for event_id in ids:
+        event = lookup(event_id)
+        if event is not None:
+            yield event

@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 
 from cortex.config import COMPONENT, CortexConfig, load_cortex_config
+from cortex.correlation import CorrelationRuntime
 from cortex.guardian_view import GuardianDirectory
 from cortex.ingest import Ingest, OwnIdentity
 from cortex.service import SERVICE, CortexServicer
@@ -68,6 +69,9 @@ class Cortex:
         self.identity = material.identity
         self.store = open_store(config, CheckpointSigner.from_tls(material))
         try:
+            self.correlation = (
+                CorrelationRuntime(config.correlation) if config.correlation.enabled else None
+            )
             self.ingest = Ingest(
                 self.store,
                 config.guardians,
@@ -75,16 +79,21 @@ class Cortex:
                 tls=config.server.tls,
                 own=OwnIdentity.of(material.identity),
                 dial=dial,
+                on_stored=None if self.correlation is None else self.correlation.observe,
             )
             self.server = ComponentServer(config.server, component=COMPONENT)
             self.servicer = CortexServicer(
-                self.store, self.ingest.tracker, token_key=self.store.token_key()
+                self.store,
+                self.ingest.tracker,
+                token_key=self.store.token_key(),
+                correlation=self.correlation,
             )
             self.server.add_service(self.servicer.binding())
         except BaseException:
             self.store.close()
             raise
         self._stopped = False
+        self._rules_reload: asyncio.Task[None] | None = None
 
     @property
     def directory(self) -> GuardianDirectory:
@@ -95,6 +104,8 @@ class Cortex:
         return self.server.port
 
     async def start(self) -> int:
+        if self.correlation is not None:
+            await self.correlation.start()
         await self.ingest.start()
         return await self.server.start()
 
@@ -109,12 +120,16 @@ class Cortex:
         finally:
             try:
                 await self.ingest.stop()
+                if self.correlation is not None:
+                    await self.correlation.stop()
             finally:
                 await asyncio.to_thread(self.store.close)
 
     def reload(self) -> None:
-        """Re-read the configuration file and follow its guardian list (SIGHUP). A file that
-        does not load keeps the current list (logged); other changed sections need a restart."""
+        """Re-read the configuration file (SIGHUP): follow its guardian list and reload the
+        correlation rule files. A file that does not load keeps the current list, a rule file
+        that does not load keeps the current rules (both logged); other changed sections need
+        a restart."""
         if self.config_path is None:
             log_event(_log, "reload ignored: no configuration file", level=logging.WARNING)
             return
@@ -129,10 +144,42 @@ class Cortex:
                 error=str(exc),
             )
             return
-        if dataclasses.replace(new, guardians=self.config.guardians) != self.config:
+        if self.correlation is not None:
+            rules = new.correlation.rules
+            self._rules_reload = asyncio.get_running_loop().create_task(self._reload_rules(rules))
+        kept = dataclasses.replace(
+            new,
+            guardians=self.config.guardians,
+            correlation=dataclasses.replace(new.correlation, rules=self.config.correlation.rules),
+        )
+        if kept != self.config:
             log_event(
                 _log,
-                "only [[guardians]] is reloaded; restart for the other changes",
+                "only [[guardians]] and [correlation] rules are reloaded; restart for the "
+                "other changes",
                 level=logging.WARNING,
             )
-        self.config = dataclasses.replace(self.config, guardians=new.guardians)
+        self.config = dataclasses.replace(
+            self.config,
+            guardians=new.guardians,
+            correlation=dataclasses.replace(self.config.correlation, rules=new.correlation.rules),
+        )
+
+    async def _reload_rules(self, rules: tuple[Path, ...]) -> None:
+        assert self.correlation is not None
+        try:
+            await self.correlation.reload(rules)
+        except (MeshError, OSError) as exc:  # CorrelationRuleError names FILE:LINE
+            log_event(
+                _log,
+                "correlation rules refused; the current rules stay",
+                level=logging.ERROR,
+                error=str(exc),
+            )
+            return
+        log_event(
+            _log,
+            "correlation rules reloaded",
+            rules=len(self.correlation.ruleset.rules),
+            version=self.correlation.ruleset.version,
+        )

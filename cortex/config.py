@@ -7,6 +7,7 @@
     [keyring]      the Cortex keyring (`qsc keys init --component cortex`): store and blind keys
     [[guardians]]  the guardians to follow: id, address, expected role and host
     [ingest]       silence deadline, batch and heartbeat hints, reconnect backoff
+    [correlation]  correlation rule files (default: the built-in ones), state bounds
     [log]          level, format
 
 `qsc-cortex run --config cortex.toml`; see deploy/cortex.toml for a documented example.
@@ -33,6 +34,7 @@ from mesh.server import ServerConfig
 
 __all__ = [
     "COMPONENT",
+    "CorrelationSection",
     "CortexConfig",
     "GuardianSection",
     "IngestSection",
@@ -151,6 +153,29 @@ class IngestSection:
 
 
 @dataclass(frozen=True)
+class CorrelationSection:
+    """`[correlation]`: the correlation rules and the bounds of their state."""
+
+    enabled: bool = True
+    # YAML files of correlation rules, loaded in order (empty: the built-in defaults,
+    # cortex/correlate/default/). A later file can switch a rule off or replace it.
+    rules: tuple[Path, ...] = ()
+    max_keys: int = 10_000  # open correlation keys per rule (least recently active evicted)
+    max_assessments: int = 100_000  # assessments kept in memory (oldest closed ones dropped)
+    expire_interval: timedelta = timedelta(seconds=5)  # how often closed windows are expired
+
+    def __post_init__(self) -> None:
+        for i, path in enumerate(self.rules):
+            _absolute(f"rules[{i}]", path)
+        if self.max_keys < 1:
+            raise ConfigError("max_keys", "must be at least 1")
+        if self.max_assessments < 1:
+            raise ConfigError("max_assessments", "must be at least 1")
+        if self.expire_interval <= timedelta(0):
+            raise ConfigError("expire_interval", "must be positive")
+
+
+@dataclass(frozen=True)
 class CortexConfig:
     """Everything `qsc-cortex run` reads. Frozen; validated section by section on load."""
 
@@ -159,6 +184,7 @@ class CortexConfig:
     keyring: KeyringSection = field(default_factory=KeyringSection)
     guardians: tuple[GuardianSection, ...] = ()
     ingest: IngestSection = field(default_factory=IngestSection)
+    correlation: CorrelationSection = field(default_factory=CorrelationSection)
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:

@@ -127,6 +127,30 @@ class ResourceNameError(ReadApiError, InvalidArgumentError):
     reason = "INVALID_NAME"
 
 
+class AssessmentNotFoundError(ReadApiError, NotFoundError):
+    """No assessment has this id (never raised, or dropped for the bound on kept ones)."""
+
+    reason = "ASSESSMENT_NOT_FOUND"
+
+
+class AssessmentResolvedError(ReadApiError, FailedPreconditionError):
+    """The assessment already has a verdict (FAILED_PRECONDITION): a verdict is given once."""
+
+    reason = "ASSESSMENT_RESOLVED"
+
+
+class VerdictArgumentError(ReadApiError, InvalidArgumentError):
+    """A verdict request the Cortex cannot take: no verdict given, or a comment too long."""
+
+    reason = "INVALID_VERDICT"
+
+
+class CorrelationOffError(ReadApiError, FailedPreconditionError):
+    """Assessments were asked of a Cortex whose correlation is switched off."""
+
+    reason = "CORRELATION_OFF"
+
+
 class EventNotFoundError(ReadApiError, NotFoundError):
     """No stored event has this id (never stored, or aged out by retention)."""
 

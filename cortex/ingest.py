@@ -44,7 +44,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -131,8 +131,11 @@ class Ingest:
         own: OwnIdentity,
         dial: Dialer = open_channel,
         clock: Callable[[], int] = time.time_ns,
+        on_stored: Callable[[Sequence[event_pb2.Event]], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
+        # Given every batch once it is committed (the correlation runtime), in store order.
+        self._on_stored = on_stored
         self.settings = settings
         self.own = own
         self.tracker = GuardianTracker(guardians, clock=clock)
@@ -294,6 +297,8 @@ class Ingest:
                     name, f"sent an event of guardian id {event.guardian.id!r} (seq {event.seq})"
                 )
         await asyncio.to_thread(self.store.append_batch, name, batch.events, batch.cursor)
+        if self._on_stored is not None and batch.events:
+            await self._on_stored(batch.events)
         findings = self.tracker.on_batch(name, batch.events, batch.received_at)
         if findings:
             views = {v.guardian_id: v for v in self.tracker.guardians()}
@@ -340,6 +345,8 @@ class Ingest:
             cursor = StoredCursor(self.own.spiffe_id, seq)
             await asyncio.to_thread(self.store.append_batch, self.own.guardian_id, events, cursor)
             self._own_seq = seq
+            if self._on_stored is not None:
+                await self._on_stored(events)
         for event in events:
             log_event(
                 _log,

@@ -30,7 +30,6 @@ read; the page token carries it, so later pages report the same total without co
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -43,10 +42,10 @@ from cortex.errors import (
     ResourceNameError,
     StoreArgumentError,
 )
-from cortex.filter.lexer import T, Token, tokenize
 from cortex.filter.literals import shown
 from cortex.guardian_view import ConnectionState, GuardianDirectory, GuardianView
 from cortex.paging import PageBinding, PageTokens, page_size
+from cortex.record_filter import Enum, RecordFields, RecordFilter, parse_record_filter
 from cortex.store.api import Page, Position, WhereClause
 from qsc.common.v1 import event_pb2
 
@@ -196,211 +195,43 @@ def _name_id(pattern: re.Pattern[str], name: str, shape: str) -> str:
 
 # --- the guardian filter ------------------------------------------------------------------------
 
-_Getter = Callable[[GuardianView], object]
-_STRING_FIELDS: Final[dict[str, _Getter]] = {
-    "name": lambda g: g.name,
-    "guardian_id": lambda g: g.guardian_id,
-    "host": lambda g: g.host,
-    "role": lambda g: g.role,
-    "address": lambda g: g.address,
-    "version": lambda g: g.version,
-}
-_INT_FIELDS: Final[dict[str, _Getter]] = {
-    "lag_events": lambda g: g.lag_events,
-    "committed_seq": lambda g: g.committed_seq,
-    "latest_seq": lambda g: g.latest_seq,
-    "events_lost": lambda g: g.events_lost,
-}
-_OTHER_FIELDS: Final = ("state", "sealed", "degraded_sensors")
-GUARDIAN_FIELDS: Final = tuple(sorted((*_STRING_FIELDS, *_INT_FIELDS, *_OTHER_FIELDS)))
-_STATE_PREFIX: Final = "CONNECTION_STATE_"
-_OPS: Final[dict[str, Callable[[int, int], bool]]] = {
-    "=": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-}
-
-_Predicate = Callable[[GuardianView], bool]
-
-
-@dataclass(frozen=True)
-class GuardianFilter:
-    """A parsed guardian filter: `matches` evaluates it, `canonical` is what tokens bind to."""
-
-    predicate: _Predicate | None
-    canonical: str
-
-    def matches(self, view: GuardianView) -> bool:
-        return self.predicate is None or self.predicate(view)
+GUARDIAN_FILTER_FIELDS: Final[RecordFields[GuardianView]] = RecordFields(
+    strings={
+        "name": lambda g: g.name,
+        "guardian_id": lambda g: g.guardian_id,
+        "host": lambda g: g.host,
+        "role": lambda g: g.role,
+        "address": lambda g: g.address,
+        "version": lambda g: g.version,
+    },
+    sets={"degraded_sensors": lambda g: g.degraded_sensors},
+    integers={
+        "lag_events": lambda g: g.lag_events,
+        "committed_seq": lambda g: g.committed_seq,
+        "latest_seq": lambda g: g.latest_seq,
+        "events_lost": lambda g: g.events_lost,
+    },
+    enums={
+        "state": Enum(
+            lambda g: g.state.name,
+            tuple(s.name for s in ConnectionState),
+            prefix="CONNECTION_STATE_",
+        )
+    },
+    bools={"sealed": lambda g: g.sealed},
+)
+GUARDIAN_FIELDS: Final = GUARDIAN_FILTER_FIELDS.names
+GuardianFilter = RecordFilter[GuardianView]
 
 
 def parse_guardian_filter(text: str) -> GuardianFilter:
     """The GuardianFilter of `text` (FilterError naming the position and the reason)."""
-    if len(text) > MAX_GUARDIAN_FILTER_CHARS:
-        raise FilterError(
-            MAX_GUARDIAN_FILTER_CHARS + 1, f"at most {MAX_GUARDIAN_FILTER_CHARS} characters"
-        )
-    parser = _GuardianParser(tokenize(text))
-    if parser.peek.kind is T.END:
-        return GuardianFilter(None, "")
-    predicate, canonical = parser.expression(depth=0)
-    rest: Token = parser.peek
-    if rest.kind is not T.END:
-        raise FilterError(rest.position, f"unexpected {rest.describe()}")
-    return GuardianFilter(predicate, canonical)
-
-
-class _GuardianParser:
-    def __init__(self, tokens: list[Token]) -> None:
-        self._tokens = tokens
-        self._i = 0
-        self._terms = 0
-
-    @property
-    def peek(self) -> Token:
-        return self._tokens[self._i]
-
-    def _take(self) -> Token:
-        token = self._tokens[self._i]
-        if token.kind is not T.END:
-            self._i += 1
-        return token
-
-    def expression(self, depth: int) -> tuple[_Predicate, str]:
-        parts = [self._sequence(depth)]
-        while self.peek.kind is T.AND:
-            self._take()
-            parts.append(self._sequence(depth))
-        return _all(parts)
-
-    def _sequence(self, depth: int) -> tuple[_Predicate, str]:
-        parts = [self._factor(depth)]
-        while self.peek.kind in (T.LPAREN, T.NOT, T.MINUS, T.TEXT):
-            parts.append(self._factor(depth))
-        return _all(parts)
-
-    def _factor(self, depth: int) -> tuple[_Predicate, str]:
-        parts = [self._term(depth)]
-        while self.peek.kind is T.OR:
-            self._take()
-            parts.append(self._term(depth))
-        if len(parts) == 1:
-            return parts[0]
-        preds = [p for p, _ in parts]
-        return (lambda g: any(p(g) for p in preds)), "(" + " OR ".join(c for _, c in parts) + ")"
-
-    def _term(self, depth: int) -> tuple[_Predicate, str]:
-        if depth > 32:
-            raise FilterError(self.peek.position, "nested too deeply (at most 32 levels)")
-        if self.peek.kind in (T.NOT, T.MINUS):
-            self._take()
-            inner, text = self._term(depth + 1)
-            return (lambda g: not inner(g)), f"NOT {text}"
-        if self.peek.kind is T.LPAREN:
-            self._take()
-            inner, text = self.expression(depth + 1)
-            close = self._take()
-            if close.kind is not T.RPAREN:
-                raise FilterError(close.position, f"expected ')', found {close.describe()}")
-            return inner, text
-        return self._restriction()
-
-    def _restriction(self) -> tuple[_Predicate, str]:
-        field = self._take()
-        if field.kind is not T.TEXT:
-            raise FilterError(field.position, f"expected a field, found {field.describe()}")
-        name = field.value
-        if name not in GUARDIAN_FIELDS:
-            raise FilterError(
-                field.position,
-                f"field {shown(name)} is not filterable; fields: {', '.join(GUARDIAN_FIELDS)}",
-            )
-        op = self._take()
-        if op.kind is not T.CMP:
-            raise FilterError(
-                op.position, f"expected a comparison after {name}, found {op.describe()}"
-            )
-        value = self._take()
-        if value.kind not in (T.TEXT, T.STRING):
-            raise FilterError(value.position, f"expected a value, found {value.describe()}")
-        self._terms += 1
-        if self._terms > MAX_GUARDIAN_TERMS:
-            raise FilterError(field.position, f"at most {MAX_GUARDIAN_TERMS} comparisons")
-        if name in _INT_FIELDS:
-            return _int_restriction(name, op, value)
-        if op.value not in ("=", "!="):
-            raise FilterError(op.position, f"{name} takes = and != only")
-        negate = op.value == "!="
-        match, text = _equality(name, value)
-        rendered = f"{name} {op.value} {text}"
-        if negate:
-            return (lambda g: not match(g)), rendered
-        return match, rendered
-
-
-def _all(parts: list[tuple[_Predicate, str]]) -> tuple[_Predicate, str]:
-    if len(parts) == 1:
-        return parts[0]
-    preds = [p for p, _ in parts]
-    return (lambda g: all(p(g) for p in preds)), " AND ".join(c for _, c in parts)
-
-
-def _int_restriction(name: str, op: Token, value: Token) -> tuple[_Predicate, str]:
-    text = value.value
-    if not text.isascii() or not text.isdigit() or len(text) > 20:
-        raise FilterError(value.position, f"{name} takes a non-negative integer, not {shown(text)}")
-    number = int(text)
-    get, compare = _INT_FIELDS[name], _OPS[op.value]
-
-    def predicate(g: GuardianView) -> bool:
-        got = get(g)
-        return isinstance(got, int) and compare(got, number)
-
-    return predicate, f"{name} {op.value} {number}"
-
-
-def _equality(name: str, value: Token) -> tuple[_Predicate, str]:
-    """The `=` predicate of one non-integer field, and its canonical value text."""
-    text = value.value
-    if name == "state":
-        word = text.upper().removeprefix(_STATE_PREFIX)
-        try:
-            state = ConnectionState[word]
-        except KeyError:
-            raise FilterError(
-                value.position,
-                f"state is one of {', '.join(s.name for s in ConnectionState)}, not {shown(text)}",
-            ) from None
-        return (lambda g: g.state is state), state.name
-    if name == "sealed":
-        if text.lower() not in ("true", "false"):
-            raise FilterError(value.position, f"sealed is true or false, not {shown(text)}")
-        flag = text.lower() == "true"
-        return (lambda g: g.sealed is flag), str(flag).lower()
-    if not text:
-        raise FilterError(value.position, f"{name} compared with an empty string")
-    stars = [i for i, _ in value.stars]
-    if any(i != len(text) - 1 for i in stars):
-        raise FilterError(value.position, "`*` is a wildcard only as the last character")
-    prefix = text[:-1] if stars else None
-    if name == "degraded_sensors":
-        if prefix is not None:
-            return (
-                lambda g: any(s.startswith(prefix) for s in g.degraded_sensors),
-                _quoted(text),
-            )
-        return (lambda g: text in g.degraded_sensors), _quoted(text)
-    get = _STRING_FIELDS[name]
-    if prefix is not None:
-        return (lambda g: str(get(g)).startswith(prefix)), _quoted(text)
-    return (lambda g: get(g) == text), _quoted(text)
-
-
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return parse_record_filter(
+        text,
+        GUARDIAN_FILTER_FIELDS,
+        max_chars=MAX_GUARDIAN_FILTER_CHARS,
+        max_terms=MAX_GUARDIAN_TERMS,
+    )
 
 
 # --- guardian order ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""`qsc.cortex.v1.CortexService`, the read half: GetEvent, ListEvents, GetGuardian, ListGuardians.
+"""`qsc.cortex.v1.CortexService`: events, guardians, assessments and verdicts.
 
-Decode, call the core (`cortex.queries.CortexQueries`), encode. The other RPCs (assessments,
-verdicts, playbook runs) answer UNIMPLEMENTED until the correlation and playbook parts exist.
+Decode, call the core (`cortex.queries.CortexQueries` for events and guardians,
+`cortex.assessment_queries` on the correlation thread for assessments), encode.
+SubscribeAssessments and the playbook runs answer UNIMPLEMENTED until they exist.
 Who may call what is `mesh.authz.MESH_AUTHZ` (roles soar and operator), enforced by the mesh
 interceptor before any of this runs.
 
@@ -31,17 +32,24 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from cortex import _convert
+from cortex.assessment_queries import AssessmentQueries
+from cortex.assessments import Assessment
+from cortex.correlation import CorrelationRuntime
 from cortex.errors import (
+    CorrelationOffError,
     CortexError,
     FilterError,
     ReadApiError,
     StoreArgumentError,
     StoreIntegrityError,
+    VerdictArgumentError,
 )
 from cortex.guardian_view import GuardianDirectory
 from cortex.queries import CortexQueries, ReadableStore
+from mesh.identity import peer_identity
 from mesh.server import ServiceBinding
 from mesh.status import to_status
+from qsc.cortex.v1 import assessment_pb2
 from qsc.cortex.v1 import cortex_service_pb2 as pb
 from qsc.cortex.v1 import cortex_service_pb2_grpc as pb_grpc
 
@@ -63,9 +71,17 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
         store: ReadableStore,
         directory: GuardianDirectory,
         token_key: bytes | None = None,
+        correlation: CorrelationRuntime | None = None,
     ) -> None:
         key = token_key if token_key is not None else secrets.token_bytes(32)
+        self._store = store
         self._queries = CortexQueries(store, directory, key)
+        self._correlation = correlation
+        self._assessments = (
+            None
+            if correlation is None
+            else AssessmentQueries(correlation.book, store.store_id, key)
+        )
 
     def binding(self) -> ServiceBinding:
         return ServiceBinding(SERVICE, pb_grpc.add_CortexServiceServicer_to_server, self)
@@ -122,28 +138,68 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
             total_size=_int32(page.total_size),
         )
 
-    # Assessments and verdicts (correlation) and playbook runs come with later parts: until
-    # then these answer UNIMPLEMENTED, which clients treat as "not offered by this server".
+    # -- assessments (the book lives on the correlation thread: every access goes there) -----
+
+    def _assessment_core(self) -> tuple[CorrelationRuntime, AssessmentQueries]:
+        if self._correlation is None or self._assessments is None:
+            raise CorrelationOffError("correlation is off on this Cortex ([correlation] enabled)")
+        return self._correlation, self._assessments
+
+    async def _message(self, a: Assessment) -> assessment_pb2.Assessment:
+        return await asyncio.to_thread(_convert.assessment, a, self._store.get)
+
     async def GetAssessment(  # noqa: N802 (gRPC method name)
         self, request: pb.GetAssessmentRequest, context: Any
     ) -> pb.GetAssessmentResponse:
-        await _unimplemented(context, "GetAssessment")
+        try:
+            runtime, core = self._assessment_core()
+            found = await runtime.call(lambda: core.get(request.name))
+        except CortexError as exc:
+            await _abort(context, exc)
+        return pb.GetAssessmentResponse(assessment=await self._message(found))
 
     async def ListAssessments(  # noqa: N802 (gRPC method name)
         self, request: pb.ListAssessmentsRequest, context: Any
     ) -> pb.ListAssessmentsResponse:
-        await _unimplemented(context, "ListAssessments")
+        try:
+            runtime, core = self._assessment_core()
+            page = await runtime.call(
+                lambda: core.list(
+                    request.page_size, request.page_token, request.filter, request.order_by
+                )
+            )
+        except CortexError as exc:
+            await _abort(context, exc)
+        return pb.ListAssessmentsResponse(
+            assessments=[await self._message(a) for a in page.assessments],
+            next_page_token=page.next_page_token,
+            total_size=_int32(page.total_size),
+        )
+
+    async def SubmitVerdict(  # noqa: N802 (gRPC method name)
+        self, request: pb.SubmitVerdictRequest, context: Any
+    ) -> pb.SubmitVerdictResponse:
+        actor = peer_identity(context).spiffe_id
+        try:
+            runtime, core = self._assessment_core()
+            verdict = _convert.VERDICT_NAMES.get(request.verdict)
+            if verdict is None:
+                raise VerdictArgumentError(
+                    "verdict must be VERDICT_TRUE_POSITIVE, VERDICT_FALSE_POSITIVE or "
+                    "VERDICT_BENIGN"
+                )
+            judged = await runtime.call(
+                lambda: core.verdict(request.name, verdict, request.comment, actor)
+            )
+        except CortexError as exc:
+            await _abort(context, exc)
+        return pb.SubmitVerdictResponse(assessment=await self._message(judged))
 
     async def SubscribeAssessments(  # noqa: N802 (gRPC method name)
         self, request: pb.SubscribeAssessmentsRequest, context: Any
     ) -> AsyncIterator[pb.SubscribeAssessmentsResponse]:
         await _unimplemented(context, "SubscribeAssessments")
         yield pb.SubscribeAssessmentsResponse()  # pragma: no cover (makes this a generator)
-
-    async def SubmitVerdict(  # noqa: N802 (gRPC method name)
-        self, request: pb.SubmitVerdictRequest, context: Any
-    ) -> pb.SubmitVerdictResponse:
-        await _unimplemented(context, "SubmitVerdict")
 
     async def GetPlaybookRun(  # noqa: N802 (gRPC method name)
         self, request: pb.GetPlaybookRunRequest, context: Any

@@ -410,3 +410,22 @@ def test_the_cortex_process_refuses_a_bad_configuration(pki: Path, tmp_path: Pat
     assert err.startswith("qsc-cortex: error: ")
     assert "guardians" in err
     assert "Traceback" not in err
+
+
+def test_a_bad_correlation_rule_file_is_a_configuration_error(pki: Path, tmp_path: Path) -> None:
+    KeyManager.create(tmp_path / "keys", "cortex")
+    rules = tmp_path / "site.yaml"
+    rules.write_text("- correlation: Broken\n  id: site.broken\n  type: sequence\n")
+    config = tmp_path / "cortex.toml"
+    config.write_text(config_toml(pki, tmp_path, []) + f'\n[correlation]\nrules = ["{rules}"]\n')
+    proc = run_cortex("run", "--config", str(config), "--check-config")
+    _, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 2, err
+    assert f"{rules}:1: " in err
+    assert "lacks" in err
+    assert "Traceback" not in err
+    rules.write_text("")  # an empty file adds nothing: the defaults are not loaded either
+    proc = run_cortex("run", "--config", str(config), "--check-config")
+    out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0, err
+    assert "0 correlation rule(s) enabled of 0" in out

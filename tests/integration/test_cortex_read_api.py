@@ -444,7 +444,7 @@ def test_guardians_filtered_ordered_and_paged(pki: Path, server: CortexThread) -
 
 
 def test_parts_not_built_yet_answer_unimplemented(pki: Path, server: CortexThread) -> None:
-    code, _, _ = refusal(pki, server.port, "ListAssessments", pb.ListAssessmentsRequest())
+    code, _, _ = refusal(pki, server.port, "ListPlaybookRuns", pb.ListPlaybookRunsRequest())
     assert code == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -1,0 +1,123 @@
+"""The Cortex's correlation at run time: stored events in, assessments out, one thread.
+
+    runtime = CorrelationRuntime(config.correlation)    # rules loaded (CorrelationRuleError)
+    await runtime.observe(events)                        # after the store committed them
+    page = await runtime.call(lambda: queries.list(...)) # every book access on the same thread
+    runtime.reload(paths)                                # SIGHUP: a bad file keeps the old set
+
+The engine, the assessment book and the verdict model live on one worker thread (a
+single-thread executor): events from all guardians go through it in the order their batches
+were stored, the API reads and judges through it, so nothing is shared between threads and the
+event loop never runs the engine's CPU. Events reach it only after their batch is stored: what
+an assessment names can always be read back. A failure inside is logged and counted, never
+allowed to stop ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from cortex.assessments import Assessment, AssessmentBook
+from cortex.config import CorrelationSection
+from cortex.correlate import Correlator, RuleSet, VerdictModel, load_files
+from mesh.logs import log_event
+from qsc.common.v1 import event_pb2
+
+_log = logging.getLogger("qsc.cortex.correlation")
+T = TypeVar("T")
+
+
+class CorrelationRuntime:
+    def __init__(
+        self, section: CorrelationSection, *, clock: Callable[[], int] = time.time_ns
+    ) -> None:
+        self.section = section
+        self._clock = clock
+        self.ruleset: RuleSet = load_files(list(section.rules) or None)
+        self.engine = Correlator(self.ruleset, max_keys=section.max_keys)
+        self.book = AssessmentBook(
+            VerdictModel(), clock=clock, max_assessments=section.max_assessments
+        )
+        self.failures = 0
+        self.events_seen = 0
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="qsc-correlate")
+        self._expiry: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[Assessment], None]] = []
+
+    def on_change(self, listener: Callable[[Assessment], None]) -> None:
+        """Call `listener` (on the worker thread) with every raised or changed assessment."""
+        self._listeners.append(listener)
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the correlation thread (the book and model are not shared)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def observe(self, events: Sequence[event_pb2.Event]) -> None:
+        try:
+            await self.call(lambda: self._observe(events))
+        except Exception as exc:  # a bug in a rule or the engine: loud, but ingest goes on
+            self.failures += 1
+            log_event(_log, "correlation failed", level=logging.ERROR, exc_info=exc)
+
+    def _observe(self, events: Sequence[event_pb2.Event]) -> None:
+        for event in events:
+            self.events_seen += 1
+            for hit in self.engine.observe(event):
+                self._publish(self.book.apply(hit))
+
+    def _expire(self) -> None:
+        for hit in self.engine.expire(self._clock()):
+            self._publish(self.book.apply(hit))
+
+    def _publish(self, changed: Assessment | None) -> None:
+        if changed is None:
+            return
+        if changed.revision == 1:
+            log_event(
+                _log,
+                f"assessment raised: {changed.title}",
+                level=logging.WARNING,
+                assessment=changed.name,
+                rule=changed.rule_id,
+                key=changed.correlation_key,
+                confidence=round(changed.confidence, 3),
+            )
+        for listener in self._listeners:
+            listener(changed)
+
+    async def start(self) -> None:
+        self._expiry = asyncio.create_task(self._expire_loop(), name="cortex:correlation-expiry")
+
+    async def _expire_loop(self) -> None:
+        interval = self.section.expire_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.call(self._expire)
+            except Exception as exc:
+                self.failures += 1
+                log_event(_log, "expiring correlations failed", level=logging.ERROR, exc_info=exc)
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            await asyncio.gather(self._expiry, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def reload(self, rules: Sequence[Path]) -> None:
+        """Load `rules` (empty: the defaults) and correlate with them from now on; open
+        correlation windows start afresh, assessments and learned weights stay. A file that
+        does not load raises CorrelationRuleError and changes nothing."""
+        ruleset = await asyncio.to_thread(load_files, list(rules) or None)
+
+        def swap() -> None:
+            self.ruleset = ruleset
+            self.engine = Correlator(ruleset, max_keys=self.section.max_keys)
+
+        await self.call(swap)
