@@ -20,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
+from cortex import assessment_records
+from cortex.assessments import Assessment
 from cortex.config import COMPONENT, CortexConfig, load_cortex_config
 from cortex.correlation import CorrelationRuntime
 from cortex.guardian_view import GuardianDirectory
@@ -105,9 +108,18 @@ class Cortex:
 
     async def start(self) -> int:
         if self.correlation is not None:
+            # Assessments and open windows back from the store before any new event arrives.
+            await self.ingest.prepare()
+            self.correlation.persist_with(self._store_assessments)
+            await self.correlation.restore(self.store)
             await self.correlation.start()
         await self.ingest.start()
         return await self.server.start()
+
+    async def _store_assessments(self, changes: Sequence[Assessment]) -> None:
+        await self.ingest.record(
+            [self.ingest.stamp(assessment_records.to_event(a)) for a in changes]
+        )
 
     async def stop(self) -> None:
         """Drain the API, stop ingest, close the store (a last signed checkpoint). Idempotent,

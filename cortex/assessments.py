@@ -80,7 +80,7 @@ class Assessment:
 
 @dataclass
 class _Window:
-    hit: Hit
+    hit: Hit | None  # None: restored from the store, no window rebuilt for it yet
     assessment: Assessment | None = None  # None while under the threshold
 
 
@@ -94,11 +94,17 @@ class AssessmentBook:
         self._windows: dict[tuple[str, str], _Window] = {}  # (rule id, key) of open windows
         self._by_id: OrderedDict[str, Assessment] = OrderedDict()
         self.held_back = 0  # hits under their threshold (never shown)
+        self.judged: list[Assessment] = []  # verdicts given, for the owner to store
 
-    def apply(self, hit: Hit) -> Assessment | None:
-        """The assessment `hit` raises or changes, or None (held back, or nothing to show)."""
+    def apply(self, hit: Hit, *, replay: bool = False) -> Assessment | None:
+        """The assessment `hit` raises or changes, or None (held back, or nothing to show).
+        With `replay` (rebuilding the engine's windows from stored events after a restart), a
+        window whose assessment was restored only takes the hit back, with no new revision."""
         window_key = (hit.rule.id, hit.key_text)
         window = self._windows.get(window_key)
+        if replay and hit.change != "closed" and window is not None and window.assessment:
+            window.hit = hit
+            return None
         if hit.change == "closed":
             self._windows.pop(window_key, None)
             if window is None or window.assessment is None:
@@ -145,6 +151,58 @@ class AssessmentBook:
         )
         window.assessment = assessment
         return self._put(assessment)
+
+    def load(self, assessment: Assessment) -> None:
+        """Take back a stored revision (the latest of each id wins); an open one gets its
+        window back, a resolved one teaches the model its verdict again."""
+        current = self._by_id.get(assessment.id)
+        if current is not None and current.revision >= assessment.revision:
+            return
+        self._put(assessment)
+        key = (assessment.rule_id, ",".join(f"{k}={v}" for k, v in assessment.key))
+        if assessment.state == "open":
+            window = self._windows.get(key)
+            if window is None:
+                self._windows[key] = _Window(hit=None, assessment=assessment)
+            else:
+                window.assessment = assessment
+        elif self._windows.get(key) is not None and self._windows[key].assessment is not None:
+            held = self._windows[key].assessment
+            if held is not None and held.id == assessment.id:
+                del self._windows[key]
+
+    def learn_from_verdicts(self) -> int:
+        """Teach the (fresh) model every verdict held: after loading all stored revisions."""
+        taught = 0
+        for a in self._by_id.values():
+            if a.verdict is not None:
+                self.model.record(a.rule_id, a.steps_present, a.verdict.verdict)
+                taught += 1
+        return taught
+
+    def expire_orphans(self, now_ns: int, timespans: dict[str, int]) -> list[Assessment]:
+        """Open assessments no live window backs any more (restored, and their window was not
+        rebuilt), past their rule's timespan: EXPIRED."""
+        out = []
+        for key, window in list(self._windows.items()):
+            a = window.assessment
+            if window.hit is not None or a is None or a.state != "open":
+                continue
+            span = timespans.get(a.rule_id, 0)
+            if a.last_event_ns + span < now_ns:
+                del self._windows[key]
+                out.append(
+                    self._put(
+                        replace(
+                            a,
+                            state="expired",
+                            close_ns=now_ns,
+                            update_ns=now_ns,
+                            revision=a.revision + 1,
+                        )
+                    )
+                )
+        return out
 
     def _new(self, hit: Hit, now: int) -> Assessment:
         rule = hit.rule
@@ -203,7 +261,7 @@ class AssessmentBook:
             raise AssessmentResolvedError(f"{current.name} already has a verdict")
         now = self.clock()
         self.model.record(current.rule_id, current.steps_present, chosen)
-        return self._put(
+        judged = self._put(
             replace(
                 current,
                 state="resolved",
@@ -213,3 +271,5 @@ class AssessmentBook:
                 close_ns=current.close_ns or now,
             )
         )
+        self.judged.append(judged)
+        return judged

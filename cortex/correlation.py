@@ -11,21 +11,33 @@ were stored, the API reads and judges through it, so nothing is shared between t
 event loop never runs the engine's CPU. Events reach it only after their batch is stored: what
 an assessment names can always be read back. A failure inside is logged and counted, never
 allowed to stop ingest.
+
+Every change of an assessment is handed to `persist` (the Cortex stores it as one of its own
+events, `cortex.assessment_records`); `restore` reads them back at start and replays the stored
+events of the longest rule timespan through the engine, so after a crash open correlations go
+on, nothing raised is lost and nothing is raised twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from cortex import assessment_records as records
 from cortex.assessments import Assessment, AssessmentBook
 from cortex.config import CorrelationSection
 from cortex.correlate import Correlator, RuleSet, VerdictModel, load_files
+from cortex.filter import parse
+from cortex.filter.literals import format_time
+from cortex.queries import ReadableStore
+from cortex.store.api import Position
+from cortex.store.sqlite import MAX_LIMIT
 from mesh.logs import log_event
 from qsc.common.v1 import event_pb2
 
@@ -49,14 +61,33 @@ class CorrelationRuntime:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="qsc-correlate")
         self._expiry: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[Assessment], None]] = []
+        self._pending: list[Assessment] = []  # changes not yet handed to `persist`
+        self._persist: Callable[[Sequence[Assessment]], Awaitable[None]] | None = None
+
+    def persist_with(self, persist: Callable[[Sequence[Assessment]], Awaitable[None]]) -> None:
+        """Hand every change to `persist` (the Cortex stores it as one of its own events)."""
+        self._persist = persist
 
     def on_change(self, listener: Callable[[Assessment], None]) -> None:
         """Call `listener` (on the worker thread) with every raised or changed assessment."""
         self._listeners.append(listener)
 
     async def call(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the correlation thread (the book and model are not shared)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        """Run `fn` on the correlation thread (the book and model are not shared), then store
+        the assessment changes it made."""
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._executor, fn)
+        changes = await loop.run_in_executor(self._executor, self._take_pending)
+        if changes and self._persist is not None:
+            await self._persist(changes)
+        return result
+
+    def _take_pending(self) -> list[Assessment]:
+        for judged in self.book.judged:  # verdicts change assessments outside the engine
+            self._publish(judged)
+        self.book.judged.clear()
+        taken, self._pending = self._pending, []
+        return taken
 
     async def observe(self, events: Sequence[event_pb2.Event]) -> None:
         try:
@@ -65,19 +96,62 @@ class CorrelationRuntime:
             self.failures += 1
             log_event(_log, "correlation failed", level=logging.ERROR, exc_info=exc)
 
-    def _observe(self, events: Sequence[event_pb2.Event]) -> None:
+    def _observe(self, events: Sequence[event_pb2.Event], *, replay: bool = False) -> None:
         for event in events:
+            if event.WhichOneof("detail") == records.KIND:
+                continue  # the Cortex's own assessment records: not evidence
             self.events_seen += 1
             for hit in self.engine.observe(event):
-                self._publish(self.book.apply(hit))
+                self._publish(self.book.apply(hit, replay=replay))
 
     def _expire(self) -> None:
-        for hit in self.engine.expire(self._clock()):
+        now = self._clock()
+        for hit in self.engine.expire(now):
             self._publish(self.book.apply(hit))
+        spans = {r.id: r.timespan_ns for r in self.ruleset.rules}
+        for expired in self.book.expire_orphans(now, spans):
+            self._publish(expired)
+
+    def _load(self, assessments: Sequence[Assessment]) -> None:
+        for a in assessments:
+            self.book.load(a)
+
+    async def restore(self, store: ReadableStore) -> tuple[int, int]:
+        """After a restart: the stored assessment records back into the book (and verdicts
+        into the model), then the stored events of the last timespan through the engine, so
+        open windows go on where they were. Returns (assessments, events replayed)."""
+        kind = parse(f"kind = {records.KIND}").to_sql(store.blind)
+        restored = 0
+        after: Position | None = None
+        while True:
+            page = await asyncio.to_thread(store.query, kind, after=after, limit=MAX_LIMIT)
+            loaded = [a for a in map(records.from_event, page.events) if a is not None]
+            await self.call(functools.partial(self._load, loaded))
+            restored += len(loaded)
+            if page.next is None:
+                break
+            after = page.next
+        await self.call(self.book.learn_from_verdicts)
+        spans = [r.timespan_ns for r in self.ruleset.enabled]
+        since = self._clock() - (max(spans) if spans else 0)
+        recent = parse(f'time >= "{format_time(since)}"').to_sql(store.blind)
+        replayed = 0
+        after = None
+        while spans:
+            page = await asyncio.to_thread(store.query, recent, after=after, limit=MAX_LIMIT)
+            events = page.events
+            await self.call(functools.partial(self._observe, events, replay=True))
+            replayed += len(events)
+            if page.next is None:
+                break
+            after = page.next
+        log_event(_log, "correlation restored", assessments=restored, events_replayed=replayed)
+        return restored, replayed
 
     def _publish(self, changed: Assessment | None) -> None:
         if changed is None:
             return
+        self._pending.append(changed)
         if changed.revision == 1:
             log_event(
                 _log,

@@ -144,6 +144,7 @@ class Ingest:
         self._dial = dial
         self._clock = clock
         self._own_seq = 0
+        self._prepared = False
         self._own_lock = asyncio.Lock()
         self._reloaded = asyncio.Event()
         self._stopping = False
@@ -165,9 +166,15 @@ class Ingest:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def prepare(self) -> None:
+        """Read where the Cortex's own numbering stands, so `record` may run before `start`."""
         stored = await asyncio.to_thread(self.store.cursor, self.own.guardian_id)
         self._own_seq = 0 if stored is None else stored.seq
+        self._prepared = True
+
+    async def start(self) -> None:
+        if not self._prepared:
+            await self.prepare()
         await asyncio.to_thread(self._seed, self._guardians)
         fanin = self._build()  # unusable TLS files fail the start, not a guardian later
         self._run_task = asyncio.create_task(self._run(fanin), name="cortex:ingest")
@@ -345,8 +352,8 @@ class Ingest:
             cursor = StoredCursor(self.own.spiffe_id, seq)
             await asyncio.to_thread(self.store.append_batch, self.own.guardian_id, events, cursor)
             self._own_seq = seq
-            if self._on_stored is not None:
-                await self._on_stored(events)
+        if self._on_stored is not None:  # outside the lock: what it stores comes back here
+            await self._on_stored(events)
         for event in events:
             log_event(
                 _log,
@@ -367,12 +374,7 @@ class Ingest:
         mitre: bool,
         labels: dict[str, str],
     ) -> event_pb2.Event:
-        now = self._clock()
         event = event_pb2.Event(
-            id=uuid7(now / 1e9),
-            guardian=identity_pb2.GuardianRef(
-                id=self.own.guardian_id, role=identity_pb2.ROLE_CORTEX, host=self.own.host
-            ),
             severity=severity,
             category=classification_pb2.CATEGORY_SYSTEM,
             rule=classification_pb2.RuleRef(id=rule, name=_RULE_NAMES[rule]),
@@ -388,6 +390,18 @@ class Ingest:
         if mitre:
             tid, tname = _IMPAIR_DEFENSES
             event.rule.techniques.add(id=tid, name=tname)
+        return self.stamp(event)
+
+    def stamp(self, event: event_pb2.Event) -> event_pb2.Event:
+        """Make `event` one of the Cortex's own: an id, the Cortex as its guardian, now as its
+        time (`record` numbers it)."""
+        now = self._clock()
+        event.id = uuid7(now / 1e9)
+        event.guardian.CopyFrom(
+            identity_pb2.GuardianRef(
+                id=self.own.guardian_id, role=identity_pb2.ROLE_CORTEX, host=self.own.host
+            )
+        )
         event.time.FromNanoseconds(now)
         event.observed_time.FromNanoseconds(now)
         return event

@@ -53,6 +53,7 @@ KIND_CATEGORY: Mapping[str, int] = {
     "anomaly_score": cls.CATEGORY_ANOMALY,
     "gap": cls.CATEGORY_SYSTEM,
     "sensor_health": cls.CATEGORY_SYSTEM,
+    "assessment_change": cls.CATEGORY_SYSTEM,  # the Cortex's own; no Alpha rule sees one
 }
 
 

@@ -177,3 +177,93 @@ async def until_async(cond: Callable[[], Awaitable[bool]], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+def test_a_restart_resumes_open_correlations_and_keeps_assessments_and_verdicts(
+    pki: Path, tmp_path: Path
+) -> None:
+    soar = client_leaf(pki, "soar", "s1")
+
+    async def body() -> None:
+        web = Node(pki, "web-01", tmp_path / "web-01")
+        KeyManager.create(tmp_path / "keys", "cortex")
+        await web.start()
+        config = cortex_config(pki, tmp_path, [web])
+
+        async def listed(port: int, flt: str) -> list[Any]:
+            async with open_channel(ChannelConfig(f"{HOST}:{port}", soar)) as channel:
+                api = pb_grpc.CortexServiceStub(channel)
+                resp = await api.ListAssessments(pb.ListAssessmentsRequest(filter=flt))
+                return list(resp.assessments)
+
+        cortex = Cortex(config)
+        port = await cortex.start()
+        try:
+            # Two of the three steps, then the Cortex goes away mid-correlation.
+            web.emit_one(
+                alpha_event(
+                    "alpha.credential_stuffing", "auth_event", user="bob", source="127.0.0.3"
+                )
+            )
+            web.emit_one(
+                alpha_event("alpha.login_new_source", "auth_event", user="bob", source="127.0.0.3")
+            )
+            stored = web.last_seq
+
+            async def caught_up() -> bool:
+                cursor = await asyncio.to_thread(cortex.store.cursor, web.id)
+                return cursor is not None and cursor.seq >= stored
+
+            await until_async(caught_up, "the first two steps stored")
+            assert await listed(port, "") == []
+        finally:
+            await cortex.stop()
+
+        cortex = Cortex(config)
+        port = await cortex.start()
+        try:
+            # The window was rebuilt from the store: the third step completes it.
+            web.emit_one(alpha_event("alpha.large_outbound_transfer", "transfer_volume"))
+
+            async def raised() -> bool:
+                return bool(await listed(port, f'rule = "{RULE}"'))
+
+            await until_async(raised, "the assessment after the restart")
+            (a,) = await listed(port, f'rule = "{RULE}"')
+            assert {f.name for f in a.factors} >= {"failed_login_burst", "login_from_new_address"}
+            async with open_channel(ChannelConfig(f"{HOST}:{port}", soar)) as channel:
+                api = pb_grpc.CortexServiceStub(channel)
+                await api.SubmitVerdict(
+                    pb.SubmitVerdictRequest(
+                        name=a.name, verdict=assessment_pb2.VERDICT_FALSE_POSITIVE
+                    )
+                )
+                records = await api.ListEvents(
+                    pb.ListEventsRequest(filter="kind = assessment_change")
+                )
+                assert {e.assessment_change.assessment_id for e in records.events} == {
+                    a.name.removeprefix("assessments/")
+                }
+                assert {e.assessment_change.state for e in records.events} == {"open", "resolved"}
+        finally:
+            await cortex.stop()
+
+        cortex = Cortex(config)
+        port = await cortex.start()
+        try:
+            (again,) = await listed(port, "")  # one assessment, not a second one from the replay
+            assert again.name == a.name
+            assert again.state == assessment_pb2.ASSESSMENT_STATE_RESOLVED
+            assert again.verdict.verdict == assessment_pb2.VERDICT_FALSE_POSITIVE
+            runtime = cortex.correlation
+            assert runtime is not None
+            rule = runtime.ruleset.get(RULE)
+            assert rule is not None
+            step = rule.steps[0]
+            learned = await runtime.call(lambda: runtime.book.model.lr(RULE, step))
+            assert learned < step.lr  # the verdict came back with the records
+        finally:
+            await cortex.stop()
+            await web.stop()
+
+    asyncio.run(body())

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from qsc.common.v1 import anomaly_details_pb2 as _anomaly_details_pb2
+from qsc.common.v1 import assessment_details_pb2 as _assessment_details_pb2
 from qsc.common.v1 import auth_details_pb2 as _auth_details_pb2
 from qsc.common.v1 import certificate_details_pb2 as _certificate_details_pb2
 from qsc.common.v1 import classification_pb2 as _classification_pb2
@@ -94,6 +95,8 @@ class _DetailKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailKind
     """`gap`."""
     DETAIL_KIND_SENSOR_HEALTH: _DetailKind.ValueType  # 201
     """`sensor_health`."""
+    DETAIL_KIND_ASSESSMENT_CHANGE: _DetailKind.ValueType  # 210
+    """`assessment_change`."""
 
 class DetailKind(_DetailKind, metaclass=_DetailKindEnumTypeWrapper):
     """Names the kind of an event's `detail`, for filters. Each value's number equals the number of the
@@ -154,6 +157,8 @@ DETAIL_KIND_GAP: DetailKind.ValueType  # 200
 """`gap`."""
 DETAIL_KIND_SENSOR_HEALTH: DetailKind.ValueType  # 201
 """`sensor_health`."""
+DETAIL_KIND_ASSESSMENT_CHANGE: DetailKind.ValueType  # 210
+"""`assessment_change`."""
 Global___DetailKind: _TypeAlias = DetailKind  # noqa: Y015
 
 @_typing.final
@@ -221,6 +226,7 @@ class Event(_message.Message):
     ANOMALY_SCORE_FIELD_NUMBER: _builtins.int
     GAP_FIELD_NUMBER: _builtins.int
     SENSOR_HEALTH_FIELD_NUMBER: _builtins.int
+    ASSESSMENT_CHANGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique event ID: a UUIDv7 in canonical text form, so IDs sort by creation time."""
     seq: _builtins.int
@@ -363,6 +369,10 @@ class Event(_message.Message):
     def sensor_health(self) -> _pipeline_details_pb2.SensorHealth:
         """A sensor state change or loss report."""
 
+    @_builtins.property
+    def assessment_change(self) -> _assessment_details_pb2.AssessmentChange:
+        """A revision of a Cortex assessment (the Cortex's own events)."""
+
     def __init__(
         self,
         *,
@@ -403,12 +413,13 @@ class Event(_message.Message):
         anomaly_score: _anomaly_details_pb2.AnomalyScore | None = ...,
         gap: _pipeline_details_pb2.Gap | None = ...,
         sensor_health: _pipeline_details_pb2.SensorHealth | None = ...,
+        assessment_change: _assessment_details_pb2.AssessmentChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "socket_create", b"socket_create", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "socket_create", b"socket_create", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "category", b"category", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "id", b"id", "labels", b"labels", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "seq", b"seq", "severity", b"severity", "socket_create", b"socket_create", "summary", b"summary", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "category", b"category", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "id", b"id", "labels", b"labels", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "seq", b"seq", "severity", b"severity", "socket_create", b"socket_create", "summary", b"summary", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["process_exec", "process_exit", "ptrace", "privilege_change", "memfd_create", "file_access", "permission_change", "ownership_change", "file_delete", "file_rename", "file_link", "network_connection", "socket_create", "port_scan", "transfer_volume", "memory_threat", "module_load", "bpf_program_load", "auth_event", "file_integrity", "backup_integrity", "certificate_status", "heal_action", "anomaly_score", "gap", "sensor_health"]  # noqa: Y015
+    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["process_exec", "process_exit", "ptrace", "privilege_change", "memfd_create", "file_access", "permission_change", "ownership_change", "file_delete", "file_rename", "file_link", "network_connection", "socket_create", "port_scan", "transfer_volume", "memory_threat", "module_load", "bpf_program_load", "auth_event", "file_integrity", "backup_integrity", "certificate_status", "heal_action", "anomaly_score", "gap", "sensor_health", "assessment_change"]  # noqa: Y015
     _WhichOneofArgType_detail: _TypeAlias = _typing.Literal["detail", b"detail"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_detail) -> _WhichOneofReturnType_detail | None: ...
 
