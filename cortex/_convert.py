@@ -68,7 +68,7 @@ _VERDICTS: Final = {
     "benign": assessment_pb2.VERDICT_BENIGN,
 }
 VERDICT_NAMES: Final = {number: name for name, number in _VERDICTS.items()}
-_SEVERITIES: Final = {
+SEVERITY_NUMBERS: Final = {  # a rule's severity name -> the API's Severity
     "info": classification_pb2.SEVERITY_INFO,
     "low": classification_pb2.SEVERITY_LOW,
     "medium": classification_pb2.SEVERITY_MEDIUM,
@@ -89,7 +89,7 @@ def assessment(
         description=a.description,
         confidence=a.confidence,
         prior=a.prior,
-        severity=_SEVERITIES[a.severity],
+        severity=SEVERITY_NUMBERS[a.severity],
         state=_A_STATES[a.state],
         contributing_event_count=a.event_count,
         hosts=list(a.hosts),

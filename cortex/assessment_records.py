@@ -11,18 +11,13 @@ from __future__ import annotations
 
 from typing import Final, cast
 
+from cortex._convert import SEVERITY_NUMBERS
 from cortex.assessments import Assessment, State, Verdict, VerdictRecord
 from cortex.correlate import Factor
 from qsc.common.v1 import classification_pb2, event_pb2
 
 KIND: Final = "assessment_change"
-_SEVERITY: Final = {
-    "info": classification_pb2.SEVERITY_INFO,
-    "low": classification_pb2.SEVERITY_LOW,
-    "medium": classification_pb2.SEVERITY_MEDIUM,
-    "high": classification_pb2.SEVERITY_HIGH,
-    "critical": classification_pb2.SEVERITY_CRITICAL,
-}
+_SEVERITY: Final = SEVERITY_NUMBERS
 _STATES: Final = ("open", "resolved", "expired")
 _VERDICTS: Final = ("true_positive", "false_positive", "benign")
 
