@@ -57,10 +57,8 @@ class CorrelationRuntime:
             VerdictModel(), clock=clock, max_assessments=section.max_assessments
         )
         self.failures = 0
-        self.events_seen = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="qsc-correlate")
         self._expiry: asyncio.Task[None] | None = None
-        self._listeners: list[Callable[[Assessment], None]] = []
         self._pending: list[Assessment] = []  # changes not yet handed to `persist`
         self._persist: Callable[[Sequence[Assessment]], Awaitable[None]] | None = None
 
@@ -68,16 +66,14 @@ class CorrelationRuntime:
         """Hand every change to `persist` (the Cortex stores it as one of its own events)."""
         self._persist = persist
 
-    def on_change(self, listener: Callable[[Assessment], None]) -> None:
-        """Call `listener` (on the worker thread) with every raised or changed assessment."""
-        self._listeners.append(listener)
-
     async def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the correlation thread (the book and model are not shared), then store
         the assessment changes it made."""
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, fn)
-        changes = await loop.run_in_executor(self._executor, self._take_pending)
+
+        def run() -> tuple[T, list[Assessment]]:
+            return fn(), self._take_pending()
+
+        result, changes = await asyncio.get_running_loop().run_in_executor(self._executor, run)
         if changes and self._persist is not None:
             await self._persist(changes)
         return result
@@ -90,6 +86,8 @@ class CorrelationRuntime:
         return taken
 
     async def observe(self, events: Sequence[event_pb2.Event]) -> None:
+        if all(e.WhichOneof("detail") == records.KIND for e in events):
+            return  # the Cortex's own assessment records, coming back from the store
         try:
             await self.call(lambda: self._observe(events))
         except Exception as exc:  # a bug in a rule or the engine: loud, but ingest goes on
@@ -100,7 +98,6 @@ class CorrelationRuntime:
         for event in events:
             if event.WhichOneof("detail") == records.KIND:
                 continue  # the Cortex's own assessment records: not evidence
-            self.events_seen += 1
             for hit in self.engine.observe(event):
                 self._publish(self.book.apply(hit, replay=replay))
 
@@ -162,8 +159,6 @@ class CorrelationRuntime:
                 key=changed.correlation_key,
                 confidence=round(changed.confidence, 3),
             )
-        for listener in self._listeners:
-            listener(changed)
 
     async def start(self) -> None:
         self._expiry = asyncio.create_task(self._expire_loop(), name="cortex:correlation-expiry")

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
@@ -51,7 +52,7 @@ def require_positive(config: object, *names: str) -> None:
             raise ConfigError(name, "must be positive")
 
 
-class MeshClient(Generic[Stubs]):
+class MeshClient(ABC, Generic[Stubs]):
     """Base of a typed client: subclasses make their stubs in `_bind` and call them through
     `_unary` / `_stream`."""
 
@@ -85,9 +86,9 @@ class MeshClient(Generic[Stubs]):
         if channel is not None:
             await channel.close(None)
 
+    @abstractmethod
     def _bind(self, channel: grpc.aio.Channel) -> Stubs:
         """The stubs of a newly opened channel."""
-        raise NotImplementedError
 
     @property
     def stubs(self) -> Stubs:

@@ -52,7 +52,6 @@ from cortex.correlate.rules import (
     Step,
 )
 from cortex.errors import CorrelationRuleError, FilterError
-from cortex.fields import field_named
 from cortex.filter import Filter, parse
 from mesh.mitre import TECHNIQUE_ID
 from mesh.yamldoc import YamlDoc
@@ -317,7 +316,4 @@ class _File(YamlDoc):
             raise self.fail(node, f"{what} position {exc.position}: {exc.reason}") from None
         if flt.root is None:
             raise self.fail(node, f"{what} must select something (an empty filter is every event)")
-        unknown = [f for f in flt.fields if field_named(f) is None]
-        if unknown:  # parse() already refuses these; kept so a catalogue change is caught here
-            raise self.fail(node, f"{what} names unknown fields {', '.join(sorted(unknown))}")
         return flt

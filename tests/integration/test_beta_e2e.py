@@ -367,6 +367,15 @@ class Collector:
                 assert left > 0, f"no event: {what}; got: {got}"
                 self.cond.wait(min(left, 0.5))
 
+    def wait_for_sensor(
+        self, sensor: str, state: int = pipeline_details_pb2.SENSOR_STATE_HEALTHY
+    ) -> event_pb2.Event:
+        """The latest health event of `sensor` in `state` (waiting for it)."""
+        return self.wait_for(
+            f"{sensor} {pipeline_details_pb2.SensorState.Name(state)}",  # type: ignore[arg-type]
+            lambda e: e.sensor_health.sensor == sensor and e.sensor_health.state == state,
+        )
+
     @property
     def last_seq(self) -> int:
         with self.cond:
@@ -508,13 +517,7 @@ def test_fim_tampering_produces_events_saying_what_changed(
     world: World, running: tuple[BetaProcess, Collector]
 ) -> None:
     _, events = running
-    events.wait_for(
-        "fim healthy",
-        lambda e: (
-            e.sensor_health.sensor == "fim.inotify"
-            and e.sensor_health.state == pipeline_details_pb2.SENSOR_STATE_HEALTHY
-        ),
-    )
+    events.wait_for_sensor("fim.inotify")
     etc = world.etc
     (etc / "hosts").write_text("6.6.6.6 bank.example\n")
     os.chmod(etc / "passwd", 0o666)
@@ -688,13 +691,7 @@ def test_approve_policy_proposes_then_heals_on_approval(
     world: World, running: tuple[BetaProcess, Collector]
 ) -> None:
     proc, events = running
-    events.wait_for(
-        "vault synced",
-        lambda e: (
-            e.sensor_health.sensor == "heal"
-            and e.sensor_health.state == pipeline_details_pb2.SENSOR_STATE_HEALTHY
-        ),
-    )
+    events.wait_for_sensor("heal")
     target = world.healed / "sudoers"
     good = target.read_bytes()
     target.write_text("ALL ALL=(ALL) NOPASSWD: ALL\n")  # the attack
@@ -832,13 +829,7 @@ def _restart_over(world: World, seen: int, baseline: bytes, reason: str) -> int:
         assert tampered.seq > seen
         assert tampered.severity == 5  # CRITICAL
         assert reason in tampered.summary
-        failed = events.wait_for(
-            "fim failed",
-            lambda e: (
-                e.sensor_health.sensor == "fim.inotify"
-                and e.sensor_health.state == pipeline_details_pb2.SENSOR_STATE_FAILED
-            ),
-        )
+        failed = events.wait_for_sensor("fim.inotify", pipeline_details_pb2.SENSOR_STATE_FAILED)
         assert "baseline failed verification" in failed.sensor_health.reasons[0]
         assert reason in failed.sensor_health.reasons[0]
         with pytest.raises(grpc.RpcError) as caught:

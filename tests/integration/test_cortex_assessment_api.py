@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from cortex.app import Cortex
+from cortex.config import load_cortex_config
 from crypto.keyring import KeyManager
 from crypto.pki import issue_leaf, load_ca, write_leaf
 from mesh.channel import ChannelConfig, open_channel
@@ -26,7 +27,7 @@ from qsc.common.v1 import classification_pb2, event_pb2
 from qsc.cortex.v1 import assessment_pb2
 from qsc.cortex.v1 import cortex_service_pb2 as pb
 from qsc.cortex.v1 import cortex_service_pb2_grpc as pb_grpc
-from tests.integration.test_cortex_ingest import HOST, Node, cortex_config, pki
+from tests.integration.test_cortex_ingest import HOST, Node, config_toml, cortex_config, pki
 from tests.integration.test_cortex_read_api import error_info
 
 __all__ = ["pki"]  # the module fixture, shared with test_cortex_ingest
@@ -267,3 +268,56 @@ def test_a_restart_resumes_open_correlations_and_keeps_assessments_and_verdicts(
             await web.stop()
 
     asyncio.run(body())
+
+
+def test_sighup_reloads_the_rule_files_and_keeps_them_on_a_bad_one(
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rules = tmp_path / "site.yaml"
+    rules.write_text(BURST_RULE)
+    config = tmp_path / "cortex.toml"
+    config.write_text(config_toml(pki, tmp_path, []) + f'\n[correlation]\nrules = ["{rules}"]\n')
+    KeyManager.create(tmp_path / "keys", "cortex")
+
+    async def body() -> None:
+        cortex = Cortex(load_cortex_config(config, env={}), config_path=config)
+        await cortex.start()
+        runtime = cortex.correlation
+        assert runtime is not None
+        try:
+            assert [r.id for r in runtime.ruleset.rules] == ["site.burst"]
+            rules.write_text(
+                BURST_RULE.replace("site.burst", "site.broken").replace("lr: 30", "lr: 0")
+            )
+            cortex.reload()
+            assert cortex._rules_reload is not None
+            await cortex._rules_reload
+            assert [r.id for r in runtime.ruleset.rules] == ["site.burst"]  # kept
+            rules.write_text(BURST_RULE.replace("site.burst", "site.burst2"))
+            cortex.reload()
+            await cortex._rules_reload
+            assert [r.id for r in runtime.ruleset.rules] == ["site.burst2"]
+        finally:
+            await cortex.stop()
+
+    asyncio.run(body())
+    refused = [r for r in caplog.records if "correlation rules refused" in r.getMessage()]
+    assert refused
+    assert f"{rules}:" in str(refused[0].__dict__)
+
+
+BURST_RULE = """
+- correlation: Many of one alert
+  id: site.burst
+  type: event_count
+  group_by: [host]
+  timespan: 60s
+  severity: medium
+  prior: 0.05
+  steps:
+    - step: alert
+      source: alpha.process
+      filter: 'rule.id = "alpha.x"'
+      count: 5
+      lr: 30
+"""

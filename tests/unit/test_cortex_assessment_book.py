@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -116,3 +117,66 @@ def test_the_book_is_bounded() -> None:
     for h in range(10):
         feed(c, book, 64, host=f"h{h}")
     assert len(list(book.all())) == 3
+
+
+def test_a_stored_record_reads_back_as_the_same_assessment() -> None:
+    from cortex.assessment_records import from_event, to_event
+
+    c, book = setup()
+    a = feed(c, book, 64)[-1]
+    judged = book.verdict(a.id, "benign", "a drill", "spiffe://t/soar/s1")
+    for original in (a, judged):
+        back = from_event(to_event(original))
+        assert back == original
+    assert from_event(ev("alpha.x")) is None  # not an assessment record
+
+
+def test_restored_open_assessments_expire_when_no_window_comes_back() -> None:
+    c, book = setup()
+    a = feed(c, book, 64)[-1]
+    fresh = AssessmentBook(VerdictModel(), clock=lambda: T0)
+    fresh.load(a)
+    fresh.load(replace(a, revision=a.revision - 1, confidence=0.0))  # an older revision: ignored
+    assert fresh.get(a.id).revision == a.revision
+    assert fresh.expire_orphans(a.last_event_ns + 30 * 10**9, {"test.burst": 60 * 10**9}) == []
+    (expired,) = fresh.expire_orphans(a.last_event_ns + 61 * 10**9, {"test.burst": 60 * 10**9})
+    assert (expired.state, expired.revision) == ("expired", a.revision + 1)
+
+
+def test_verdicts_loaded_from_the_store_teach_a_fresh_model() -> None:
+    c, book = setup()
+    a = feed(c, book, 64)[-1]
+    judged = book.verdict(a.id, "false_positive", "", "x")
+    fresh = AssessmentBook(VerdictModel())
+    fresh.load(judged)
+    assert fresh.learn_from_verdicts() == 1
+    step = load_texts([("r.yaml", RULE)]).rules[0].steps[0]
+    assert fresh.model.lr("test.burst", step) == book.model.lr("test.burst", step)
+
+
+def test_list_pages_by_keyset_and_binds_tokens_to_the_filter() -> None:
+    from cortex.assessment_queries import AssessmentQueries
+    from cortex.errors import FilterError, PageTokenError
+
+    c, book = setup()
+    for h in range(5):
+        feed(c, book, 64, host=f"h{h}")
+    queries = AssessmentQueries(book, "store-1", b"k" * 32)
+    names, token = [], ""
+    while True:
+        page = queries.list(2, token, "state = OPEN", "")
+        assert page.total_size == 5
+        names += [a.correlation_key for a in page.assessments]
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == [f"test.burst/host=h{h}" for h in (4, 3, 2, 1, 0)]  # newest first, once each
+    first = queries.list(2, "", "state = OPEN", "").next_page_token
+    with pytest.raises(PageTokenError):
+        queries.list(2, first, "severity >= HIGH", "")
+    by_confidence = queries.list(10, "", 'host = "h1" OR host = "h2"', "confidence")
+    assert [a.hosts for a in by_confidence.assessments] in ([("h1",), ("h2",)], [("h2",), ("h1",)])
+    with pytest.raises(FilterError):
+        queries.list(10, "", "confidence >= lots", "")
+    with pytest.raises(FilterError):
+        queries.list(10, "", "", "colour desc")

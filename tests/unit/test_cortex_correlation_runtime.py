@@ -4,10 +4,12 @@ bad file, a failing engine that never stops ingest."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from cortex.assessments import Assessment
 from cortex.config import CorrelationSection
 from cortex.correlation import CorrelationRuntime
 from cortex.errors import CorrelationRuleError
@@ -21,12 +23,17 @@ def test_events_become_assessments_and_a_bad_reload_keeps_the_rules(tmp_path: Pa
 
     async def body() -> None:
         runtime = CorrelationRuntime(CorrelationSection(rules=(good,)))
-        seen: list[str] = []
-        runtime.on_change(lambda a: seen.append(a.state))
+        stored: list[str] = []
+
+        async def persist(changes: Sequence[Assessment]) -> None:
+            stored.extend(f"{a.state} {a.revision}" for a in changes)
+
+        runtime.persist_with(persist)
         await runtime.start()
         try:
             await runtime.observe([ev("alpha.x", at=i * 0.1) for i in range(64)])
-            assert seen[0] == "open"
+            assert stored[0] == "open 1"  # every change handed to the store, in order
+            assert stored == [f"open {i}" for i in range(1, len(stored) + 1)]
             listed = await runtime.call(lambda: list(runtime.book.all()))
             assert len(listed) == 1
             bad = tmp_path / "bad.yaml"
