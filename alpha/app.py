@@ -7,7 +7,7 @@
 
 Workers start in this order, after the server listens: the syscall sensor (its process table
 serves the others), memory scans, sockets (which take connects from the eBPF sensor when it
-runs), the sshd log.
+runs), the sshd log, then the host telemetry windows (which count what all of them see).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from alpha.sources.common import LateLookup
 from alpha.sources.memscan import MemscanSource
 from alpha.sources.network import NetworkSource, socket_protocol
 from alpha.sources.syscalls import SyscallSource
+from alpha.sources.telemetry import TelemetrySource, unobserved_features
 from mesh.guardian import Guardian
 
 
@@ -66,6 +67,18 @@ class Alpha:
             if config.auth.enabled:
                 self.auth = AuthSource(config.auth, self.pipeline, registry)
                 self.guardian.add_worker(self.auth)
+            self.telemetry: TelemetrySource | None = None
+            if config.telemetry.enabled:
+                self.telemetry = TelemetrySource(
+                    config.telemetry,
+                    self.pipeline,
+                    registry,
+                    self.guardian.ref.host,
+                    lambda: unobserved_features(
+                        self.syscalls, network=config.network.enabled, auth=config.auth.enabled
+                    ),
+                )
+                self.guardian.add_worker(self.telemetry)
         except BaseException:
             self.guardian.outbox.close()
             raise

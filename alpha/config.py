@@ -6,6 +6,7 @@
     [memscan]   periodic / on-exec memory scans    (alpha.memscan.MemScanConfig)
     [network]   socket poller and detectors        (alpha.network.NetworkDetectConfig + enabled)
     [auth]      sshd log follower and detectors    (alpha.auth.AuthDetectConfig + the follower)
+    [telemetry] host telemetry windows             (alpha.telemetry.TelemetryConfig)
 
 `qsc-alpha --config alpha.toml`; `QSC_ALPHA_SENSOR__DISABLE_EBPF=1` forces the fallback sensor.
 See deploy/alpha.toml for a documented example.
@@ -23,6 +24,7 @@ from alpha.auth.detect import AuthDetectConfig
 from alpha.memscan import MemScanConfig
 from alpha.network.detect import NetworkDetectConfig
 from alpha.sensors.model import SensorConfig
+from alpha.telemetry import TelemetryConfig
 from mesh.config import load_config
 from mesh.errors import ConfigError
 from mesh.guardian.config import EmbeddedGuardianSections, GuardianRole, GuardianSection
@@ -90,6 +92,7 @@ class AlphaConfig(EmbeddedGuardianSections):
     memscan: MemScanConfig = field(default_factory=MemScanConfig)
     network: NetworkSection = field(default_factory=NetworkSection)
     auth: AuthSection = field(default_factory=AuthSection)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     def network_detect(self, *, ebpf_connections: bool) -> NetworkDetectConfig:
         """The detector's settings, with connects taken from the eBPF sensor when it runs."""

@@ -4,14 +4,18 @@
     pipeline.add_hook(scheduler.observe_batch)            # memscan on-exec / W+X triggers
     pipeline.handle_observations(batch)                   # from the sensor (one thread)
     pipeline.handle_findings(events)                      # memscan, network, auth (any thread)
+    pipeline.add_observer(counter.observe)                # every event, before the rules
+    pipeline.handle_measurements(events)                  # host telemetry windows, no rules
     pipeline.reload_rules()                               # SIGHUP, in a thread of its own
 
 Per event, the highest-priority rule that fires names the event: rule (id, name, MITRE
 techniques), severity, category and summary; other rules that fired are listed in the label
 `also_matched`. Raw sensor events no rule matched are dropped and counted, unless
 `emit_unmatched`; detector findings (memory, sockets, auth) are emitted either way, since the
-detector has already judged them. Every count (`PipelineStats`) also goes to `counts`, which
-alpha.counters turns into `GetStatus` entries.
+detector has already judged them. Observers (alpha.telemetry's window counter) see every sensor
+event and finding before the rules, matched or not. Measurements (host telemetry windows) are
+the guardian's own reports: they skip the rules and are emitted as they are. Every count
+(`PipelineStats`) also goes to `counts`, which alpha.counters turns into `GetStatus` entries.
 
 Losses, by stage, go to `losses(stage, n)` (a SensorHandle's `count_loss`): observations that
 cannot be converted (decode) and events the outbox refused (outbox). The sensor's own stages
@@ -42,6 +46,7 @@ Event = event_pb2.Event
 EventSink = Callable[[list[Event]], object]  # Guardian.emit_many
 LossSink = Callable[[LossStage, int], None]  # SensorHandle.count_loss
 ObservationHook = Callable[[list[Observation]], object]
+EventObserver = Callable[[Sequence[Event]], object]  # e.g. alpha.telemetry.WindowCounter.observe
 EventSource = Callable[[list[Observation]], list[Event]]  # e.g. network scans from connects
 CountSink = Callable[[Mapping[str, int]], None]  # PipelineStats field -> increment
 
@@ -77,6 +82,15 @@ def annotate(candidate: Event, matches: Sequence[Match]) -> Event:
     return event
 
 
+def classify_by_kind(event: Event) -> None:
+    """An event no rule named: severity INFO and its kind's category, unless already set."""
+    if not event.severity:
+        event.severity = classification_pb2.SEVERITY_INFO
+    if not event.category:
+        kind = event.WhichOneof("detail") or ""
+        event.category = KIND_CATEGORY.get(kind, 0)  # type: ignore[assignment]
+
+
 @dataclass(frozen=True)
 class PipelineStats:
     observations: int = 0  # observations handed in by the sensor
@@ -85,6 +99,7 @@ class PipelineStats:
     findings: int = 0  # detector findings handed in
     matched: int = 0  # events a rule fired on
     unmatched_dropped: int = 0  # raw sensor events no rule fired on, not emitted
+    measurements: int = 0  # the guardian's own reports (host telemetry), emitted without rules
     emitted: int = 0
     convert_errors: int = 0  # counted as decode losses
     emit_errors: int = 0  # counted as outbox losses
@@ -118,6 +133,7 @@ class Pipeline:
         self._boot_epoch = boot_epoch
         self._counts = counts
         self._hooks: list[ObservationHook] = []
+        self._observers: list[EventObserver] = []
         self._sources: list[EventSource] = []
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
@@ -129,6 +145,20 @@ class Pipeline:
     def add_hook(self, hook: ObservationHook) -> None:
         """Also hand every observation batch to `hook` (e.g. memscan's on-exec trigger)."""
         self._hooks.append(hook)
+
+    def add_observer(self, observer: EventObserver) -> None:
+        """Also hand `observer` every event before the rules: each converted sensor event
+        (matched or not), each derived event and each finding. It must not change them."""
+        self._observers.append(observer)
+
+    def _observe(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        for observer in self._observers:
+            try:
+                observer(events)
+            except Exception:  # an observer (telemetry) must not cost the batch its events
+                log.exception("event observer failed")
 
     def add_source(self, source: EventSource) -> None:
         """Events derived from each observation batch (e.g. scans seen in connects), which go
@@ -171,11 +201,7 @@ class Pipeline:
                 continue
             unmatched += 1
             if keep_unmatched:
-                if not candidate.severity:
-                    candidate.severity = classification_pb2.SEVERITY_INFO
-                if not candidate.category:
-                    kind = candidate.WhichOneof("detail") or ""
-                    candidate.category = KIND_CATEGORY.get(kind, 0)  # type: ignore[assignment]
+                classify_by_kind(candidate)
                 out.append(candidate)
         return out, unmatched
 
@@ -205,6 +231,7 @@ class Pipeline:
                 candidates.append(event)
         if errors:
             self._losses(LossStage.DECODE, errors)
+        self._observe(candidates)
         events, unmatched = self._rules(candidates, keep_unmatched=self.emit_unmatched)
         derived: list[Event] = []
         for source in self._sources:
@@ -212,6 +239,7 @@ class Pipeline:
                 derived.extend(source(batch))
             except Exception:
                 log.exception("event source failed")
+        self._observe(derived)
         found, _ = self._rules(derived, keep_unmatched=True)
         matched = len(events) - (unmatched if self.emit_unmatched else 0)
         self._bump(
@@ -229,9 +257,20 @@ class Pipeline:
         """Evaluate and emit detector findings (always emitted, with a rule when one fires)."""
         if not events:
             return 0
+        self._observe(events)
         out, unmatched = self._rules(events, keep_unmatched=True)
         self._bump(findings=len(events), matched=len(out) - unmatched)
         return self._emit(out)
+
+    def handle_measurements(self, events: list[Event]) -> int:
+        """Emit the guardian's own measurements (host telemetry windows) without the rules or
+        the observers: INFO and the kind's category unless set. Returns events emitted."""
+        if not events:
+            return 0
+        for event in events:
+            classify_by_kind(event)
+        self._bump(measurements=len(events))
+        return self._emit(events)
 
     def _emit(self, events: list[Event]) -> int:
         if not events:

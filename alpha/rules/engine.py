@@ -51,6 +51,7 @@ KIND_CATEGORY: Mapping[str, int] = {
     "certificate_status": cls.CATEGORY_CERTIFICATE,
     "heal_action": cls.CATEGORY_HEALING,
     "anomaly_score": cls.CATEGORY_ANOMALY,
+    "host_telemetry": cls.CATEGORY_ANOMALY,  # the anomaly score's inputs (alpha.telemetry)
     "gap": cls.CATEGORY_SYSTEM,
     "sensor_health": cls.CATEGORY_SYSTEM,
     "assessment_change": cls.CATEGORY_SYSTEM,  # the Cortex's own; no Alpha rule sees one

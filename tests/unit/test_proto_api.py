@@ -106,6 +106,7 @@ EXPECTED_DETAIL_KINDS = {
     "certificate_status",
     "heal_action",
     "anomaly_score",
+    "host_telemetry",
     "assessment_change",
     "gap",
     "sensor_health",

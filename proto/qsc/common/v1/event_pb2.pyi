@@ -24,6 +24,7 @@ from qsc.common.v1 import network_details_pb2 as _network_details_pb2
 from qsc.common.v1 import pipeline_details_pb2 as _pipeline_details_pb2
 from qsc.common.v1 import process_details_pb2 as _process_details_pb2
 from qsc.common.v1 import process_pb2 as _process_pb2
+from qsc.common.v1 import telemetry_details_pb2 as _telemetry_details_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -91,6 +92,8 @@ class _DetailKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailKind
     """`heal_action`."""
     DETAIL_KIND_ANOMALY_SCORE: _DetailKind.ValueType  # 190
     """`anomaly_score`."""
+    DETAIL_KIND_HOST_TELEMETRY: _DetailKind.ValueType  # 191
+    """`host_telemetry`."""
     DETAIL_KIND_GAP: _DetailKind.ValueType  # 200
     """`gap`."""
     DETAIL_KIND_SENSOR_HEALTH: _DetailKind.ValueType  # 201
@@ -153,6 +156,8 @@ DETAIL_KIND_HEAL_ACTION: DetailKind.ValueType  # 180
 """`heal_action`."""
 DETAIL_KIND_ANOMALY_SCORE: DetailKind.ValueType  # 190
 """`anomaly_score`."""
+DETAIL_KIND_HOST_TELEMETRY: DetailKind.ValueType  # 191
+"""`host_telemetry`."""
 DETAIL_KIND_GAP: DetailKind.ValueType  # 200
 """`gap`."""
 DETAIL_KIND_SENSOR_HEALTH: DetailKind.ValueType  # 201
@@ -224,6 +229,7 @@ class Event(_message.Message):
     CERTIFICATE_STATUS_FIELD_NUMBER: _builtins.int
     HEAL_ACTION_FIELD_NUMBER: _builtins.int
     ANOMALY_SCORE_FIELD_NUMBER: _builtins.int
+    HOST_TELEMETRY_FIELD_NUMBER: _builtins.int
     GAP_FIELD_NUMBER: _builtins.int
     SENSOR_HEALTH_FIELD_NUMBER: _builtins.int
     ASSESSMENT_CHANGE_FIELD_NUMBER: _builtins.int
@@ -362,6 +368,10 @@ class Event(_message.Message):
         """An anomaly score of a host window."""
 
     @_builtins.property
+    def host_telemetry(self) -> _telemetry_details_pb2.HostTelemetry:
+        """What a guardian measured on its host over one window (the ML service's features)."""
+
+    @_builtins.property
     def gap(self) -> _pipeline_details_pb2.Gap:
         """A range of lost events."""
 
@@ -411,15 +421,16 @@ class Event(_message.Message):
         certificate_status: _certificate_details_pb2.CertificateStatus | None = ...,
         heal_action: _heal_details_pb2.HealAction | None = ...,
         anomaly_score: _anomaly_details_pb2.AnomalyScore | None = ...,
+        host_telemetry: _telemetry_details_pb2.HostTelemetry | None = ...,
         gap: _pipeline_details_pb2.Gap | None = ...,
         sensor_health: _pipeline_details_pb2.SensorHealth | None = ...,
         assessment_change: _assessment_details_pb2.AssessmentChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "socket_create", b"socket_create", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "host_telemetry", b"host_telemetry", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "socket_create", b"socket_create", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "category", b"category", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "id", b"id", "labels", b"labels", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "seq", b"seq", "severity", b"severity", "socket_create", b"socket_create", "summary", b"summary", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "category", b"category", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "host_telemetry", b"host_telemetry", "id", b"id", "labels", b"labels", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "seq", b"seq", "severity", b"severity", "socket_create", b"socket_create", "summary", b"summary", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["process_exec", "process_exit", "ptrace", "privilege_change", "memfd_create", "file_access", "permission_change", "ownership_change", "file_delete", "file_rename", "file_link", "network_connection", "socket_create", "port_scan", "transfer_volume", "memory_threat", "module_load", "bpf_program_load", "auth_event", "file_integrity", "backup_integrity", "certificate_status", "heal_action", "anomaly_score", "gap", "sensor_health", "assessment_change"]  # noqa: Y015
+    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["process_exec", "process_exit", "ptrace", "privilege_change", "memfd_create", "file_access", "permission_change", "ownership_change", "file_delete", "file_rename", "file_link", "network_connection", "socket_create", "port_scan", "transfer_volume", "memory_threat", "module_load", "bpf_program_load", "auth_event", "file_integrity", "backup_integrity", "certificate_status", "heal_action", "anomaly_score", "host_telemetry", "gap", "sensor_health", "assessment_change"]  # noqa: Y015
     _WhichOneofArgType_detail: _TypeAlias = _typing.Literal["detail", b"detail"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_detail) -> _WhichOneofReturnType_detail | None: ...
 
