@@ -2,6 +2,10 @@
 
     qsc-cortex run --config PATH [--port-file PATH] [--check-config]    the Cortex
     qsc-cortex store verify|checkpoint|retain --config PATH ...   store tools (`cortex.store_cli`)
+    qsc-cortex assessments export --config PATH [--format ocsf|json] [--filter F] [--out FILE]
+                                             stored assessments as OCSF or JSON Lines
+                                             (`cortex.assessment_cli`)
+    qsc-cortex model show|reset --config PATH   the verdict model (`cortex.model_cli`)
 
 `run` follows every configured guardian into the event store and serves CortexService (health
 and reflection at least); its command line is mesh.service's, shared by every component: once
@@ -12,18 +16,19 @@ that does not load included, naming FILE:LINE; 1 for anything else: a store that
 open, an unreadable key). `--check-config` also checks the identity, opens the keyring and
 loads the correlation rules.
 
-The store's own commands live in `cortex.store_cli`.
+The store's own commands live in `cortex.store_cli`, the assessments' in
+`cortex.assessment_cli`, the verdict model's in `cortex.model_cli`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cortex import store_cli
+from cortex import assessment_cli, model_cli, store_cli
 from cortex.config import COMPONENT, CortexConfig, load_cortex_config
 from cortex.correlate import load_files
 from cortex.errors import CorrelationRuleError
@@ -43,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", title="commands", metavar="COMMAND")
     groups.add_parser("run", help="run the Cortex (ingest and CortexService)")
     store_cli.add_commands(groups)
+    assessment_cli.add_commands(groups)
+    model_cli.add_commands(groups)
     return parser
 
 
@@ -105,7 +112,13 @@ def _run(args: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return dispatch(argv, {"run": _run, "store": store_cli.main}, build_parser)
+    commands: dict[str, Callable[[list[str]], int]] = {
+        "run": _run,
+        "store": store_cli.main,
+        "assessments": assessment_cli.main,
+        "model": model_cli.main,
+    }
+    return dispatch(argv, commands, build_parser)
 
 
 if __name__ == "__main__":

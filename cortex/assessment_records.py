@@ -5,6 +5,11 @@ rule id = the correlation's id), in the same encrypted, hash-chained store as th
 events: `store verify` covers them, `ListEvents` finds them (`kind = assessment_change`), and
 after a restart the Cortex reads them back to rebuild its assessments and, from their verdicts,
 what it learned.
+
+`qsc-cortex model reset` stores a marker among them: an event of the Cortex's own with rule id
+`cortex.model_reset` and no detail (`reset_event`). Read back in store order, it makes the
+book forget the verdicts before it (`AssessmentBook.forget_verdicts`): the model learns only
+from the verdicts stored after the latest reset, across restarts. `STORED` selects both kinds.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from typing import Final, cast
 from cortex._convert import SEVERITY_NUMBERS
 from cortex.assessments import Assessment, State, Verdict, VerdictRecord
 from cortex.correlate import Factor
-from qsc.common.v1 import classification_pb2, event_pb2
+from qsc.common.v1 import classification_pb2, event_pb2, identity_pb2
 
 KIND: Final = "assessment_change"
+RESET_RULE: Final = "cortex.model_reset"
+STORED: Final = f'kind = {KIND} OR rule.id = "{RESET_RULE}"'  # what `restore` reads back
 _SEVERITY: Final = SEVERITY_NUMBERS
 _STATES: Final = ("open", "resolved", "expired")
 _VERDICTS: Final = ("true_positive", "false_positive", "benign")
@@ -129,4 +136,29 @@ def from_event(event: event_pb2.Event) -> Assessment | None:
         update_ns=c.update_time.ToNanoseconds(),
         close_ns=c.close_time.ToNanoseconds() if c.HasField("close_time") else 0,
         verdict=verdict,
+    )
+
+
+def reset_event(actor: str) -> event_pb2.Event:
+    """The marker of a verdict model reset (without id, seq, time or guardian: the writer sets
+    those); `actor` says who reset it."""
+    event = event_pb2.Event(
+        severity=classification_pb2.SEVERITY_INFO,
+        category=classification_pb2.CATEGORY_SYSTEM,
+        summary="verdict model reset: the likelihood ratios are the rules' seeds again; "
+        "only verdicts given after this record teach the model",
+        labels={"model.reset.actor": actor},
+    )
+    event.rule.id = RESET_RULE
+    event.rule.name = "Verdict model reset"
+    return event
+
+
+def is_reset(event: event_pb2.Event) -> bool:
+    """True for the marker `reset_event` makes: a detail-less event of the Cortex's own with
+    its rule id."""
+    return (
+        event.rule.id == RESET_RULE
+        and event.WhichOneof("detail") is None
+        and event.guardian.role == identity_pb2.ROLE_CORTEX
     )

@@ -15,7 +15,9 @@ allowed to stop ingest.
 Every change of an assessment is handed to `persist` (the Cortex stores it as one of its own
 events, `cortex.assessment_records`); `restore` reads them back at start and replays the stored
 events of the longest rule timespan through the engine, so after a crash open correlations go
-on, nothing raised is lost and nothing is raised twice.
+on, nothing raised is lost and nothing is raised twice. A model reset marker among the records
+(`qsc-cortex model reset`) makes the verdicts before it teach nothing (`load_stored`);
+`stored_book` rebuilds the same book and model for the tools beside a running Cortex.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class CorrelationRuntime:
 
     def _observe(self, events: Sequence[event_pb2.Event], *, replay: bool = False) -> None:
         for event in events:
-            if event.WhichOneof("detail") == records.KIND:
+            if event.WhichOneof("detail") == records.KIND or records.is_reset(event):
                 continue  # the Cortex's own assessment records: not evidence
             for hit in self.engine.observe(event):
                 self._publish(self.book.apply(hit, replay=replay))
@@ -109,22 +111,16 @@ class CorrelationRuntime:
         for expired in self.book.expire_orphans(now, spans):
             self._publish(expired)
 
-    def _load(self, assessments: Sequence[Assessment]) -> None:
-        for a in assessments:
-            self.book.load(a)
-
     async def restore(self, store: ReadableStore) -> tuple[int, int]:
         """After a restart: the stored assessment records back into the book (and verdicts
         into the model), then the stored events of the last timespan through the engine, so
         open windows go on where they were. Returns (assessments, events replayed)."""
-        kind = parse(f"kind = {records.KIND}").to_sql(store.blind)
+        kind = parse(records.STORED).to_sql(store.blind)
         restored = 0
         after: Position | None = None
         while True:
             page = await asyncio.to_thread(store.query, kind, after=after, limit=MAX_LIMIT)
-            loaded = [a for a in map(records.from_event, page.events) if a is not None]
-            await self.call(functools.partial(self._load, loaded))
-            restored += len(loaded)
+            restored += await self.call(functools.partial(load_stored, self.book, page.events))
             if page.next is None:
                 break
             after = page.next
@@ -190,3 +186,36 @@ class CorrelationRuntime:
             self.engine = Correlator(ruleset, max_keys=self.section.max_keys)
 
         await self.call(swap)
+
+
+def load_stored(book: AssessmentBook, events: Sequence[event_pb2.Event]) -> int:
+    """Stored records back into `book`, in store order: each assessment revision (the latest of
+    each id wins), and a model reset marker forgets the verdicts before it. Returns how many
+    revisions were read."""
+    loaded = 0
+    for event in events:
+        if records.is_reset(event):
+            book.forget_verdicts(event.time.ToNanoseconds())
+            continue
+        assessment = records.from_event(event)
+        if assessment is not None:
+            book.load(assessment)
+            loaded += 1
+    return loaded
+
+
+def stored_book(store: ReadableStore, section: CorrelationSection) -> AssessmentBook:
+    """The book and verdict model a Cortex with `section` starts with on `store` (what
+    `restore` rebuilds before replaying events), for the tools beside it (`qsc-cortex model
+    show`): every stored record read back, then the verdicts since the latest reset taught."""
+    book = AssessmentBook(VerdictModel(), max_assessments=section.max_assessments)
+    where = parse(records.STORED).to_sql(store.blind)
+    after: Position | None = None
+    while True:
+        page = store.query(where, after=after, limit=MAX_LIMIT)
+        load_stored(book, page.events)
+        if page.next is None:
+            break
+        after = page.next
+    book.learn_from_verdicts()
+    return book

@@ -40,7 +40,7 @@ from mesh.command import EXIT_FAILURE, EXIT_OK, ErrorExit, command_parser, run_c
 from mesh.config import parse_duration
 from mesh.identity import load_tls
 
-__all__ = ["EXIT_TAMPERED", "add_commands", "main"]
+__all__ = ["EXIT_TAMPERED", "add_commands", "config_arg", "main", "open_configured"]
 
 PROG: Final = "qsc-cortex"
 EXIT_TAMPERED: Final = 3
@@ -55,7 +55,7 @@ def add_commands(groups: Any) -> None:
     commands = store.add_subparsers(title="store commands", metavar="COMMAND")
 
     verify = commands.add_parser("verify", help="prove the chain, checkpoints and payloads")
-    _config_arg(verify)
+    config_arg(verify)
     verify.add_argument(
         "--checkpoint", type=Path, help="an exported checkpoint: also find a truncated tail"
     )
@@ -66,19 +66,19 @@ def add_commands(groups: Any) -> None:
     verify.set_defaults(handler=_verify)
 
     checkpoint = commands.add_parser("checkpoint", help="export a signed checkpoint")
-    _config_arg(checkpoint)
+    config_arg(checkpoint)
     checkpoint.add_argument("--out", type=Path, required=True, help="file to write (0600)")
     checkpoint.set_defaults(handler=_checkpoint)
 
     retain = commands.add_parser("retain", help="delete old records, keeping the chain whole")
-    _config_arg(retain)
+    config_arg(retain)
     retain.add_argument(
         "--older-than", required=True, type=_age, help="age of records to delete (e.g. 90d, 12h)"
     )
     retain.set_defaults(handler=_retain)
 
 
-def _config_arg(p: argparse.ArgumentParser) -> None:
+def config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="the Cortex configuration file")
 
 
@@ -109,7 +109,9 @@ def _config(args: argparse.Namespace) -> CortexConfig:
     return load_cortex_config(args.config)
 
 
-def _open(config: CortexConfig, *, writer: bool) -> SqliteEventStore:
+def open_configured(config: CortexConfig, *, writer: bool) -> SqliteEventStore:
+    """The store `config` names: read-only beside a running Cortex, or as its writer (which
+    needs the writer lock a running Cortex holds)."""
     signer = CheckpointSigner.from_tls(load_tls(config.server.tls)) if writer else None
     return SqliteEventStore.open_with_keyring(
         config.store.store_config(),
@@ -156,7 +158,7 @@ def _verify(args: argparse.Namespace) -> int:
         exported = read_checkpoint_file(args.checkpoint)
     enabled = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     line = _ProgressLine(sys.stderr, enabled)
-    with _open(config, writer=False) as store:
+    with open_configured(config, writer=False) as store:
         try:
             report = store.verify(
                 checkpoint=None if exported is None else exported[0],
@@ -217,11 +219,11 @@ def _report_text(store: SqliteEventStore, report: VerifyReport) -> str:
 def _checkpoint(args: argparse.Namespace) -> int:
     config = _config(args)
     try:
-        store = _open(config, writer=True)
+        store = open_configured(config, writer=True)
     except StoreOpenError as exc:
         if "open for writing by another process" not in exc.reason:
             raise
-        store = _open(config, writer=False)  # a Cortex runs: export what it signed last
+        store = open_configured(config, writer=False)  # a Cortex runs: export what it signed last
         fresh = False
     else:
         fresh = True
@@ -250,7 +252,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
 def _retain(args: argparse.Namespace) -> int:
     config = _config(args)
-    with _open(config, writer=True) as store:
+    with open_configured(config, writer=True) as store:
         result = store.retain(args.older_than)
     if result.cut is None:
         print(f"nothing stored longer ago than {args.older_than}: no record deleted")
