@@ -23,12 +23,14 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from cortex import assessment_records
+from cortex import _convert, assessment_records
+from cortex.assessment_stream import AssessmentLog
 from cortex.assessments import Assessment
 from cortex.config import COMPONENT, CortexConfig, load_cortex_config
 from cortex.correlation import CorrelationRuntime
 from cortex.guardian_view import GuardianDirectory
 from cortex.ingest import Ingest, OwnIdentity
+from cortex.record_filter import RecordFilter
 from cortex.service import SERVICE, CortexServicer
 from cortex.store import CheckpointSigner, SqliteEventStore
 from mesh.channel import open_channel
@@ -75,14 +77,19 @@ class Cortex:
             self.correlation = (
                 CorrelationRuntime(config.correlation) if config.correlation.enabled else None
             )
+            own = OwnIdentity.of(material.identity)
+            self.changes = (
+                None if self.correlation is None else self._change_log(self.correlation, own)
+            )
             self.ingest = Ingest(
                 self.store,
                 config.guardians,
                 config.ingest,
                 tls=config.server.tls,
-                own=OwnIdentity.of(material.identity),
+                own=own,
                 dial=dial,
                 on_stored=None if self.correlation is None else self.correlation.observe,
+                on_recorded=None if self.changes is None else self.changes.recorded,
             )
             self.server = ComponentServer(config.server, component=COMPONENT)
             self.servicer = CortexServicer(
@@ -90,6 +97,7 @@ class Cortex:
                 self.ingest.tracker,
                 token_key=self.store.token_key(),
                 correlation=self.correlation,
+                changes=self.changes,
             )
             self.server.add_service(self.servicer.binding())
         except BaseException:
@@ -97,6 +105,21 @@ class Cortex:
             raise
         self._stopped = False
         self._rules_reload: asyncio.Task[None] | None = None
+
+    def _change_log(self, runtime: CorrelationRuntime, own: OwnIdentity) -> AssessmentLog:
+        """SubscribeAssessments' log: the stored assessment changes, snapshots from the book."""
+        store = self.store
+
+        async def snapshot(flt: RecordFilter[Assessment]) -> list[Assessment]:
+            return await runtime.call(lambda: [a for a in runtime.book.all() if flt.matches(a)])
+
+        return AssessmentLog(
+            store,
+            own.guardian_id,
+            store.token_key(),
+            snapshot=snapshot,
+            convert=lambda a: _convert.assessment(a, store.get),
+        )
 
     @property
     def directory(self) -> GuardianDirectory:
@@ -113,6 +136,8 @@ class Cortex:
             self.correlation.persist_with(self._store_assessments)
             await self.correlation.restore(self.store)
             await self.correlation.start()
+        if self.changes is not None:
+            self.changes.start(self.ingest.own_seq)
         await self.ingest.start()
         return await self.server.start()
 

@@ -95,6 +95,8 @@ class AssessmentBook:
         self._by_id: OrderedDict[str, Assessment] = OrderedDict()
         self.held_back = 0  # hits under their threshold (never shown)
         self.judged: list[Assessment] = []  # verdicts given, for the owner to store
+        self._forgotten: set[str] = set()  # ids judged before the latest model reset
+        self.model_reset_ns = 0  # time of the latest model reset read back (0: none)
 
     def apply(self, hit: Hit, *, replay: bool = False) -> Assessment | None:
         """The assessment `hit` raises or changes, or None (held back, or nothing to show).
@@ -153,14 +155,15 @@ class AssessmentBook:
         return self._put(assessment)
 
     def load(self, assessment: Assessment) -> None:
-        """Take back a stored revision (the latest of each id wins); an open one gets its
-        window back, a resolved one teaches the model its verdict again."""
+        """Take back a stored revision (the latest of each id wins); an open or resolved one
+        gets its window back (so the replay of its events adds to it, or for a resolved one is
+        kept from raising it again), a resolved one teaches the model its verdict again."""
         current = self._by_id.get(assessment.id)
         if current is not None and current.revision >= assessment.revision:
             return
         self._put(assessment)
         key = (assessment.rule_id, ",".join(f"{k}={v}" for k, v in assessment.key))
-        if assessment.state == "open":
+        if assessment.state in ("open", "resolved"):
             window = self._windows.get(key)
             if window is None:
                 self._windows[key] = _Window(hit=None, assessment=assessment)
@@ -172,25 +175,44 @@ class AssessmentBook:
                 del self._windows[key]
 
     def learn_from_verdicts(self) -> int:
-        """Teach the (fresh) model every verdict held: after loading all stored revisions."""
+        """Teach the (fresh) model every verdict held since the latest reset: after loading all
+        stored revisions."""
         taught = 0
-        for a in self._by_id.values():
-            if a.verdict is not None:
-                self.model.record(a.rule_id, a.steps_present, a.verdict.verdict)
-                taught += 1
+        for a in self.teaching():
+            assert a.verdict is not None
+            self.model.record(a.rule_id, a.steps_present, a.verdict.verdict)
+            taught += 1
         return taught
+
+    def teaching(self) -> Iterator[Assessment]:
+        """The assessments whose verdicts teach the model: judged, and not before a reset."""
+        return (
+            a
+            for a in tuple(self._by_id.values())
+            if a.verdict is not None and a.id not in self._forgotten
+        )
+
+    def forget_verdicts(self, at_ns: int) -> None:
+        """A verdict model reset (`qsc-cortex model reset`, read back in store order): the
+        verdicts held so far teach the model nothing any more, later ones do."""
+        self.model.reset()
+        self._forgotten = {a.id for a in self._by_id.values() if a.verdict is not None}
+        self.model_reset_ns = at_ns
 
     def expire_orphans(self, now_ns: int, timespans: dict[str, int]) -> list[Assessment]:
         """Open assessments no live window backs any more (restored, and their window was not
-        rebuilt), past their rule's timespan: EXPIRED."""
+        rebuilt), past their rule's timespan: EXPIRED. A resolved one's restored window is
+        just dropped then."""
         out = []
         for key, window in list(self._windows.items()):
             a = window.assessment
-            if window.hit is not None or a is None or a.state != "open":
+            if window.hit is not None or a is None or a.state == "expired":
                 continue
             span = timespans.get(a.rule_id, 0)
-            if a.last_event_ns + span < now_ns:
-                del self._windows[key]
+            if a.last_event_ns + span >= now_ns:
+                continue
+            del self._windows[key]
+            if a.state == "open":
                 out.append(
                     self._put(
                         replace(

@@ -14,6 +14,7 @@ from mesh.errors import (
     InvalidArgumentError,
     MeshError,
     NotFoundError,
+    OutOfRangeError,
     PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
@@ -149,6 +150,30 @@ class CorrelationOffError(ReadApiError, FailedPreconditionError):
     """Assessments were asked of a Cortex whose correlation is switched off."""
 
     reason = "CORRELATION_OFF"
+
+
+class SubscriptionArgumentError(ReadApiError, InvalidArgumentError):
+    """A SubscribeAssessments argument out of its range (heartbeat, a token ahead of the log)."""
+
+    reason = "INVALID_ARGUMENT"
+
+
+class ResumeTokenError(ReadApiError, InvalidArgumentError):
+    """A resume token that is malformed, altered, another store's, or ahead of the log."""
+
+    reason = "INVALID_RESUME_TOKEN"
+
+
+class ResumeTokenExpiredError(ReadApiError, OutOfRangeError):
+    """The changes after a resume token are gone (retention); `oldest_token` resumes."""
+
+    reason = "RESUME_TOKEN_EXPIRED"
+
+
+class SubscriptionLimitError(ReadApiError, ResourceExhaustedError):
+    """As many assessment subscriptions as the Cortex serves are open."""
+
+    reason = "TOO_MANY_SUBSCRIPTIONS"
 
 
 class EventNotFoundError(ReadApiError, NotFoundError):

@@ -79,6 +79,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
+CORTEX_RULE_PREFIX: Final = "cortex."  # the rule ids of the Cortex's own events
 GUARDIAN_LOST: Final = "cortex.guardian_lost"
 GUARDIAN_GAP: Final = "cortex.guardian_gap"
 SENSOR_DEGRADED: Final = "cortex.sensor_degraded"
@@ -132,10 +133,14 @@ class Ingest:
         dial: Dialer = open_channel,
         clock: Callable[[], int] = time.time_ns,
         on_stored: Callable[[Sequence[event_pb2.Event]], Awaitable[None]] | None = None,
+        on_recorded: Callable[[Sequence[event_pb2.Event]], None] | None = None,
     ) -> None:
         self.store = store
         # Given every batch once it is committed (the correlation runtime), in store order.
         self._on_stored = on_stored
+        # Given the Cortex's own events as each commit ends, under the numbering lock, so in
+        # seq order (the assessment change log).
+        self._on_recorded = on_recorded
         self.settings = settings
         self.own = own
         self.tracker = GuardianTracker(guardians, clock=clock)
@@ -303,6 +308,12 @@ class Ingest:
                 raise GuardianMismatchError(
                     name, f"sent an event of guardian id {event.guardian.id!r} (seq {event.seq})"
                 )
+            if _cortex_only(event):
+                # Assessment records and model resets are trusted at restore: only the Cortex
+                # writes them.
+                raise GuardianMismatchError(
+                    name, f"sent an event only the Cortex writes (seq {event.seq})"
+                )
         await asyncio.to_thread(self.store.append_batch, name, batch.events, batch.cursor)
         if self._on_stored is not None and batch.events:
             await self._on_stored(batch.events)
@@ -352,6 +363,8 @@ class Ingest:
             cursor = StoredCursor(self.own.spiffe_id, seq)
             await asyncio.to_thread(self.store.append_batch, self.own.guardian_id, events, cursor)
             self._own_seq = seq
+            if self._on_recorded is not None:
+                self._on_recorded(events)
         if self._on_stored is not None:  # outside the lock: what it stores comes back here
             await self._on_stored(events)
         for event in events:
@@ -459,3 +472,11 @@ class Ingest:
                 "source_seq": str(finding.seq),
             },
         )
+
+
+def _cortex_only(event: event_pb2.Event) -> bool:
+    return (
+        event.guardian.role == identity_pb2.ROLE_CORTEX
+        or event.WhichOneof("detail") == "assessment_change"
+        or event.rule.id.startswith(CORTEX_RULE_PREFIX)
+    )

@@ -2,7 +2,8 @@
 
 Decode, call the core (`cortex.queries.CortexQueries` for events and guardians,
 `cortex.assessment_queries` on the correlation thread for assessments), encode.
-SubscribeAssessments and the playbook runs answer UNIMPLEMENTED until they exist.
+SubscribeAssessments streams `cortex.assessment_stream.AssessmentLog`; the playbook runs
+answer UNIMPLEMENTED until they exist.
 Who may call what is `mesh.authz.MESH_AUTHZ` (roles soar and operator), enforced by the mesh
 interceptor before any of this runs.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Final, NoReturn
 
@@ -33,6 +35,7 @@ from grpc_status import rpc_status
 
 from cortex import _convert
 from cortex.assessment_queries import AssessmentQueries
+from cortex.assessment_stream import AssessmentLog
 from cortex.assessments import Assessment
 from cortex.correlation import CorrelationRuntime
 from cortex.errors import (
@@ -55,6 +58,7 @@ from qsc.cortex.v1 import cortex_service_pb2_grpc as pb_grpc
 
 SERVICE: Final = pb.DESCRIPTOR.services_by_name["CortexService"].full_name
 ERROR_DOMAIN: Final = "cortex.qsc"
+_CORRELATION_OFF: Final = "correlation is off on this Cortex ([correlation] enabled)"
 
 __all__ = ["ERROR_DOMAIN", "SERVICE", "CortexServicer", "error_info"]
 
@@ -72,11 +76,13 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
         directory: GuardianDirectory,
         token_key: bytes | None = None,
         correlation: CorrelationRuntime | None = None,
+        changes: AssessmentLog | None = None,
     ) -> None:
         key = token_key if token_key is not None else secrets.token_bytes(32)
         self._store = store
         self._queries = CortexQueries(store, directory, key)
         self._correlation = correlation
+        self._changes = changes
         self._assessments = (
             None
             if correlation is None
@@ -142,7 +148,7 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
 
     def _assessment_core(self) -> tuple[CorrelationRuntime, AssessmentQueries]:
         if self._correlation is None or self._assessments is None:
-            raise CorrelationOffError("correlation is off on this Cortex ([correlation] enabled)")
+            raise CorrelationOffError(_CORRELATION_OFF)
         return self._correlation, self._assessments
 
     async def _message(self, a: Assessment) -> assessment_pb2.Assessment:
@@ -198,8 +204,30 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
     async def SubscribeAssessments(  # noqa: N802 (gRPC method name)
         self, request: pb.SubscribeAssessmentsRequest, context: Any
     ) -> AsyncIterator[pb.SubscribeAssessmentsResponse]:
-        await _unimplemented(context, "SubscribeAssessments")
-        yield pb.SubscribeAssessmentsResponse()  # pragma: no cover (makes this a generator)
+        try:
+            self._assessment_core()
+            if self._changes is None:
+                raise CorrelationOffError(_CORRELATION_OFF)
+            heartbeat = (
+                request.heartbeat_interval.ToTimedelta()
+                if request.HasField("heartbeat_interval")
+                else None
+            )
+            stream = self._changes.subscribe(
+                request.filter,
+                request.resume_token,
+                request.include_existing,
+                heartbeat,
+                clock=time.time_ns,
+            )
+            first = await anext(stream, None)
+        except CortexError as exc:
+            await _abort(context, exc)
+        if first is None:
+            return
+        yield first
+        async for message in stream:
+            yield message
 
     async def GetPlaybookRun(  # noqa: N802 (gRPC method name)
         self, request: pb.GetPlaybookRunRequest, context: Any

@@ -321,3 +321,40 @@ BURST_RULE = """
       count: 5
       lr: 30
 """
+
+
+@pytest.mark.parametrize("forgery", ["assessment_change", "model_reset"])
+def test_a_guardian_cannot_forge_what_only_the_cortex_writes(
+    pki: Path, tmp_path: Path, forgery: str
+) -> None:
+    """Assessment records and model resets are trusted at restore: a guardian that sends one
+    is refused, and nothing of it is stored."""
+
+    async def body() -> None:
+        from cortex.guardian_view import ConnectionState
+
+        web = Node(pki, "web-01", tmp_path / "web-01")
+        KeyManager.create(tmp_path / "keys", "cortex")
+        await web.start()
+        cortex = Cortex(cortex_config(pki, tmp_path, [web]))
+        await cortex.start()
+        try:
+            forged = event_pb2.Event(summary="forged", severity=classification_pb2.SEVERITY_INFO)
+            if forgery == "assessment_change":
+                forged.assessment_change.assessment_id = "0190f000-0000-7000-8000-000000000000"
+                forged.assessment_change.state = "resolved"
+            else:
+                forged.rule.id = "cortex.model_reset"
+            web.emit_one(forged)
+
+            async def refused() -> bool:
+                return cortex.directory.guardians()[0].state is ConnectionState.REFUSED
+
+            await until_async(refused, "the forging guardian refused")
+            assert "only the Cortex writes" in cortex.directory.guardians()[0].last_error
+            assert await asyncio.to_thread(cortex.store.cursor, web.id) is None
+        finally:
+            await cortex.stop()
+            await web.stop()
+
+    asyncio.run(body())
