@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from cortex.anomaly import ScoringStatus
 from cortex.assessments import Assessment
 from cortex.guardian_view import ConnectionState, GuardianView
 from qsc.common.v1 import classification_pb2, event_pb2, identity_pb2
@@ -28,9 +29,17 @@ _ROLES: Final = {
 }
 
 
-def guardian(view: GuardianView) -> guardian_pb2.Guardian:
-    """`view` as the API's Guardian resource. Sequence numbers and counts are clamped at 0 (the
-    message's fields are unsigned: a negative value from a bug must not fail the call)."""
+_SCORING: Final = {
+    "off": guardian_pb2.SCORING_STATE_OFF,
+    "up": guardian_pb2.SCORING_STATE_UP,
+    "down": guardian_pb2.SCORING_STATE_DOWN,
+}
+
+
+def guardian(view: GuardianView, scoring: ScoringStatus | None = None) -> guardian_pb2.Guardian:
+    """`view` as the API's Guardian resource, with how its host windows are scored (None:
+    scoring is off). Sequence numbers and counts are clamped at 0 (the message's fields are
+    unsigned: a negative value from a bug must not fail the call)."""
     message = guardian_pb2.Guardian(
         name=view.name,
         guardian=identity_pb2.GuardianRef(
@@ -54,6 +63,17 @@ def guardian(view: GuardianView) -> guardian_pb2.Guardian:
         message.connect_time.FromNanoseconds(view.connect_time_ns)
     if view.last_contact_ns is not None:
         message.last_contact_time.FromNanoseconds(view.last_contact_ns)
+    s = message.anomaly_scoring
+    if scoring is None:
+        s.state = guardian_pb2.SCORING_STATE_OFF
+    else:
+        s.state = _SCORING[scoring.state]
+        s.last_error = scoring.last_error
+        s.windows_scored = scoring.counts.scored
+        s.windows_unscored = scoring.counts.unscored
+        s.model_version = scoring.counts.model_version
+        if scoring.counts.last_score_ns:
+            s.last_score_time.FromNanoseconds(scoring.counts.last_score_ns)
     return message
 
 

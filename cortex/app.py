@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cortex import _convert, assessment_records
+from cortex.anomaly import AnomalyScorer
+from cortex.anomaly_client import AnomalyScoreClient
 from cortex.assessment_stream import AssessmentLog
 from cortex.assessments import Assessment
 from cortex.config import COMPONENT, CortexConfig, load_cortex_config
@@ -33,12 +35,13 @@ from cortex.ingest import Ingest, OwnIdentity
 from cortex.record_filter import RecordFilter
 from cortex.service import SERVICE, CortexServicer
 from cortex.store import CheckpointSigner, SqliteEventStore
-from mesh.channel import open_channel
+from mesh.channel import ChannelConfig, open_channel
 from mesh.errors import MeshError
 from mesh.identity import load_tls_of_role
 from mesh.logs import log_event
 from mesh.server import ComponentServer
 from mesh.stream.subscriber import Dialer
+from qsc.common.v1 import event_pb2
 
 __all__ = ["SERVICE_NAME", "Cortex", "open_store"]
 
@@ -88,9 +91,23 @@ class Cortex:
                 tls=config.server.tls,
                 own=own,
                 dial=dial,
-                on_stored=None if self.correlation is None else self.correlation.observe,
+                on_stored=self._stored,
                 on_recorded=None if self.changes is None else self.changes.recorded,
             )
+            self.ml_client: AnomalyScoreClient | None = None
+            self.scorer: AnomalyScorer | None = None
+            if config.ml.enabled:
+                self.ml_client = AnomalyScoreClient(
+                    ChannelConfig(
+                        target=config.ml.address,
+                        tls=config.server.tls,
+                        server_name_override=config.ml.server_name,
+                    ),
+                    config.ml.score_timeout,
+                )
+                self.scorer = AnomalyScorer(
+                    config.ml, self.ml_client, record=self.ingest.record, stamp=self.ingest.stamp
+                )
             self.server = ComponentServer(config.server, component=COMPONENT)
             self.servicer = CortexServicer(
                 self.store,
@@ -98,6 +115,7 @@ class Cortex:
                 token_key=self.store.token_key(),
                 correlation=self.correlation,
                 changes=self.changes,
+                scoring=None if self.scorer is None else self.scorer.status,
             )
             self.server.add_service(self.servicer.binding())
         except BaseException:
@@ -105,6 +123,13 @@ class Cortex:
             raise
         self._stopped = False
         self._rules_reload: asyncio.Task[None] | None = None
+
+    async def _stored(self, events: Sequence[event_pb2.Event]) -> None:
+        """Every stored batch: host windows to the scorer, everything to correlation."""
+        if self.scorer is not None:
+            self.scorer.observe(events)
+        if self.correlation is not None:
+            await self.correlation.observe(events)
 
     def _change_log(self, runtime: CorrelationRuntime, own: OwnIdentity) -> AssessmentLog:
         """SubscribeAssessments' log: the stored assessment changes, snapshots from the book."""
@@ -138,6 +163,9 @@ class Cortex:
             await self.correlation.start()
         if self.changes is not None:
             self.changes.start(self.ingest.own_seq)
+        if self.scorer is not None and self.ml_client is not None:
+            self.ml_client.open()
+            await self.scorer.start()
         await self.ingest.start()
         return await self.server.start()
 
@@ -156,9 +184,13 @@ class Cortex:
             await self.server.stop()
         finally:
             try:
+                if self.scorer is not None:
+                    await self.scorer.stop()
                 await self.ingest.stop()
                 if self.correlation is not None:
                     await self.correlation.stop()
+                if self.ml_client is not None:
+                    await self.ml_client.close()
             finally:
                 await asyncio.to_thread(self.store.close)
 

@@ -39,6 +39,7 @@ __all__ = [
     "GuardianSection",
     "IngestSection",
     "KeyringSection",
+    "MlSection",
     "StoreSection",
     "load_cortex_config",
 ]
@@ -176,6 +177,40 @@ class CorrelationSection:
 
 
 @dataclass(frozen=True)
+class MlSection:
+    """`[ml]`: the ML service that scores host telemetry windows (`AnomalyService/Score`).
+
+    Off without an `address`: windows are stored, not scored, and assessments form without the
+    anomaly factor. The Cortex dials it with its own identity (`[server.tls]`)."""
+
+    address: str = ""  # HOST:PORT of `qsc-ml serve`; empty: scoring off
+    server_name: str | None = None  # the name its certificate carries, when not the address
+    score_timeout: timedelta = timedelta(seconds=2)  # one Score call, retries included
+    max_batch_windows: int = 256  # windows per Score call
+    batch_delay: timedelta = timedelta(milliseconds=100)  # how long a batch waits to fill
+    max_pending_windows: int = 10_000  # queued windows beyond this are stored unscored
+    failures_to_open: int = 3  # consecutive failed calls that open the circuit breaker
+    open_for: timedelta = timedelta(seconds=30)  # how long it stays open before a trial call
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address.strip())
+
+    def __post_init__(self) -> None:
+        if self.enabled and not _ADDRESS_RE.fullmatch(self.address):
+            raise ConfigError("address", f"must be HOST:PORT, got {self.address!r}")
+        for name in ("score_timeout", "batch_delay", "open_for"):
+            if getattr(self, name) <= timedelta(0):
+                raise ConfigError(name, "must be positive")
+        if not 1 <= self.max_batch_windows <= 10_000:
+            raise ConfigError("max_batch_windows", "must be in 1..10000")
+        if self.max_pending_windows < self.max_batch_windows:
+            raise ConfigError("max_pending_windows", "must be at least max_batch_windows")
+        if self.failures_to_open < 1:
+            raise ConfigError("failures_to_open", "must be at least 1")
+
+
+@dataclass(frozen=True)
 class CortexConfig:
     """Everything `qsc-cortex run` reads. Frozen; validated section by section on load."""
 
@@ -185,6 +220,7 @@ class CortexConfig:
     guardians: tuple[GuardianSection, ...] = ()
     ingest: IngestSection = field(default_factory=IngestSection)
     correlation: CorrelationSection = field(default_factory=CorrelationSection)
+    ml: MlSection = field(default_factory=MlSection)
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:

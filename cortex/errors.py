@@ -208,6 +208,16 @@ class GuardianMismatchError(IngestError, FailedPreconditionError):
 # --- guardian calls (`cortex.guardian_client`) ----------------------------------------------
 
 
+class AnomalyServiceError(CortexError, UnavailableError):
+    """A Score call to the ML service failed (any status: scoring waits for the service either
+    way); `code` is the gRPC status name."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"ML service: {code}: {details}")
+        self.code = code
+        self.details = details
+
+
 class GuardianCallError(CortexError):
     """A call to a guardian (AlphaService, BetaService) failed; `code` is the gRPC status name
     the guardian (or the channel) answered, and the message is its details."""

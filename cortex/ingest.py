@@ -371,7 +371,9 @@ class Ingest:
             log_event(
                 _log,
                 event.summary,
-                level=logging.WARNING,
+                level=logging.WARNING
+                if event.severity >= classification_pb2.SEVERITY_MEDIUM
+                else logging.INFO,
                 rule=event.rule.id,
                 guardian=event.labels.get("guardian.id", ""),
                 seq=event.seq,

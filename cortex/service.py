@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, NoReturn
 
 import grpc
@@ -34,6 +34,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from cortex import _convert
+from cortex.anomaly import ScoringStatus
 from cortex.assessment_queries import AssessmentQueries
 from cortex.assessment_stream import AssessmentLog
 from cortex.assessments import Assessment
@@ -47,12 +48,12 @@ from cortex.errors import (
     StoreIntegrityError,
     VerdictArgumentError,
 )
-from cortex.guardian_view import GuardianDirectory
+from cortex.guardian_view import GuardianDirectory, GuardianView
 from cortex.queries import CortexQueries, ReadableStore
 from mesh.identity import peer_identity
 from mesh.server import ServiceBinding
 from mesh.status import to_status
-from qsc.cortex.v1 import assessment_pb2
+from qsc.cortex.v1 import assessment_pb2, guardian_pb2
 from qsc.cortex.v1 import cortex_service_pb2 as pb
 from qsc.cortex.v1 import cortex_service_pb2_grpc as pb_grpc
 
@@ -77,12 +78,14 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
         token_key: bytes | None = None,
         correlation: CorrelationRuntime | None = None,
         changes: AssessmentLog | None = None,
+        scoring: Callable[[str], ScoringStatus] | None = None,
     ) -> None:
         key = token_key if token_key is not None else secrets.token_bytes(32)
         self._store = store
         self._queries = CortexQueries(store, directory, key)
         self._correlation = correlation
         self._changes = changes
+        self._scoring = scoring  # how a guardian's host windows are scored (None: ML off)
         self._assessments = (
             None
             if correlation is None
@@ -127,7 +130,7 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
             view = self._queries.get_guardian(request.name)
         except CortexError as exc:
             await _abort(context, exc)
-        return pb.GetGuardianResponse(guardian=_convert.guardian(view))
+        return pb.GetGuardianResponse(guardian=self._guardian(view))
 
     async def ListGuardians(  # noqa: N802 (gRPC method name)
         self, request: pb.ListGuardiansRequest, context: Any
@@ -139,10 +142,14 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
         except CortexError as exc:
             await _abort(context, exc)
         return pb.ListGuardiansResponse(
-            guardians=[_convert.guardian(g) for g in page.guardians],
+            guardians=[self._guardian(g) for g in page.guardians],
             next_page_token=page.next_page_token,
             total_size=_int32(page.total_size),
         )
+
+    def _guardian(self, view: GuardianView) -> guardian_pb2.Guardian:
+        scoring = None if self._scoring is None else self._scoring(view.guardian_id)
+        return _convert.guardian(view, scoring)
 
     # -- assessments (the book lives on the correlation thread: every access goes there) -----
 

@@ -45,6 +45,9 @@ def test_the_example_loads_with_every_section() -> None:
     assert store.directory == Path("/var/lib/qsc/cortex/store")
     assert store.checkpoint_interval == 60.0
     assert store.synchronous == "FULL"
+    assert config.ml.enabled
+    assert config.ml.address == "ml-1.example.net:7446"
+    assert config.ml.open_for == timedelta(seconds=30)
 
 
 def test_defaults_and_environment_overrides(tmp_path: Path) -> None:
@@ -87,6 +90,11 @@ def test_defaults_and_environment_overrides(tmp_path: Path) -> None:
         (GUARDIAN.format(id="a", address="h:99999"), "guardians[0].address"),
         (GUARDIAN.replace('"alpha"', '"cortex"').format(id="a", address="h:1"), "guardians"),
         ("[ingest]\nsilence = 3\n", "ingest.silence"),
+        ('[ml]\naddress = "no-port"\n', "ml.address"),
+        ('[ml]\naddress = "ml:1"\nfailures_to_open = 0\n', "ml.failures_to_open"),
+        ('[ml]\naddress = "ml:1"\nopen_for = "0s"\n', "ml.open_for"),
+        ("[ml]\nmax_batch_windows = 20000\n", "ml.max_batch_windows"),
+        ("[ml]\nmax_pending_windows = 10\n", "ml.max_pending_windows"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, extra: str, key: str) -> None:

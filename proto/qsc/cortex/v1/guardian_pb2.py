@@ -27,15 +27,19 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from qsc.common.v1 import identity_pb2 as qsc_dot_common_dot_v1_dot_identity__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cqsc/cortex/v1/guardian.proto\x12\rqsc.cortex.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cqsc/common/v1/identity.proto\"\xba\x03\n\x08Guardian\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x08guardian\x18\x02 \x01(\x0b\x32\x1a.qsc.common.v1.GuardianRef\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.qsc.cortex.v1.ConnectionState\x12\x0e\n\x06sealed\x18\x05 \x01(\x08\x12\x15\n\rcommitted_seq\x18\x06 \x01(\x04\x12\x12\n\nlatest_seq\x18\x07 \x01(\x04\x12\x12\n\nlag_events\x18\x08 \x01(\x04\x12&\n\x03lag\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x65vents_lost\x18\n \x01(\x04\x12\x18\n\x10\x64\x65graded_sensors\x18\x0b \x03(\t\x12\x0f\n\x07version\x18\x0c \x01(\t\x12\x30\n\x0c\x63onnect_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_contact_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x0f \x01(\t*\xb5\x01\n\x0f\x43onnectionState\x12 \n\x1c\x43ONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONNECTION_STATE_CONNECTING\x10\x01\x12\x1e\n\x1a\x43ONNECTION_STATE_CONNECTED\x10\x02\x12!\n\x1d\x43ONNECTION_STATE_DISCONNECTED\x10\x03\x12\x1c\n\x18\x43ONNECTION_STATE_REFUSED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cqsc/cortex/v1/guardian.proto\x12\rqsc.cortex.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cqsc/common/v1/identity.proto\"\xf2\x03\n\x08Guardian\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x08guardian\x18\x02 \x01(\x0b\x32\x1a.qsc.common.v1.GuardianRef\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.qsc.cortex.v1.ConnectionState\x12\x0e\n\x06sealed\x18\x05 \x01(\x08\x12\x15\n\rcommitted_seq\x18\x06 \x01(\x04\x12\x12\n\nlatest_seq\x18\x07 \x01(\x04\x12\x12\n\nlag_events\x18\x08 \x01(\x04\x12&\n\x03lag\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x65vents_lost\x18\n \x01(\x04\x12\x18\n\x10\x64\x65graded_sensors\x18\x0b \x03(\t\x12\x0f\n\x07version\x18\x0c \x01(\t\x12\x30\n\x0c\x63onnect_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_contact_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x0f \x01(\t\x12\x36\n\x0f\x61nomaly_scoring\x18\x10 \x01(\x0b\x32\x1d.qsc.cortex.v1.AnomalyScoring\"\xce\x01\n\x0e\x41nomalyScoring\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.qsc.cortex.v1.ScoringState\x12\x16\n\x0ewindows_scored\x18\x02 \x01(\x04\x12\x18\n\x10windows_unscored\x18\x03 \x01(\x04\x12\x33\n\x0flast_score_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t*\xb5\x01\n\x0f\x43onnectionState\x12 \n\x1c\x43ONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONNECTION_STATE_CONNECTING\x10\x01\x12\x1e\n\x1a\x43ONNECTION_STATE_CONNECTED\x10\x02\x12!\n\x1d\x43ONNECTION_STATE_DISCONNECTED\x10\x03\x12\x1c\n\x18\x43ONNECTION_STATE_REFUSED\x10\x04*r\n\x0cScoringState\x12\x1d\n\x19SCORING_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11SCORING_STATE_OFF\x10\x01\x12\x14\n\x10SCORING_STATE_UP\x10\x02\x12\x16\n\x12SCORING_STATE_DOWN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qsc.cortex.v1.guardian_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONNECTIONSTATE']._serialized_start=588
-  _globals['_CONNECTIONSTATE']._serialized_end=769
+  _globals['_CONNECTIONSTATE']._serialized_start=853
+  _globals['_CONNECTIONSTATE']._serialized_end=1034
+  _globals['_SCORINGSTATE']._serialized_start=1036
+  _globals['_SCORINGSTATE']._serialized_end=1150
   _globals['_GUARDIAN']._serialized_start=143
-  _globals['_GUARDIAN']._serialized_end=585
+  _globals['_GUARDIAN']._serialized_end=641
+  _globals['_ANOMALYSCORING']._serialized_start=644
+  _globals['_ANOMALYSCORING']._serialized_end=850
 # @@protoc_insertion_point(module_scope)

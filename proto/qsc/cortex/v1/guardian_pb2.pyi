@@ -54,6 +54,42 @@ CONNECTION_STATE_REFUSED: ConnectionState.ValueType  # 4
 """Refused in a way retrying will not fix (certificate, role or policy); see `last_error`."""
 Global___ConnectionState: _TypeAlias = ConnectionState  # noqa: Y015
 
+class _ScoringState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScoringStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScoringState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCORING_STATE_UNSPECIFIED: _ScoringState.ValueType  # 0
+    """Not set."""
+    SCORING_STATE_OFF: _ScoringState.ValueType  # 1
+    """No ML service is configured (`[ml]` in the Cortex's configuration): windows are stored, not
+    scored.
+    """
+    SCORING_STATE_UP: _ScoringState.ValueType  # 2
+    """The last call to the ML service succeeded."""
+    SCORING_STATE_DOWN: _ScoringState.ValueType  # 3
+    """The ML service fails or is unreachable: windows are stored unscored and assessments form
+    without the anomaly factor; see `last_error`.
+    """
+
+class ScoringState(_ScoringState, metaclass=_ScoringStateEnumTypeWrapper):
+    """Whether the Cortex can score host windows through the ML service (`AnomalyService/Score`)."""
+
+SCORING_STATE_UNSPECIFIED: ScoringState.ValueType  # 0
+"""Not set."""
+SCORING_STATE_OFF: ScoringState.ValueType  # 1
+"""No ML service is configured (`[ml]` in the Cortex's configuration): windows are stored, not
+scored.
+"""
+SCORING_STATE_UP: ScoringState.ValueType  # 2
+"""The last call to the ML service succeeded."""
+SCORING_STATE_DOWN: ScoringState.ValueType  # 3
+"""The ML service fails or is unreachable: windows are stored unscored and assessments form
+without the anomaly factor; see `last_error`.
+"""
+Global___ScoringState: _TypeAlias = ScoringState  # noqa: Y015
+
 @_typing.final
 class Guardian(_message.Message):
     """A guardian the Cortex subscribes to, and how far behind it is."""
@@ -75,6 +111,7 @@ class Guardian(_message.Message):
     CONNECT_TIME_FIELD_NUMBER: _builtins.int
     LAST_CONTACT_TIME_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    ANOMALY_SCORING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `guardians/{guardian_id}`, where the ID is `GuardianRef.id`."""
     address: _builtins.str
@@ -119,6 +156,10 @@ class Guardian(_message.Message):
     def last_contact_time(self) -> _timestamp_pb2.Timestamp:
         """When the Cortex last heard from the guardian (a batch or a heartbeat)."""
 
+    @_builtins.property
+    def anomaly_scoring(self) -> Global___AnomalyScoring:
+        """How the host telemetry windows this guardian sends are scored by the ML service."""
+
     def __init__(
         self,
         *,
@@ -137,11 +178,56 @@ class Guardian(_message.Message):
         connect_time: _timestamp_pb2.Timestamp | None = ...,
         last_contact_time: _timestamp_pb2.Timestamp | None = ...,
         last_error: _builtins.str = ...,
+        anomaly_scoring: Global___AnomalyScoring | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connect_time", b"connect_time", "guardian", b"guardian", "lag", b"lag", "last_contact_time", b"last_contact_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly_scoring", b"anomaly_scoring", "connect_time", b"connect_time", "guardian", b"guardian", "lag", b"lag", "last_contact_time", b"last_contact_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "committed_seq", b"committed_seq", "connect_time", b"connect_time", "degraded_sensors", b"degraded_sensors", "events_lost", b"events_lost", "guardian", b"guardian", "lag", b"lag", "lag_events", b"lag_events", "last_contact_time", b"last_contact_time", "last_error", b"last_error", "latest_seq", b"latest_seq", "name", b"name", "sealed", b"sealed", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "anomaly_scoring", b"anomaly_scoring", "committed_seq", b"committed_seq", "connect_time", b"connect_time", "degraded_sensors", b"degraded_sensors", "events_lost", b"events_lost", "guardian", b"guardian", "lag", b"lag", "lag_events", b"lag_events", "last_contact_time", b"last_contact_time", "last_error", b"last_error", "latest_seq", b"latest_seq", "name", b"name", "sealed", b"sealed", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Guardian: _TypeAlias = Guardian  # noqa: Y015
+
+@_typing.final
+class AnomalyScoring(_message.Message):
+    """The anomaly scoring of one guardian's host windows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    WINDOWS_SCORED_FIELD_NUMBER: _builtins.int
+    WINDOWS_UNSCORED_FIELD_NUMBER: _builtins.int
+    LAST_SCORE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    state: Global___ScoringState.ValueType
+    """Whether scoring works now (the same for every guardian)."""
+    windows_scored: _builtins.int
+    """Windows of this guardian scored since the Cortex started."""
+    windows_unscored: _builtins.int
+    """Windows of this guardian stored without a score since the Cortex started (ML down)."""
+    last_error: _builtins.str
+    """Why the last call to the ML service failed; empty when it succeeded."""
+    model_version: _builtins.str
+    """Version of the model that scored last."""
+    @_builtins.property
+    def last_score_time(self) -> _timestamp_pb2.Timestamp:
+        """When a window of this guardian was last scored."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___ScoringState.ValueType = ...,
+        windows_scored: _builtins.int = ...,
+        windows_unscored: _builtins.int = ...,
+        last_score_time: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_score_time", b"last_score_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_error", b"last_error", "last_score_time", b"last_score_time", "model_version", b"model_version", "state", b"state", "windows_scored", b"windows_scored", "windows_unscored", b"windows_unscored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnomalyScoring: _TypeAlias = AnomalyScoring  # noqa: Y015
