@@ -65,8 +65,32 @@ function printJson(out) {
   process.stdout.write(JSON.stringify(out) + "\n");
 }
 
+// The google.rpc.ErrorInfo (as a plain object) of a refusal's google.rpc.Status, read from the
+// trailer grpc-status-details-bin of `metadata`; null when there is none. GOOGLE_ROOT (googleRoot) holds
+// google/rpc/status.proto and error_details.proto. protobufjs is loaded on first use only.
+function errorInfo(googleRoot, metadata) {
+  const raw = metadata && metadata.get("grpc-status-details-bin");
+  if (!raw || raw.length === 0) {
+    return null;
+  }
+  const protobuf = requireTool("protobufjs");
+  const root = new protobuf.Root();
+  root.resolvePath = (_origin, target) => path.join(googleRoot, target);
+  root.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"]);
+  const Status = root.lookupType("google.rpc.Status");
+  const ErrorInfo = root.lookupType("google.rpc.ErrorInfo");
+  const status = Status.decode(raw[0]);
+  for (const detail of status.details) {
+    if (detail.type_url === "type.googleapis.com/google.rpc.ErrorInfo") {
+      return ErrorInfo.toObject(ErrorInfo.decode(detail.value));
+    }
+  }
+  return null;
+}
+
 module.exports = {
   LOADER_OPTIONS,
+  errorInfo,
   grpc,
   loadDefinition,
   mtlsCredentials,

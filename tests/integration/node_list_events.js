@@ -13,37 +13,14 @@
 // npm modules are missing, 2 on bad usage.
 "use strict";
 
-const path = require("path");
 const {
+  errorInfo,
   grpc,
   loadDefinition,
   mtlsCredentials,
   printJson,
-  requireTool,
   usage,
 } = require("./node_common");
-
-const protobuf = requireTool("protobufjs");
-
-// google.rpc.Status -> its ErrorInfo detail, if any.
-function errorInfo(googleRoot, metadata) {
-  const raw = metadata && metadata.get("grpc-status-details-bin");
-  if (!raw || raw.length === 0) {
-    return null;
-  }
-  const root = new protobuf.Root();
-  root.resolvePath = (_origin, target) => path.join(googleRoot, target);
-  root.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"]);
-  const Status = root.lookupType("google.rpc.Status");
-  const ErrorInfo = root.lookupType("google.rpc.ErrorInfo");
-  const status = Status.decode(raw[0]);
-  for (const detail of status.details) {
-    if (detail.type_url === "type.googleapis.com/google.rpc.ErrorInfo") {
-      return ErrorInfo.toObject(ErrorInfo.decode(detail.value));
-    }
-  }
-  return null;
-}
 
 function main() {
   const [root, googleRoot, address, ca, cert, key, requestJson] = process.argv.slice(2);
