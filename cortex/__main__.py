@@ -6,6 +6,11 @@
                                              stored assessments as OCSF or JSON Lines
                                              (`cortex.assessment_cli`)
     qsc-cortex model show|reset --config PATH   the verdict model (`cortex.model_cli`)
+    qsc-cortex export-windows --config PATH --since 30d [--until T] [--host H] --out FILE
+                                             host telemetry windows for `qsc-ml train`
+    qsc-cortex export-labels --config PATH --since 30d [--until T] [--host H] --out FILE
+                                             windows labelled by verdicts, for `qsc-ml tune`
+                                             (`cortex.windows_cli`)
 
 `run` follows every configured guardian into the event store and serves CortexService (health
 and reflection at least); its command line is mesh.service's, shared by every component: once
@@ -17,7 +22,8 @@ open, an unreadable key). `--check-config` also checks the identity, opens the k
 loads the correlation rules.
 
 The store's own commands live in `cortex.store_cli`, the assessments' in
-`cortex.assessment_cli`, the verdict model's in `cortex.model_cli`.
+`cortex.assessment_cli`, the verdict model's in `cortex.model_cli`, the exports for the ML
+service in `cortex.windows_cli`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cortex import assessment_cli, model_cli, store_cli
+from cortex import assessment_cli, model_cli, store_cli, windows_cli
 from cortex.config import COMPONENT, CortexConfig, load_cortex_config
 from cortex.correlate import load_files
 from cortex.errors import CorrelationRuleError
@@ -50,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_cli.add_commands(groups)
     assessment_cli.add_commands(groups)
     model_cli.add_commands(groups)
+    windows_cli.add_commands(groups)
     return parser
 
 
@@ -67,9 +74,10 @@ def check_config(config: CortexConfig) -> str:
             f"{len(rules.enabled)} correlation rule(s) enabled of {len(rules.rules)} "
             f"(version {rules.version})"
         )
+    ml = f"ML scoring through {config.ml.address}" if config.ml.enabled else "ML scoring off"
     return (
         f"{PROG}: configuration OK: identity {identity.spiffe_id}, keyring {keys}, store "
-        f"{config.store.directory}, {len(config.guardians)} guardian(s), {correlation}"
+        f"{config.store.directory}, {len(config.guardians)} guardian(s), {correlation}, {ml}"
     )
 
 
@@ -117,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "store": store_cli.main,
         "assessments": assessment_cli.main,
         "model": model_cli.main,
+        **dict.fromkeys(windows_cli.COMMANDS, windows_cli.main),
     }
     return dispatch(argv, commands, build_parser)
 
