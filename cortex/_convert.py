@@ -128,10 +128,11 @@ def assessment(
         message.techniques.add(id=technique)
     guardians: dict[str, None] = {}
     for event in _events(a.event_ids[-MAX_CONTRIBUTING:], lookup):
-        guardians[event.guardian.id] = None
+        guardian = f"guardians/{event.guardian.id}"
+        guardians[guardian] = None
         c = message.contributing_events.add(
             event=f"events/{event.id}",
-            guardian=event.guardian.id,
+            guardian=guardian,
             seq=event.seq,
             rule_id=event.rule.id,
             severity=event.severity,

@@ -107,7 +107,8 @@ def test_an_attack_becomes_one_assessment_that_a_soar_reads_and_judges(
                     "alpha.login_new_source",
                     "alpha.large_outbound_transfer",
                 ]
-                assert all(c.guardian == web.id for c in a.contributing_events)
+                assert all(c.guardian == f"guardians/{web.id}" for c in a.contributing_events)
+                assert list(a.guardians) == [f"guardians/{web.id}"]
                 assert {t.id for t in a.techniques} >= {"T1110.004"}
 
                 got = await api.GetAssessment(pb.GetAssessmentRequest(name=a.name))

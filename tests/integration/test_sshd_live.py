@@ -3,21 +3,16 @@ parsed and detected end to end, then through the default rules.
 
 The test starts its own sshd (own host key, config, log file via -E, pid in the foreground),
 creates a temporary local user with a random password and removes both afterwards, even on
-failure. It needs root and the Debian packages openssh-server and sshpass: without them it
-fails (never skips) and says what to install.
+failure (tests/sshd_helpers.py). It needs root and the Debian packages openssh-server and
+sshpass: without them it fails (never skips) and says what to install.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,151 +26,21 @@ from alpha.auth import (
     finding_to_event,
 )
 from alpha.rules import RuleEngine
+from tests.sshd_helpers import Sshd, login, running_sshd, temporary_user
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-PACKAGES = "openssh-server openssh-client sshpass"
-
-
-def _tool(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
-    if found is None:
-        pytest.fail(
-            f"{name} not found: this test needs the Debian packages {PACKAGES}"
-            f" (apt-get install -y {PACKAGES})",
-            pytrace=False,
-        )
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Sshd:
-    port: int
-    log: Path
-    user: str
-    password: str
-    ssh: str
-    sshpass: str
 
 
 @pytest.fixture
 def test_user() -> Iterator[tuple[str, str]]:
-    if os.geteuid() != 0:
-        pytest.fail("needs root: it creates a local user and runs sshd", pytrace=False)
-    user = f"qsct{secrets.token_hex(4)}"
-    password = secrets.token_urlsafe(18)
-    subprocess.run(
-        ["useradd", "--create-home", "--shell", "/bin/sh", user], check=True, capture_output=True
-    )
-    try:
-        subprocess.run(
-            ["chpasswd"], input=f"{user}:{password}\n", text=True, check=True, capture_output=True
-        )
-        yield user, password
-    finally:
-        # -f: even if a session process of the user were still there.
-        subprocess.run(["userdel", "--remove", "--force", user], capture_output=True)
-        assert subprocess.run(["id", user], capture_output=True).returncode != 0
+    with temporary_user() as user:
+        yield user
 
 
 @pytest.fixture
 def sshd(tmp_path: Path, test_user: tuple[str, str]) -> Iterator[Sshd]:
-    sshd_bin, keygen = _tool("sshd"), _tool("ssh-keygen")
-    ssh, sshpass = _tool("ssh"), _tool("sshpass")
-    user, password = test_user
-    key = tmp_path / "host_ed25519"
-    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    port = _free_port()
-    log = tmp_path / "sshd.log"
-    config = tmp_path / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                "ListenAddress 127.0.0.1",
-                f"Port {port}",
-                f"HostKey {key}",
-                f"PidFile {tmp_path / 'sshd.pid'}",
-                "PasswordAuthentication yes",
-                "KbdInteractiveAuthentication no",
-                "PubkeyAuthentication no",
-                "AuthorizedKeysFile none",
-                # Without PAM, sshd checks the password itself: no pam_faildelay, fast failures.
-                "UsePAM no",
-                "PermitRootLogin no",
-                "UseDNS no",
-                "LogLevel VERBOSE",
-                "MaxStartups 100",
-                "MaxAuthTries 6",
-                "",
-            ]
-        )
-    )
-    run_dir = Path("/run/sshd")  # privilege separation directory sshd insists on
-    made_run_dir = not run_dir.exists()
-    if made_run_dir:
-        run_dir.mkdir(mode=0o755, parents=True)
-    proc = subprocess.Popen(
-        [sshd_bin, "-D", "-f", str(config), "-E", str(log)],
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while "Server listening" not in (log.read_text() if log.exists() else ""):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                text = log.read_text() if log.exists() else ""
-                pytest.fail(f"sshd did not start ({proc.returncode}): {err} {text}")
-            time.sleep(0.02)
-        yield Sshd(port, log, user, password, ssh, sshpass)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
-        if made_run_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def login(s: Sshd, user: str, password: str) -> int:
-    """One real password login running `true`; the password goes through SSHPASS, not argv."""
-    cmd = [
-        s.sshpass,
-        "-e",
-        s.ssh,
-        "-F",
-        "/dev/null",
-        "-p",
-        str(s.port),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "PreferredAuthentications=password",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-        "-o",
-        "ConnectTimeout=10",
-        "-o",
-        "LogLevel=ERROR",
-        f"{user}@127.0.0.1",
-        "true",
-    ]
-    env = {**os.environ, "SSHPASS": password}
-    return subprocess.run(cmd, env=env, capture_output=True, timeout=30).returncode
+    with running_sshd(tmp_path, *test_user) as server:
+        yield server
 
 
 def follow_until(
