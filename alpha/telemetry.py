@@ -55,22 +55,13 @@ from typing import Final
 from alpha.network.detect import normalize_address
 from alpha.sensors.proctable import PROC
 from mesh.errors import ConfigError
+from mesh.host_features import FEATURES, SCHEMA_VERSION, high
 from qsc.common.v1 import auth_details_pb2, event_pb2, file_details_pb2, network_details_pb2
-from qsc.ml.v1 import host_features_pb2
 
 Event = event_pb2.Event
 
-# The schema version the features follow (ml.schema.SCHEMA_VERSION; a test keeps them equal).
-FEATURE_SCHEMA_VERSION: Final = 1
-_PREFIX: Final = "HOST_FEATURE_"
-# Every feature of qsc.ml.v1.HostFeature, in enum number order.
-FEATURES: Final = tuple(
-    v.name.removeprefix(_PREFIX).lower()
-    for v in sorted(host_features_pb2.HostFeature.DESCRIPTOR.values, key=lambda v: v.number)
-    if v.number != 0
-)
-PERCENT_FEATURES: Final = frozenset({"cpu_percent", "memory_percent"})
-FLOAT32_MAX: Final = 3.4028234663852886e38  # the largest finite float32: models take float32
+# The host feature schema (names from qsc.ml.v1.HostFeature, version, domains).
+FEATURE_SCHEMA_VERSION: Final = SCHEMA_VERSION
 
 _WRITE_ACCESS: Final = frozenset(
     {file_details_pb2.ACCESS_MODE_WRITE, file_details_pb2.ACCESS_MODE_READ_WRITE}
@@ -352,8 +343,7 @@ def fit(name: str, value: float) -> float:
     non-negative and at most the largest float32. NaN becomes 0."""
     if math.isnan(value):
         return 0.0
-    high = 100.0 if name in PERCENT_FEATURES else FLOAT32_MAX
-    return min(max(value, 0.0), high)
+    return min(max(value, 0.0), high(name))
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -47,8 +46,8 @@ from typing import Any, Final
 
 from cortex.assessments import Assessment
 from cortex.filter.literals import format_time
+from mesh.host_features import FEATURES, SCHEMA_VERSION, in_domain
 from qsc.common.v1 import event_pb2
-from qsc.ml.v1 import host_features_pb2
 
 __all__ = [
     "BENIGN_VERDICTS",
@@ -67,15 +66,6 @@ __all__ = [
 ]
 
 KIND: Final = "host_telemetry"
-SCHEMA_VERSION: Final = 1  # ml.schema.SCHEMA_VERSION (a test keeps them equal)
-_PREFIX: Final = "HOST_FEATURE_"
-FEATURES: Final = tuple(
-    v.name.removeprefix(_PREFIX).lower()
-    for v in sorted(host_features_pb2.HostFeature.DESCRIPTOR.values, key=lambda v: v.number)
-    if v.number != 0
-)
-_PERCENT_FEATURES: Final = frozenset({"cpu_percent", "memory_percent"})
-_FLOAT32_MAX: Final = 3.4028234663852886e38
 TIME_COLUMN: Final = "time"
 HOST_COLUMN: Final = "host"
 LABEL_COLUMN: Final = "label"
@@ -89,12 +79,6 @@ SKIP_SCHEMA: Final = "other_schema_version"
 SKIP_INCOMPLETE: Final = "incomplete"
 SKIP_DOMAIN: Final = "out_of_domain"
 SKIP_UNMEASURED: Final = "unmeasured"
-
-
-def in_domain(name: str, value: float) -> bool:
-    """Whether `value` is one feature `name` can take (ml.schema.DOMAINS); False for NaN."""
-    high = 100.0 if name in _PERCENT_FEATURES else _FLOAT32_MAX
-    return math.isfinite(value) and 0.0 <= value <= high
 
 
 @dataclass(frozen=True)

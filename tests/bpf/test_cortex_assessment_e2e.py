@@ -56,8 +56,6 @@ from qsc.guardian.v1 import guardian_service_pb2_grpc as gpb_grpc
 from tests.bpf.test_cortex_e2e import (
     ALPHA_ID,
     BETA_ID,
-    CORTEX_CONFIG,
-    SILENCE,
     Mesh,
     Proc,
     connected,
@@ -65,6 +63,7 @@ from tests.bpf.test_cortex_e2e import (
     events,
     eventually,
     guardian,
+    start_cortex,
 )
 from tests.sshd_helpers import Sshd, login, running_sshd, temporary_user
 
@@ -167,23 +166,7 @@ def running_mesh(work: Path, auth_log: Path) -> Iterator[Site]:
         beta.start()
         procs.append(beta)
 
-        c_base = work / "cortex"
-        c_base.mkdir(mode=0o700)
-        KeyManager.create(c_base / "keys", "cortex")
-        text = CORTEX_CONFIG.format(
-            pki=work / "pki",
-            base=c_base,
-            silence=SILENCE,
-            alpha_id=ALPHA_ID,
-            beta_id=BETA_ID,
-            alpha_port=alpha.port,
-            beta_port=beta.port,
-        )
-        (c_base / "cortex.toml").write_text(text)
-        cortex = Proc(
-            "qsc-cortex", ["cortex", "run", "--config", str(c_base / "cortex.toml")], c_base
-        )
-        cortex.start()
+        cortex = start_cortex(work, alpha.port, beta.port)
         procs.append(cortex)
         mesh = Mesh(work, alpha, beta, cortex, etc)
         for gid in (ALPHA_ID, BETA_ID):

@@ -118,6 +118,26 @@ class Mesh:
     beta_etc: Path
 
 
+def start_cortex(work: Path, alpha_port: int, beta_port: int) -> Proc:
+    """A `qsc-cortex run` process in `work/cortex` following the two guardians, started."""
+    c_base = work / "cortex"
+    c_base.mkdir(mode=0o700)
+    KeyManager.create(c_base / "keys", "cortex")
+    text = CORTEX_CONFIG.format(
+        pki=work / "pki",
+        base=c_base,
+        silence=SILENCE,
+        alpha_id=ALPHA_ID,
+        beta_id=BETA_ID,
+        alpha_port=alpha_port,
+        beta_port=beta_port,
+    )
+    (c_base / "cortex.toml").write_text(text)
+    cortex = Proc("qsc-cortex", ["cortex", "run", "--config", str(c_base / "cortex.toml")], c_base)
+    cortex.start()
+    return cortex
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     work = tmp_path_factory.mktemp("mesh")
@@ -145,23 +165,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         beta.start()
         procs.append(beta)
 
-        c_base = work / "cortex"
-        c_base.mkdir(mode=0o700)
-        KeyManager.create(c_base / "keys", "cortex")
-        text = CORTEX_CONFIG.format(
-            pki=work / "pki",
-            base=c_base,
-            silence=SILENCE,
-            alpha_id=ALPHA_ID,
-            beta_id=BETA_ID,
-            alpha_port=alpha.port,
-            beta_port=beta.port,
-        )
-        (c_base / "cortex.toml").write_text(text)
-        cortex = Proc(
-            "qsc-cortex", ["cortex", "run", "--config", str(c_base / "cortex.toml")], c_base
-        )
-        cortex.start()
+        cortex = start_cortex(work, alpha.port, beta.port)
         procs.append(cortex)
         yield Mesh(work, alpha, beta, cortex, etc)
     finally:

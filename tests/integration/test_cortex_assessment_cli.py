@@ -36,21 +36,10 @@ from mesh.ids import uuid7
 from mesh.stream.cursor import StoredCursor
 from qsc.common.v1 import event_pb2, identity_pb2
 from qsc.cortex.v1 import assessment_pb2
+from tests.integration.test_cortex_store_cli import CONFIG
 from tests.ocsf_validation import ocsf_errors
 from tests.unit.correlate_events import T0, ev
 
-CONFIG = """
-[server]
-listen = "127.0.0.1:0"
-[server.tls]
-cert = "{pki}/cortex-c1.crt"
-key = "{pki}/cortex-c1.key"
-ca = "{pki}/ca.crt"
-[store]
-directory = "{base}/store"
-[keyring]
-directory = "{base}/keys"
-"""
 RULE = "cortex.credential_stuffing_exfiltration"
 SOAR = "spiffe://cli.test/soar/s1"
 PRESENT = ("failed_login_burst", "login_from_new_address", "large_outbound_transfer")

@@ -37,19 +37,8 @@ from mesh.stream.cursor import StoredCursor
 from ml import schema
 from ml.data import read_windows
 from qsc.common.v1 import event_pb2, identity_pb2
+from tests.integration.test_cortex_store_cli import CONFIG
 
-CONFIG = """
-[server]
-listen = "127.0.0.1:0"
-[server.tls]
-cert = "{pki}/cortex-c1.crt"
-key = "{pki}/cortex-c1.key"
-ca = "{pki}/ca.crt"
-[store]
-directory = "{base}/store"
-[keyring]
-directory = "{base}/keys"
-"""
 S = 10**9
 MINUTE = 60 * S
 WINDOWS = 240  # per host

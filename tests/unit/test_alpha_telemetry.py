@@ -18,8 +18,6 @@ from alpha.sensors.model import UNKNOWN_STDIO, ExecDetail, Kind, Observation, Se
 from alpha.sources.telemetry import TelemetrySource, unobserved_features, window_to_event
 from alpha.telemetry import (
     FEATURE_SCHEMA_VERSION,
-    FEATURES,
-    FLOAT32_MAX,
     Gauges,
     GaugeSampler,
     TelemetryConfig,
@@ -33,6 +31,7 @@ from alpha.telemetry import (
 )
 from mesh.errors import ConfigError
 from mesh.guardian.sensors import SensorRegistry, SensorState
+from mesh.host_features import FEATURES, FLOAT32_MAX
 from ml import schema
 from qsc.common.v1 import auth_details_pb2 as auth
 from qsc.common.v1 import classification_pb2 as cls

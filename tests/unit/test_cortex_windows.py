@@ -13,6 +13,7 @@ import pytest
 
 from cortex import windows as w
 from cortex.assessments import Assessment, VerdictRecord
+from mesh import host_features
 from ml import schema
 from ml.data import JSONL_SUFFIXES, read_windows
 from qsc.common.v1 import event_pb2
@@ -39,7 +40,7 @@ def telemetry(
     t.window_start.FromNanoseconds(start)
     t.window_end.FromNanoseconds(start + seconds * S)
     t.feature_schema_version = version
-    given = {name: float(i) for i, name in enumerate(w.FEATURES)} | (values or {})
+    given = {name: float(i) for i, name in enumerate(host_features.FEATURES)} | (values or {})
     for name, value in given.items():
         if name != drop:
             t.features.add(name=name, value=value)
@@ -48,12 +49,13 @@ def telemetry(
 
 
 def test_the_schema_is_the_ml_services() -> None:
-    assert w.FEATURES == schema.FEATURES
-    assert w.SCHEMA_VERSION == schema.SCHEMA_VERSION
+    assert host_features.FEATURES == schema.FEATURES
+    assert host_features.SCHEMA_VERSION == schema.SCHEMA_VERSION
+    assert host_features.FLOAT32_MAX == schema.FLOAT32_MAX
     assert w.JSONL_SUFFIXES == JSONL_SUFFIXES
     for name, domain in schema.DOMAINS.items():
         for value in (domain.minimum, domain.maximum, -1.0, 100.5, 1e39, float("nan")):
-            assert w.in_domain(name, value) == domain.allows(value), (name, value)
+            assert host_features.in_domain(name, value) == domain.allows(value), (name, value)
 
 
 def test_window_of_reads_a_window_and_names_what_it_cannot() -> None:
@@ -61,7 +63,7 @@ def test_window_of_reads_a_window_and_names_what_it_cannot() -> None:
     assert isinstance(window, w.Window)
     assert window.host == "web-01"
     assert (window.start_ns, window.end_ns) == (T0, T0 + 60 * S)
-    assert window.values[w.FEATURES.index("cpu_percent")] == 12.5
+    assert window.values[host_features.FEATURES.index("cpu_percent")] == 12.5
     assert w.window_of(telemetry(version=2)) == w.SKIP_SCHEMA
     assert w.window_of(telemetry(drop="exec_rate")) == w.SKIP_INCOMPLETE
     assert w.window_of(telemetry(values={"cpu_percent": 101.0})) == w.SKIP_DOMAIN
