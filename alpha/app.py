@@ -26,7 +26,11 @@ from alpha.sources.common import LateLookup
 from alpha.sources.memscan import MemscanSource
 from alpha.sources.network import NetworkSource, socket_protocol
 from alpha.sources.syscalls import SyscallSource
-from alpha.sources.telemetry import TelemetrySource, unobserved_features
+from alpha.sources.telemetry import (
+    TelemetrySource,
+    switched_off_features,
+    unobserved_features,
+)
 from mesh.guardian import Guardian
 
 
@@ -76,6 +80,9 @@ class Alpha:
                     self.guardian.ref.host,
                     lambda: unobserved_features(
                         self.syscalls, network=config.network.enabled, auth=config.auth.enabled
+                    ),
+                    switched_off=switched_off_features(
+                        network=config.network.enabled, auth=config.auth.enabled
                     ),
                 )
                 self.guardian.add_worker(self.telemetry)

@@ -8,7 +8,8 @@ window cut short by a stop is not emitted (its counts would read as a quiet full
 
 Features whose source is off (no eBPF probe for them, the socket poller or the sshd follower
 disabled) or whose /proc file could not be read are named in `unmeasured`, and the source's
-sensor entry says so (degraded, with the names).
+sensor entry says so (degraded, with the names), except for the features whose source the
+configuration turns off ([network], [auth] disabled): a choice, not a failure.
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ def unobserved_features(
     return tuple(out)
 
 
+def switched_off_features(*, network: bool, auth: bool) -> frozenset[str]:
+    """The features whose source the configuration turns off: listed unmeasured, but not a
+    degraded sensor (that is for a source that should count and cannot)."""
+    off: set[str] = set()
+    if not network:
+        off.add("new_listening_ports")
+    if not auth:
+        off.update(("failed_logins", "successful_logins"))
+    return frozenset(off)
+
+
 def window_to_event(window: Window, host: str) -> Event:
     """The `host_telemetry` event of a window; the guardian stamps id, guardian and seq."""
     event = event_pb2.Event()
@@ -100,8 +112,10 @@ class TelemetrySource:
         unobserved: Callable[[], Iterable[str]] = tuple,
         *,
         name: str = "telemetry",
+        switched_off: frozenset[str] = frozenset(),
     ) -> None:
         self.config = config
+        self.switched_off = switched_off
         self.pipeline = pipeline
         self.host = host
         self.counter = WindowCounter()
@@ -158,8 +172,9 @@ class TelemetrySource:
         if handle is None:
             return
         handle.count_event()
-        if window.unmeasured:
-            handle.degraded(f"not measured: {', '.join(window.unmeasured)}")
+        unexpected = [f for f in window.unmeasured if f not in self.switched_off]
+        if unexpected:
+            handle.degraded(f"not measured: {', '.join(unexpected)}")
         else:
             handle.healthy()
 

@@ -15,7 +15,12 @@ from alpha.config import load_alpha_config
 from alpha.pipeline import Pipeline
 from alpha.rules import RuleEngine
 from alpha.sensors.model import UNKNOWN_STDIO, ExecDetail, Kind, Observation, SetIdDetail
-from alpha.sources.telemetry import TelemetrySource, unobserved_features, window_to_event
+from alpha.sources.telemetry import (
+    TelemetrySource,
+    switched_off_features,
+    unobserved_features,
+    window_to_event,
+)
 from alpha.telemetry import (
     FEATURE_SCHEMA_VERSION,
     Gauges,
@@ -550,6 +555,22 @@ def test_source_emits_windows_and_reports_unmeasured_features() -> None:
     assert snap.state is SensorState.DEGRADED
     assert snap.reasons == ("not measured: failed_logins, successful_logins",)
     assert source.windows == 2
+
+    # The same features with [auth] switched off by configuration: unmeasured, not degraded.
+    source.switched_off = switched_off_features(network=True, auth=False)
+    source.emit(
+        measure(
+            source.counter.close(),
+            gauges,
+            start_ns=2,
+            end_ns=3,
+            duration_s=1.0,
+            unobserved=unobserved,
+        )
+    )
+    assert registry.snapshot("telemetry").state is SensorState.HEALTHY
+    assert list(outbox.events[-1].host_telemetry.unmeasured) == list(unobserved)
+    assert switched_off_features(network=False, auth=True) == {"new_listening_ports"}
 
 
 def test_unobserved_features_follow_the_sources() -> None:
