@@ -253,3 +253,15 @@ class GuardianNotFoundCallError(GuardianCallError, NotFoundError):
 class GuardianPreconditionError(GuardianCallError, FailedPreconditionError):
     """The guardian cannot do it in its current state (a proposal already decided, a file that
     changed again, a tampered baseline)."""
+
+
+# --- playbooks (`cortex.playbooks`) ---------------------------------------------------------
+
+
+class PlaybookError(CortexError):
+    """Base of the playbooks' errors."""
+
+
+class PlaybookSecretError(PlaybookError, FailedPreconditionError):
+    """A webhook secret or token file that cannot be used (missing, not private, malformed);
+    the message names the file and the reason, never the content."""
