@@ -265,3 +265,14 @@ class PlaybookError(CortexError):
 class PlaybookSecretError(PlaybookError, FailedPreconditionError):
     """A webhook secret or token file that cannot be used (missing, not private, malformed);
     the message names the file and the reason, never the content."""
+
+
+class PlaybookDefinitionError(PlaybookError, InvalidArgumentError):
+    """A playbook file that does not load: `FILE:LINE: reason`."""
+
+    def __init__(self, reason: str, file: str | None = None, line: int | None = None) -> None:
+        where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
+        super().__init__(f"{where}{reason}")
+        self.reason = reason
+        self.file = file
+        self.line = line

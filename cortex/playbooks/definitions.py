@@ -1,0 +1,290 @@
+"""Playbooks as data: YAML files of triggers and ordered steps, checked against the endpoints
+the configuration allows.
+
+    playbooks = load_playbooks([Path("/etc/qsc/playbooks/soar.yaml")], endpoints={"soar": ...})
+    for p in playbooks.triggered_by(assessment, "created"): ...
+
+A file is a YAML list:
+
+    - playbook: Tell the SOAR about confident intrusions
+      id: notify-soar                    # [a-z0-9][a-z0-9._-]*, unique across files
+      trigger:
+        filter: 'severity >= HIGH AND confidence >= 0.8'   # ListAssessments' filter language
+        on: [created, updated]           # which changes start a run (default: created)
+      approval: false                    # true: a run waits for an operator's approval
+      suppress_for: 1h                   # the same playbook, the same correlation key: once
+      steps:
+        - webhook: soar                  # an endpoint named in [[playbooks.endpoints]]
+          format: ocsf                   # json (default: the API's Assessment) or ocsf
+        - n8n: n8n-local
+        - thehive: hive
+          tlp: amber                     # white green amber red (TheHive's TLP)
+        - guardian: beta-web-01          # a guardian of [[guardians]]
+          action: verify_backup          # verify_backup scan_integrity approve_heal scan_memory
+
+Every mistake is `FILE:LINE: reason` (`PlaybookDefinitionError`), and a step may only name an
+endpoint or guardian the configuration lists: egress goes nowhere else. The kinds' own rules:
+`webhook` and `n8n` need an HTTP(S) endpoint, `thehive` one whose auth is a header token (its
+API key), `guardian` a configured guardian and an action of its role.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Final, Literal
+
+import yaml
+
+from cortex.assessment_queries import FIELDS
+from cortex.assessments import Assessment
+from cortex.errors import FilterError, PlaybookDefinitionError
+from cortex.record_filter import RecordFilter, parse_record_filter
+from mesh.yamldoc import YamlDoc
+
+__all__ = [
+    "GUARDIAN_ACTIONS",
+    "GuardianStep",
+    "Playbook",
+    "PlaybookSet",
+    "SendStep",
+    "Step",
+    "load_playbook_texts",
+    "load_playbooks",
+]
+
+Change = Literal["created", "updated"]
+_ID: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+SEND_KINDS: Final = ("webhook", "n8n", "thehive")
+GUARDIAN_ACTIONS: Final = {
+    "verify_backup": "beta",
+    "scan_integrity": "beta",
+    "approve_heal": "beta",
+    "scan_memory": "alpha",
+}
+_TLP: Final = ("white", "green", "amber", "red")
+MAX_SUPPRESS: Final = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class SendStep:
+    """POST the assessment to an endpoint (`webhook`, `n8n`, `thehive`)."""
+
+    kind: Literal["webhook", "n8n", "thehive"]
+    endpoint: str
+    format: Literal["json", "ocsf", "thehive"]
+    tlp: str = "amber"
+
+
+@dataclass(frozen=True)
+class GuardianStep:
+    """Ask a guardian to act."""
+
+    guardian: str
+    action: str
+
+
+Step = SendStep | GuardianStep
+
+
+@dataclass(frozen=True)
+class Playbook:
+    id: str
+    title: str
+    trigger: RecordFilter[Assessment]
+    on: frozenset[Change]
+    approval: bool
+    suppress_for: timedelta
+    steps: tuple[Step, ...]
+    source: str  # FILE:LINE it was defined at
+
+    def triggered_by(self, a: Assessment, change: Change) -> bool:
+        return change in self.on and self.trigger.matches(a)
+
+
+@dataclass(frozen=True)
+class PlaybookSet:
+    playbooks: tuple[Playbook, ...]
+    files: tuple[str, ...]
+
+    def get(self, playbook_id: str) -> Playbook | None:
+        return next((p for p in self.playbooks if p.id == playbook_id), None)
+
+    def triggered_by(self, a: Assessment, change: Change) -> list[Playbook]:
+        return [p for p in self.playbooks if p.triggered_by(a, change)]
+
+
+@dataclass(frozen=True)
+class EndpointRef:
+    """What the loader needs to know of a configured endpoint."""
+
+    name: str
+    header_token: bool  # authenticates with a static header (TheHive's API key, n8n)
+
+
+def load_playbooks(
+    paths: Sequence[Path],
+    *,
+    endpoints: Mapping[str, EndpointRef],
+    guardians: Mapping[str, str],
+) -> PlaybookSet:
+    """The playbooks of `paths`, in order; `guardians` maps configured guardian ids to roles."""
+    texts = []
+    for path in paths:
+        try:
+            texts.append((str(path), path.read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise PlaybookDefinitionError(f"cannot read ({exc.strerror})", str(path)) from None
+        except UnicodeDecodeError:
+            raise PlaybookDefinitionError("is not UTF-8 text", str(path)) from None
+    return load_playbook_texts(texts, endpoints=endpoints, guardians=guardians)
+
+
+def load_playbook_texts(
+    texts: Iterable[tuple[str, str]],
+    *,
+    endpoints: Mapping[str, EndpointRef],
+    guardians: Mapping[str, str],
+) -> PlaybookSet:
+    found: dict[str, Playbook] = {}
+    names = []
+    for name, text in texts:
+        names.append(name)
+        _File(name, text, endpoints, guardians).load_into(found)
+    return PlaybookSet(tuple(found.values()), tuple(names))
+
+
+class _File(YamlDoc):
+    def __init__(
+        self,
+        name: str,
+        text: str,
+        endpoints: Mapping[str, EndpointRef],
+        guardians: Mapping[str, str],
+    ) -> None:
+        super().__init__(name, text, PlaybookDefinitionError)
+        self._endpoints = endpoints
+        self._guardians = guardians
+
+    def load_into(self, found: dict[str, Playbook]) -> None:
+        root = self.root()
+        if root is None:
+            return
+        for item in self.sequence(root, "a playbook file (a YAML list of `- playbook:` items)"):
+            p = self._playbook(item)
+            if p.id in found:
+                raise self.fail(
+                    item, f"playbook id {p.id!r} is also defined at {found[p.id].source}"
+                )
+            found[p.id] = p
+
+    def _playbook(self, item: yaml.Node) -> Playbook:
+        keys = self.mapping(item, "a playbook")
+        if "playbook" not in keys:
+            raise self.fail(item, "each item is a `- playbook: TITLE` mapping")
+        self.check_keys(
+            keys,
+            ("playbook", "id", "trigger", "approval", "suppress_for", "steps"),
+            "a playbook",
+            required=("id", "trigger", "steps"),
+            at=item,
+        )
+        title = self.string(keys["playbook"][1], "playbook (its title)")
+        pid = self.string(keys["id"][1], "id")
+        if not _ID.fullmatch(pid):
+            raise self.fail(keys["id"][1], f"id {pid!r} must match {_ID.pattern}")
+        trigger, on = self._trigger(keys["trigger"][1])
+        approval = self.boolean(keys["approval"][1], "approval") if "approval" in keys else False
+        suppress = timedelta(0)
+        if "suppress_for" in keys:
+            node = keys["suppress_for"][1]
+            suppress = self.duration(node, "suppress_for")
+            if suppress > MAX_SUPPRESS:
+                raise self.fail(node, f"suppress_for is at most {MAX_SUPPRESS.days}d")
+        step_nodes = self.sequence(keys["steps"][1], "steps")
+        if not step_nodes:
+            raise self.fail(keys["steps"][1], "a playbook needs at least one step")
+        steps = tuple(self._step(n) for n in step_nodes)
+        return Playbook(
+            pid, title, trigger, on, approval, suppress, steps, f"{self.name}:{self.line(item)}"
+        )
+
+    def _trigger(self, node: yaml.Node) -> tuple[RecordFilter[Assessment], frozenset[Change]]:
+        keys = self.mapping(node, "trigger")
+        self.check_keys(keys, ("filter", "on"), "trigger", required=("filter",), at=node)
+        text_node = keys["filter"][1]
+        text = self.string(text_node, "trigger filter")
+        try:
+            flt = parse_record_filter(text, FIELDS)
+        except FilterError as exc:
+            raise self.fail(text_node, f"trigger filter: {exc}") from None
+        on: set[Change] = {"created"}
+        if "on" in keys:
+            values = self.strings(keys["on"][1], "on")
+            bad = [v for v in values if v not in ("created", "updated")]
+            if bad or not values:
+                raise self.fail(keys["on"][1], "on lists created and/or updated")
+            on = {v for v in ("created", "updated") if v in values}
+        return flt, frozenset(on)
+
+    def _step(self, node: yaml.Node) -> Step:
+        keys = self.mapping(node, "a step")
+        kinds = [k for k in (*SEND_KINDS, "guardian") if k in keys]
+        if len(kinds) != 1:
+            raise self.fail(
+                node, f"a step is exactly one of {', '.join((*SEND_KINDS, 'guardian'))}"
+            )
+        kind = kinds[0]
+        target_node = keys[kind][1]
+        target = self.string(target_node, kind)
+        if kind == "guardian":
+            self.check_keys(
+                keys, ("guardian", "action"), "a guardian step", required=("action",), at=node
+            )
+            role = self._guardians.get(target)
+            if role is None:
+                raise self.fail(
+                    target_node,
+                    f"guardian {target!r} is not in the configuration's [[guardians]]",
+                )
+            action_node = keys["action"][1]
+            action = self.string(action_node, "action")
+            wants = GUARDIAN_ACTIONS.get(action)
+            if wants is None:
+                raise self.fail(action_node, f"action must be one of {', '.join(GUARDIAN_ACTIONS)}")
+            if wants != role:
+                raise self.fail(
+                    action_node, f"{action} is an action of {wants} guardians; {target} is {role}"
+                )
+            return GuardianStep(target, action)
+        allowed = ("format",) if kind == "webhook" else (("tlp",) if kind == "thehive" else ())
+        self.check_keys(keys, (kind, *allowed), f"a {kind} step")
+        endpoint = self._endpoints.get(target)
+        if endpoint is None:
+            raise self.fail(
+                target_node,
+                f"endpoint {target!r} is not in the configuration's [[playbooks.endpoints]] "
+                "(egress goes only to listed endpoints)",
+            )
+        if kind == "thehive":
+            if not endpoint.header_token:
+                raise self.fail(
+                    target_node,
+                    f"TheHive takes its API key as a header token: "
+                    f'endpoint {target!r} needs auth = "header"',
+                )
+            tlp = "amber"
+            if "tlp" in keys:
+                tlp = self.string(keys["tlp"][1], "tlp").lower()
+                if tlp not in _TLP:
+                    raise self.fail(keys["tlp"][1], f"tlp must be one of {', '.join(_TLP)}")
+            return SendStep("thehive", target, "thehive", tlp)
+        fmt = "json"
+        if "format" in keys:
+            fmt = self.string(keys["format"][1], "format")
+            if fmt not in ("json", "ocsf"):
+                raise self.fail(keys["format"][1], "format is json or ocsf")
+        return SendStep(kind, target, fmt)  # type: ignore[arg-type]
