@@ -15,11 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from datetime import timedelta
+from pathlib import Path
 from typing import Final
 
 import yaml
 
-__all__ = ["ErrorFactory", "YamlDoc"]
+__all__ = ["ErrorFactory", "YamlDoc", "read_texts"]
 
 ErrorFactory = Callable[[str, str | None, int | None], Exception]
 
@@ -27,6 +28,20 @@ _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  
 _NULL: Final = "tag:yaml.org,2002:null"
 _DURATION: Final = re.compile(r"(\d+)(ms|s|m|h|d)")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def read_texts(paths: Iterable[Path], error: ErrorFactory) -> list[tuple[str, str]]:
+    """(name, text) of each file, in order; an unreadable or non-UTF-8 file is `error` naming
+    it (and the first bad byte)."""
+    texts = []
+    for path in paths:
+        try:
+            texts.append((str(path), path.read_bytes().decode("utf-8")))
+        except UnicodeDecodeError as err:
+            raise error(f"not UTF-8 text (byte {err.start})", str(path), None) from None
+        except OSError as err:
+            raise error(f"cannot read ({err.strerror or err})", str(path), None) from None
+    return texts
 
 
 class YamlDoc:

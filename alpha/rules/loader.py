@@ -46,7 +46,7 @@ from alpha.rules.fields import DETAIL_KINDS
 from alpha.rules.lang import Compare, Literal, Node, SourceText, parse
 from alpha.rules.output import OutputTemplate, parse_output
 from mesh import mitre
-from mesh.yamldoc import YamlDoc
+from mesh.yamldoc import YamlDoc, read_texts
 from qsc.common.v1 import classification_pb2
 
 ENGINE_VERSION = 1
@@ -863,16 +863,7 @@ def load_texts(texts: Sequence[tuple[str, str]]) -> Ruleset:
 
 def load_files(paths: Sequence[str | Path]) -> Ruleset:
     """Load rule files in order; a directory stands for its *.yaml and *.yml files, sorted."""
-    texts: list[tuple[str, str]] = []
-    for path in expand_paths(paths):
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise RuleError(f"not UTF-8 text (byte {err.start})", str(path)) from None
-        except OSError as err:
-            raise RuleError(f"cannot read: {err.strerror or err}", str(path)) from None
-        texts.append((str(path), text))
-    return load_texts(texts)
+    return load_texts(read_texts(expand_paths(paths), RuleError))
 
 
 def expand_paths(paths: Sequence[str | Path]) -> list[Path]:

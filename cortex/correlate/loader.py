@@ -54,7 +54,7 @@ from cortex.correlate.rules import (
 from cortex.errors import CorrelationRuleError, FilterError
 from cortex.filter import Filter, parse
 from mesh.mitre import TECHNIQUE_ID
-from mesh.yamldoc import YamlDoc
+from mesh.yamldoc import YamlDoc, read_texts
 
 DEFAULT_DIR: Final = Path(__file__).with_name("default")
 MAX_STEPS: Final = 16
@@ -98,15 +98,7 @@ def default_files() -> tuple[Path, ...]:
 def load_files(paths: Sequence[Path] | None = None) -> RuleSet:
     """The rule set of `paths` (the default files when None), in order."""
     files = default_files() if paths is None else tuple(paths)
-    texts: list[tuple[str, str]] = []
-    for path in files:
-        try:
-            texts.append((str(path), path.read_text(encoding="utf-8")))
-        except OSError as exc:
-            raise CorrelationRuleError(f"cannot read ({exc.strerror})", str(path)) from None
-        except UnicodeDecodeError:
-            raise CorrelationRuleError("is not UTF-8 text", str(path)) from None
-    return load_texts(texts)
+    return load_texts(read_texts(files, CorrelationRuleError))
 
 
 def load_texts(texts: Iterable[tuple[str, str]]) -> RuleSet:

@@ -43,7 +43,7 @@ from cortex.assessment_queries import FIELDS
 from cortex.assessments import Assessment
 from cortex.errors import FilterError, PlaybookDefinitionError
 from cortex.record_filter import RecordFilter, parse_record_filter
-from mesh.yamldoc import YamlDoc
+from mesh.yamldoc import YamlDoc, read_texts
 
 __all__ = [
     "GUARDIAN_ACTIONS",
@@ -132,14 +132,7 @@ def load_playbooks(
     guardians: Mapping[str, str],
 ) -> PlaybookSet:
     """The playbooks of `paths`, in order; `guardians` maps configured guardian ids to roles."""
-    texts = []
-    for path in paths:
-        try:
-            texts.append((str(path), path.read_text(encoding="utf-8")))
-        except OSError as exc:
-            raise PlaybookDefinitionError(f"cannot read ({exc.strerror})", str(path)) from None
-        except UnicodeDecodeError:
-            raise PlaybookDefinitionError("is not UTF-8 text", str(path)) from None
+    texts = read_texts(paths, PlaybookDefinitionError)
     return load_playbook_texts(texts, endpoints=endpoints, guardians=guardians)
 
 

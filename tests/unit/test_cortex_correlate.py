@@ -167,7 +167,7 @@ def test_a_missing_or_unreadable_file_is_named(tmp_path: Path) -> None:
         load_files([tmp_path / "nope.yaml"])
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"\xff\xfe")
-    with pytest.raises(CorrelationRuleError, match=r"bad\.yaml: is not UTF-8"):
+    with pytest.raises(CorrelationRuleError, match=r"bad\.yaml: not UTF-8 text"):
         load_files([bad])
 
 
