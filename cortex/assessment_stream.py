@@ -296,7 +296,10 @@ class AssessmentLog:
                         yield await self._message(entry, _change_type(entry.assessment))
                 continue  # what arrived meanwhile is in the queue (or overflowed again)
             try:
-                entry = await asyncio.wait_for(sub.queue.get(), interval)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                # cancellation that ends the stream (a client gone, the server draining).
+                async with asyncio.timeout(interval):
+                    entry = await sub.queue.get()
             except TimeoutError:
                 if sub.queue.empty() and not sub.overflowed:
                     sent = max(sent, self._latest)  # nothing pending: all up to latest seen
