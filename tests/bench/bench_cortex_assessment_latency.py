@@ -37,6 +37,7 @@ from mesh.config import TlsFiles
 from qsc.common.v1 import classification_pb2, event_pb2
 from qsc.cortex.v1 import cortex_service_pb2 as pb
 from qsc.cortex.v1 import cortex_service_pb2_grpc as pb_grpc
+from tests.bench.bench_cortex_ingest import cortex_toml
 from tests.bench.guardian_proc import ROOT, GuardianProcess
 from tests.integration.guardian_node import GuardianNode
 
@@ -65,34 +66,13 @@ class Trigger(GuardianNode):
     roles: ClassVar[Mapping[str, str]] = {"trigger": "alpha"}
 
 
-def cortex_toml(base: Path, pki: Path, guardians: list[tuple[str, str, int]], sync: str) -> str:
-    tls = TlsFiles.in_dir(pki, "cortex-c1")
-    text = f"""
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace = "0s"
-tls = {{ cert = "{tls.cert}", key = "{tls.key}", ca = "{tls.ca}" }}
-[store]
-directory = "{base / "store"}"
-synchronous = "{sync}"
-[keyring]
-directory = "{base / "keys"}"
+def correlation_section(base: Path) -> str:
+    return f"""
 [correlation]
 rules = ["{ROOT / "cortex/correlate/default/10_intrusion.yaml"}",
          "{ROOT / "cortex/correlate/default/20_persistence_evasion.yaml"}",
          "{base / "bench.yaml"}"]
-[log]
-level = "warning"
 """
-    for gid, host, port in guardians:
-        text += f"""
-[[guardians]]
-id = "{gid}"
-address = "127.0.0.1:{port}"
-role = "alpha"
-host = "{host}"
-"""
-    return text
 
 
 def trigger_event(user: str) -> event_pb2.Event:
@@ -134,9 +114,11 @@ async def run(rate: float, seconds: float, sync: str) -> None:
         try:
             ports = [await g.port() for g in load]
             await trigger.start()
-            guardians = [(g.id, g.host, p) for g, p in zip(load, ports, strict=True)]
-            guardians.append((trigger.id, "trigger", trigger.port))
-            (base / "cortex.toml").write_text(cortex_toml(base, pki, guardians, sync))
+            guardians = [(g.id, p) for g, p in zip(load, ports, strict=True)]
+            guardians.append((trigger.id, trigger.port))
+            (base / "cortex.toml").write_text(
+                cortex_toml(base, pki, guardians, sync, correlation_section(base))
+            )
             cortex = subprocess.Popen(
                 [
                     sys.executable,

@@ -47,8 +47,10 @@ def host(i: int) -> str:
 
 
 def cortex_toml(
-    base: Path, pki: Path, guardians: Sequence[tuple[GuardianProcess, int]], sync: str
+    base: Path, pki: Path, guardians: Sequence[tuple[str, int]], sync: str, extra: str = ""
 ) -> str:
+    """A Cortex config following alpha guardians (id, port), id `alpha-<host>`; `extra` adds
+    sections (the latency bench's [correlation])."""
     tls = TlsFiles.in_dir(pki, "cortex-c1")
     text = f"""
 [server]
@@ -60,16 +62,17 @@ directory = "{base / "store"}"
 synchronous = "{sync}"
 [keyring]
 directory = "{base / "keys"}"
+{extra}
 [log]
 level = "warning"
 """
-    for g, port in guardians:
+    for gid, port in guardians:
         text += f"""
 [[guardians]]
-id = "{g.id}"
+id = "{gid}"
 address = "127.0.0.1:{port}"
 role = "alpha"
-host = "{g.id.removeprefix("alpha-")}"
+host = "{gid.removeprefix("alpha-")}"
 """
     return text
 
@@ -118,7 +121,9 @@ async def run(events: int, sync: str) -> None:
 
             config_path = base / "cortex.toml"
             config_path.write_text(
-                cortex_toml(base, pki, list(zip(guardians, ports, strict=True)), sync)
+                cortex_toml(
+                    base, pki, [(g.id, p) for g, p in zip(guardians, ports, strict=True)], sync
+                )
             )
             config = load_cortex_config(config_path, env={})
             cortex = Cortex(config, config_path=config_path)

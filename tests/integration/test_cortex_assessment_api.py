@@ -29,6 +29,7 @@ from qsc.cortex.v1 import cortex_service_pb2 as pb
 from qsc.cortex.v1 import cortex_service_pb2_grpc as pb_grpc
 from tests.integration.test_cortex_ingest import HOST, Node, config_toml, cortex_config, pki
 from tests.integration.test_cortex_read_api import error_info
+from tests.unit.test_cortex_correlate import COUNT_RULE as BURST_RULE
 
 __all__ = ["pki"]  # the module fixture, shared with test_cortex_ingest
 RULE = "cortex.credential_stuffing_exfiltration"
@@ -286,18 +287,18 @@ def test_sighup_reloads_the_rule_files_and_keeps_them_on_a_bad_one(
         runtime = cortex.correlation
         assert runtime is not None
         try:
-            assert [r.id for r in runtime.ruleset.rules] == ["site.burst"]
+            assert [r.id for r in runtime.ruleset.rules] == ["test.burst"]
             rules.write_text(
-                BURST_RULE.replace("site.burst", "site.broken").replace("lr: 30", "lr: 0")
+                BURST_RULE.replace("test.burst", "test.broken").replace("lr: 30", "lr: 0")
             )
             cortex.reload()
             assert cortex._rules_reload is not None
             await cortex._rules_reload
-            assert [r.id for r in runtime.ruleset.rules] == ["site.burst"]  # kept
-            rules.write_text(BURST_RULE.replace("site.burst", "site.burst2"))
+            assert [r.id for r in runtime.ruleset.rules] == ["test.burst"]  # kept
+            rules.write_text(BURST_RULE.replace("test.burst", "test.burst2"))
             cortex.reload()
             await cortex._rules_reload
-            assert [r.id for r in runtime.ruleset.rules] == ["site.burst2"]
+            assert [r.id for r in runtime.ruleset.rules] == ["test.burst2"]
         finally:
             await cortex.stop()
 
@@ -305,23 +306,6 @@ def test_sighup_reloads_the_rule_files_and_keeps_them_on_a_bad_one(
     refused = [r for r in caplog.records if "correlation rules refused" in r.getMessage()]
     assert refused
     assert f"{rules}:" in str(refused[0].__dict__)
-
-
-BURST_RULE = """
-- correlation: Many of one alert
-  id: site.burst
-  type: event_count
-  group_by: [host]
-  timespan: 60s
-  severity: medium
-  prior: 0.05
-  steps:
-    - step: alert
-      source: alpha.process
-      filter: 'rule.id = "alpha.x"'
-      count: 5
-      lr: 30
-"""
 
 
 @pytest.mark.parametrize("forgery", ["assessment_change", "model_reset"])
