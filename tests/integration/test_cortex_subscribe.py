@@ -260,3 +260,46 @@ def test_bad_subscriptions_are_refused_before_the_first_message(pki: Path, tmp_p
             await cortex.stop()
 
     asyncio.run(body())
+
+
+def test_a_subscriber_too_far_behind_catches_up_from_the_store(
+    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past QUEUE_LIMIT queued changes a subscriber is not cut off: it reads what it missed
+    from the stored change log. With a limit of 0 every live change takes that path."""
+    from cortex import assessment_stream
+
+    monkeypatch.setattr(assessment_stream, "QUEUE_LIMIT", 0)
+    soar = client_leaf(pki, "soar", "s1")
+
+    async def body() -> None:
+        web = Node(pki, "web-01", tmp_path / "web-01")
+        KeyManager.create(tmp_path / "keys", "cortex")
+        await web.start()
+        cortex = Cortex(cortex_config(pki, tmp_path, [web]))
+        port = await cortex.start()
+        try:
+            async with open_channel(ChannelConfig(f"{HOST}:{port}", soar)) as channel:
+                api = pb_grpc.CortexServiceStub(channel)
+                call = api.SubscribeAssessments(
+                    pb.SubscribeAssessmentsRequest(heartbeat_interval=heartbeat(0.2))
+                )
+                await next_progress(call)  # subscribed
+                attack(web, "alice", "127.0.0.2")
+                created = await next_change(call)
+                assert created.type == pb.CHANGE_TYPE_CREATED
+                await api.SubmitVerdict(
+                    pb.SubmitVerdictRequest(
+                        name=created.assessment.name, verdict=assessment_pb2.VERDICT_BENIGN
+                    )
+                )
+                updated = await next_change(call)
+                assert updated.type == pb.CHANGE_TYPE_UPDATED
+                assert updated.assessment.revision == 2
+                assert updated.assessment.state == assessment_pb2.ASSESSMENT_STATE_RESOLVED
+                call.cancel()
+        finally:
+            await cortex.stop()
+            await web.stop()
+
+    asyncio.run(body())
