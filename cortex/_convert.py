@@ -1,6 +1,7 @@
 """Cortex domain types -> protobuf: the one place besides the servicer that builds `qsc.*` messages.
 
-`GuardianView` -> `qsc.cortex.v1.Guardian`, `Assessment` -> `qsc.cortex.v1.Assessment`. Events
+`GuardianView` -> `qsc.cortex.v1.Guardian`, `Assessment` -> `qsc.cortex.v1.Assessment`,
+`RunRecord` -> `qsc.cortex.v1.PlaybookRun`. Events
 need none: the store keeps and returns `qsc.common.v1.Event` messages as they arrived.
 """
 
@@ -12,8 +13,9 @@ from typing import Final
 from cortex.anomaly import ScoringStatus
 from cortex.assessments import Assessment
 from cortex.guardian_view import ConnectionState, GuardianView
+from cortex.store.runs import RunRecord
 from qsc.common.v1 import classification_pb2, event_pb2, identity_pb2
-from qsc.cortex.v1 import assessment_pb2, guardian_pb2
+from qsc.cortex.v1 import assessment_pb2, guardian_pb2, playbook_run_pb2
 
 _STATES: Final = {
     ConnectionState.CONNECTING: guardian_pb2.CONNECTION_STATE_CONNECTING,
@@ -161,3 +163,51 @@ def _events(
         event = lookup(event_id)
         if event is not None:
             yield event
+
+
+_RUN_STATES: Final = {
+    "awaiting_approval": playbook_run_pb2.RUN_STATE_AWAITING_APPROVAL,
+    "pending": playbook_run_pb2.RUN_STATE_PENDING,
+    "running": playbook_run_pb2.RUN_STATE_RUNNING,
+    "succeeded": playbook_run_pb2.RUN_STATE_SUCCEEDED,
+    "failed": playbook_run_pb2.RUN_STATE_FAILED,
+    "cancelled": playbook_run_pb2.RUN_STATE_CANCELLED,
+    "skipped": playbook_run_pb2.RUN_STATE_SKIPPED,
+}
+
+
+def playbook_run(run: RunRecord) -> playbook_run_pb2.PlaybookRun:
+    """`run` as the API's PlaybookRun (no secret is in a run: steps name endpoints only)."""
+    message = playbook_run_pb2.PlaybookRun(
+        name=run.name,
+        playbook=run.playbook,
+        assessment=f"assessments/{run.assessment_id}",
+        trigger=run.trigger,
+        state=_RUN_STATES[run.state],
+        error=run.error,
+        assessment_revision=run.revision,
+        decided_by=run.approved_by,
+        dead_letter=run.dead_letter,
+    )
+    message.create_time.FromNanoseconds(run.create_ns)
+    if run.start_ns:
+        message.start_time.FromNanoseconds(run.start_ns)
+    if run.end_ns:
+        message.end_time.FromNanoseconds(run.end_ns)
+    for s in run.steps:
+        step = message.steps.add(
+            name=s.name,
+            state=_RUN_STATES[s.state],
+            attempts=s.attempts,
+            message=s.message,
+            kind=str(s.spec.get("kind", "")),
+            target=s.target,
+            webhook_id=s.webhook_id if s.spec.get("kind") != "guardian" else "",
+        )
+        if s.start_ns:
+            step.start_time.FromNanoseconds(s.start_ns)
+        if s.end_ns:
+            step.end_time.FromNanoseconds(s.end_ns)
+        if s.state == "pending" and s.attempts and s.next_ns:
+            step.next_attempt_time.FromNanoseconds(s.next_ns)
+    return message

@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from cortex.anomaly_client import ScoreResult
+from cortex.breaker import CircuitBreaker
 from cortex.config import MlSection
 from cortex.errors import AnomalyServiceError
 from mesh.logs import log_event
 from qsc.common.v1 import classification_pb2, event_pb2, identity_pb2
 
-__all__ = ["SCORE_RULE", "AnomalyScorer", "CircuitBreaker", "GuardianScoring", "ScoringStatus"]
+__all__ = ["SCORE_RULE", "AnomalyScorer", "GuardianScoring", "ScoringStatus"]
 
 _log = logging.getLogger("qsc.cortex.anomaly")
 
@@ -61,45 +62,6 @@ class Scorer(Protocol):
         feature_names: Sequence[str],
         rows: Sequence[tuple[str, Sequence[float]]],
     ) -> ScoreResult: ...
-
-
-class CircuitBreaker:
-    """Closed until `failures_to_open` failures in a row; then open for `open_for_ns`, after
-    which one trial is allowed (half open): its success closes, its failure opens again."""
-
-    def __init__(
-        self, failures_to_open: int, open_for_ns: int, clock: Callable[[], int] = time.monotonic_ns
-    ) -> None:
-        self._threshold = failures_to_open
-        self._open_for = open_for_ns
-        self._clock = clock
-        self._failures = 0
-        self._opened_at: int | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self._opened_at is not None
-
-    def allow(self) -> bool:
-        return self._opened_at is None or self._clock() - self._opened_at >= self._open_for
-
-    def succeeded(self) -> bool:
-        """Record a success; True when it closes an open breaker."""
-        was_open = self._opened_at is not None
-        self._failures = 0
-        self._opened_at = None
-        return was_open
-
-    def failed(self) -> bool:
-        """Record a failure; True when it opens the breaker (not when it was open already)."""
-        self._failures += 1
-        if self._opened_at is not None:
-            self._opened_at = self._clock()  # the trial failed: open again, for as long
-            return False
-        if self._failures >= self._threshold:
-            self._opened_at = self._clock()
-            return True
-        return False
 
 
 @dataclass

@@ -28,10 +28,11 @@ from cortex.anomaly import AnomalyScorer
 from cortex.anomaly_client import AnomalyScoreClient
 from cortex.assessment_stream import AssessmentLog
 from cortex.assessments import Assessment
-from cortex.config import COMPONENT, CortexConfig, load_cortex_config
+from cortex.config import COMPONENT, CortexConfig, GuardianSection, load_cortex_config
 from cortex.correlation import CorrelationRuntime
 from cortex.guardian_view import GuardianDirectory
 from cortex.ingest import Ingest, OwnIdentity
+from cortex.playbooks.runtime import PlaybookRuntime
 from cortex.record_filter import RecordFilter
 from cortex.service import SERVICE, CortexServicer
 from cortex.store import CheckpointSigner, SqliteEventStore
@@ -108,6 +109,17 @@ class Cortex:
                 self.scorer = AnomalyScorer(
                     config.ml, self.ml_client, record=self.ingest.record, stamp=self.ingest.stamp
                 )
+            self.playbooks: PlaybookRuntime | None = None
+            if config.playbooks.enabled and self.correlation is not None:
+                # Secrets and playbook files are checked now: a bad one refuses the start.
+                self.playbooks = PlaybookRuntime(config, self.store)
+            elif config.playbooks.files:
+                log_event(
+                    _log,
+                    "playbooks are configured but will not run: they are triggered by "
+                    "assessments, and [correlation] or [playbooks] is switched off",
+                    level=logging.WARNING,
+                )
             self.server = ComponentServer(config.server, component=COMPONENT)
             self.servicer = CortexServicer(
                 self.store,
@@ -116,6 +128,8 @@ class Cortex:
                 correlation=self.correlation,
                 changes=self.changes,
                 scoring=None if self.scorer is None else self.scorer.status,
+                runs=self.store.runs,
+                playbooks=self.playbooks,
             )
             self.server.add_service(self.servicer.binding())
         except BaseException:
@@ -123,6 +137,7 @@ class Cortex:
             raise
         self._stopped = False
         self._rules_reload: asyncio.Task[None] | None = None
+        self._playbooks_reload: asyncio.Task[None] | None = None
 
     async def _stored(self, events: Sequence[event_pb2.Event]) -> None:
         """Every stored batch: host windows to the scorer, everything to correlation."""
@@ -161,6 +176,8 @@ class Cortex:
             self.correlation.persist_with(self._store_assessments)
             await self.correlation.restore(self.store)
             await self.correlation.start()
+        if self.playbooks is not None:
+            await self.playbooks.start()  # runs left due by a crash go out now
         if self.changes is not None:
             self.changes.start(self.ingest.own_seq)
         if self.scorer is not None and self.ml_client is not None:
@@ -170,9 +187,16 @@ class Cortex:
         return await self.server.start()
 
     async def _store_assessments(self, changes: Sequence[Assessment]) -> None:
-        await self.ingest.record(
-            [self.ingest.stamp(assessment_records.to_event(a)) for a in changes]
-        )
+        """Each change as one of the Cortex's records, with the playbook runs it triggers in
+        the same transaction (the delivery outbox: a crash keeps both or neither)."""
+        events = [self.ingest.stamp(assessment_records.to_event(a)) for a in changes]
+        playbooks = self.playbooks
+        if playbooks is None:
+            await self.ingest.record(events)
+            return
+        pairs = [(a, e.id) for a, e in zip(changes, events, strict=True)]
+        await self.ingest.record(events, runs=lambda: playbooks.plan(pairs))
+        playbooks.wake()
 
     async def stop(self) -> None:
         """Drain the API, stop ingest, close the store (a last signed checkpoint). Idempotent,
@@ -184,6 +208,8 @@ class Cortex:
             await self.server.stop()
         finally:
             try:
+                if self.playbooks is not None:
+                    await self.playbooks.stop()
                 if self.scorer is not None:
                     await self.scorer.stop()
                 await self.ingest.stop()
@@ -196,9 +222,9 @@ class Cortex:
 
     def reload(self) -> None:
         """Re-read the configuration file (SIGHUP): follow its guardian list and reload the
-        correlation rule files. A file that does not load keeps the current list, a rule file
-        that does not load keeps the current rules (both logged); other changed sections need
-        a restart."""
+        correlation rule files and the playbook files. A file that does not load keeps the
+        current list, a rule or playbook file that does not load keeps the current ones (all
+        logged); other changed sections need a restart."""
         if self.config_path is None:
             log_event(_log, "reload ignored: no configuration file", level=logging.WARNING)
             return
@@ -216,23 +242,45 @@ class Cortex:
         if self.correlation is not None:
             rules = new.correlation.rules
             self._rules_reload = asyncio.get_running_loop().create_task(self._reload_rules(rules))
+        if self.playbooks is not None:
+            self._playbooks_reload = asyncio.get_running_loop().create_task(
+                self._reload_playbooks(new.playbooks.files, new.guardians)
+            )
         kept = dataclasses.replace(
             new,
             guardians=self.config.guardians,
             correlation=dataclasses.replace(new.correlation, rules=self.config.correlation.rules),
+            playbooks=dataclasses.replace(new.playbooks, files=self.config.playbooks.files),
         )
         if kept != self.config:
             log_event(
                 _log,
-                "only [[guardians]] and [correlation] rules are reloaded; restart for the "
-                "other changes",
+                "only [[guardians]], [correlation] rules and [playbooks] files are reloaded; "
+                "restart for the other changes",
                 level=logging.WARNING,
             )
         self.config = dataclasses.replace(
             self.config,
             guardians=new.guardians,
             correlation=dataclasses.replace(self.config.correlation, rules=new.correlation.rules),
+            playbooks=dataclasses.replace(self.config.playbooks, files=new.playbooks.files),
         )
+
+    async def _reload_playbooks(
+        self, files: tuple[Path, ...], guardians: tuple[GuardianSection, ...]
+    ) -> None:
+        assert self.playbooks is not None
+        try:
+            await self.playbooks.reload(files, guardians)
+        except (MeshError, OSError) as exc:  # PlaybookDefinitionError names FILE:LINE
+            log_event(
+                _log,
+                "playbooks refused; the current playbooks stay",
+                level=logging.ERROR,
+                error=str(exc),
+            )
+            return
+        log_event(_log, "playbooks reloaded", playbooks=len(self.playbooks.playbooks.playbooks))
 
     async def _reload_rules(self, rules: tuple[Path, ...]) -> None:
         assert self.correlation is not None

@@ -8,12 +8,15 @@
     [[guardians]]  the guardians to follow: id, address, expected role and host
     [ingest]       silence deadline, batch and heartbeat hints, reconnect backoff
     [correlation]  correlation rule files (default: the built-in ones), state bounds
+    [ml]           the ML service scoring host telemetry windows
+    [playbooks]    playbook files, the endpoints deliveries may go to (nowhere else), retries
     [log]          level, format
 
 `qsc-cortex run --config cortex.toml`; see deploy/cortex.toml for a documented example.
 `QSC_CORTEX_INGEST__SILENCE_DEADLINE=1m` overrides one key; the guardian list is a TOML array
 of tables (`QSC_CORTEX_GUARDIANS='[{id = "alpha-web-01", ...}]'`). SIGHUP re-reads the file
-for the guardian list only (`CortexConfig.guardians`); every other change needs a restart.
+for the guardian list, the correlation rule files and the playbook files; every other change
+needs a restart.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Final, Literal
 
+from cortex.playbooks.retry import DEFAULT_SCHEDULE, JITTER, RetrySchedule
 from cortex.store import StoreConfig
 from mesh.config import load_config
 from mesh.errors import ConfigError
@@ -36,10 +40,12 @@ __all__ = [
     "COMPONENT",
     "CorrelationSection",
     "CortexConfig",
+    "EndpointSection",
     "GuardianSection",
     "IngestSection",
     "KeyringSection",
     "MlSection",
+    "PlaybooksSection",
     "StoreSection",
     "load_cortex_config",
 ]
@@ -210,6 +216,116 @@ class MlSection:
             raise ConfigError("failures_to_open", "must be at least 1")
 
 
+_URL_RE: Final = re.compile(
+    r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?(/[^\s?#]*)?"
+)
+_HEADER_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+
+
+@dataclass(frozen=True)
+class EndpointSection:
+    """`[[playbooks.endpoints]]`: one receiver deliveries may go to. Egress is exactly this
+    list: a playbook step names an endpoint, never a URL, and redirects are not followed.
+
+    auth `standard-webhooks` signs every delivery with each of `secret_files` (`whsec_...`,
+    several during a rollover); `header` sends `header: <token_file's content>` (n8n header
+    auth, TheHive's `Authorization: Bearer ...`); `none` sends the ids and timestamp only."""
+
+    name: str
+    url: str  # http(s)://host[:port]/path, exactly where deliveries are POSTed
+    auth: Literal["standard-webhooks", "header", "none"] = "standard-webhooks"
+    secret_files: tuple[Path, ...] = ()
+    header: str = ""
+    token_file: Path | None = None
+    ca_file: Path | None = None  # CA bundle the receiver's certificate must chain to (https)
+    timeout: timedelta = timedelta(seconds=10)  # one attempt: connect, send, answer
+    max_in_flight: int = 4  # concurrent deliveries to this endpoint
+    failures_to_open: int = 5  # failed attempts in a row that open its circuit breaker
+    open_for: timedelta = timedelta(seconds=60)  # then no attempt for this long
+
+    def __post_init__(self) -> None:
+        if not _ID_RE.fullmatch(self.name):
+            raise ConfigError("name", "1-63 letters, digits, '.' or '-', starting alnum")
+        match = _URL_RE.fullmatch(self.url)
+        if match is None:
+            raise ConfigError(
+                "url", f"{self.url!r} is not http(s)://host[:port]/path (no query, no fragment)"
+            )
+        if match.group(3) is not None and not 0 < int(match.group(3)) <= 65535:
+            raise ConfigError("url", f"port {match.group(3)} is out of range")
+        if self.auth == "standard-webhooks" and not self.secret_files:
+            raise ConfigError("secret_files", "standard-webhooks auth needs at least one file")
+        if self.auth == "header":
+            if not _HEADER_RE.fullmatch(self.header):
+                raise ConfigError("header", "header auth needs a header name")
+            if self.token_file is None:
+                raise ConfigError("token_file", "header auth needs a token file")
+        for i, path in enumerate(self.secret_files):
+            _absolute(f"secret_files[{i}]", path)
+        for key in ("token_file", "ca_file"):
+            value = getattr(self, key)
+            if value is not None:
+                _absolute(key, value)
+        if self.ca_file is not None and not self.url.startswith("https:"):
+            raise ConfigError("ca_file", "only an https endpoint has a certificate to check")
+        for key in ("timeout", "open_for"):
+            if getattr(self, key) <= timedelta(0):
+                raise ConfigError(key, "must be positive")
+        if not 1 <= self.max_in_flight <= 256:
+            raise ConfigError("max_in_flight", "must be in 1..256")
+        if self.failures_to_open < 1:
+            raise ConfigError("failures_to_open", "must be at least 1")
+
+    @property
+    def origin(self) -> str:
+        """scheme://host:port, what the allowlist is made of."""
+        match = _URL_RE.fullmatch(self.url)
+        assert match is not None
+        scheme, host, port = match.group(1), match.group(2).lower(), match.group(3)
+        return f"{scheme}://{host}:{port or (443 if scheme == 'https' else 80)}"
+
+
+@dataclass(frozen=True)
+class PlaybooksSection:
+    """`[playbooks]`: what the Cortex does when assessments change (cortex/playbooks)."""
+
+    enabled: bool = True
+    files: tuple[Path, ...] = ()  # YAML playbook files, loaded in order; SIGHUP reloads them
+    endpoints: tuple[EndpointSection, ...] = ()
+    # The Standard Webhooks schedule: the wait after each failed attempt, +-jitter.
+    retry_delays: tuple[timedelta, ...] = DEFAULT_SCHEDULE
+    jitter: float = JITTER
+    max_retry_after: timedelta = timedelta(hours=24)  # the longest Retry-After honoured
+    max_in_flight: int = 64  # deliveries in flight across all endpoints
+    poll_interval: timedelta = timedelta(seconds=1)  # how often due retries are looked for
+    guardian_timeout: timedelta = timedelta(minutes=10)  # one guardian action
+
+    def __post_init__(self) -> None:
+        for i, path in enumerate(self.files):
+            _absolute(f"files[{i}]", path)
+        names = [e.name for e in self.endpoints]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ConfigError(f"endpoints[{i}].name", f"{name!r} is configured twice")
+        if not self.retry_delays:
+            raise ConfigError("retry_delays", "needs at least one delay")
+        try:
+            self.schedule()
+        except ValueError as exc:
+            raise ConfigError("retry_delays", str(exc)) from None
+        for key in ("max_retry_after", "poll_interval", "guardian_timeout"):
+            if getattr(self, key) <= timedelta(0):
+                raise ConfigError(key, "must be positive")
+        if not 1 <= self.max_in_flight <= 4096:
+            raise ConfigError("max_in_flight", "must be in 1..4096")
+
+    def schedule(self) -> RetrySchedule:
+        return RetrySchedule(self.retry_delays, self.jitter, self.max_retry_after)
+
+    def endpoint(self, name: str) -> EndpointSection | None:
+        return next((e for e in self.endpoints if e.name == name), None)
+
+
 @dataclass(frozen=True)
 class CortexConfig:
     """Everything `qsc-cortex run` reads. Frozen; validated section by section on load."""
@@ -221,6 +337,7 @@ class CortexConfig:
     ingest: IngestSection = field(default_factory=IngestSection)
     correlation: CorrelationSection = field(default_factory=CorrelationSection)
     ml: MlSection = field(default_factory=MlSection)
+    playbooks: PlaybooksSection = field(default_factory=PlaybooksSection)
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:

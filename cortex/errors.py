@@ -170,6 +170,25 @@ class ResumeTokenExpiredError(ReadApiError, OutOfRangeError):
     reason = "RESUME_TOKEN_EXPIRED"
 
 
+class PlaybookRunNotFoundError(ReadApiError, NotFoundError):
+    """No playbook run has this id."""
+
+    reason = "PLAYBOOK_RUN_NOT_FOUND"
+
+
+class PlaybookRunStateError(ReadApiError, FailedPreconditionError):
+    """The run is not in a state that allows it (replay a run that did not fail, approve one
+    that does not wait for approval)."""
+
+    reason = "PLAYBOOK_RUN_STATE"
+
+
+class PlaybooksOffError(ReadApiError, FailedPreconditionError):
+    """Playbook runs were asked of a Cortex with no playbooks configured."""
+
+    reason = "PLAYBOOKS_OFF"
+
+
 class SubscriptionLimitError(ReadApiError, ResourceExhaustedError):
     """As many assessment subscriptions as the Cortex serves are open."""
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,6 +54,7 @@ from cortex.errors import GuardianMismatchError
 from cortex.guardian_view import GuardianView
 from cortex.guardians import GapFinding, GuardianTracker, SensorFinding
 from cortex.store import StoreCursorStore
+from cortex.store.runs import NewRun
 from crypto.pki import Identity
 from mesh.channel import ChannelConfig, open_channel
 from mesh.identity import TlsFiles
@@ -99,6 +101,8 @@ class IngestStore(Protocol):
         guardian_id: str,
         events: Sequence[event_pb2.Event],
         cursor: StoredCursor | None,
+        *,
+        new_runs: Sequence[NewRun] = (),
     ) -> int: ...
 
     def cursor(self, guardian_id: str) -> StoredCursor | None: ...
@@ -350,9 +354,16 @@ class Ingest:
 
     # -- the Cortex's own events -----------------------------------------------------------
 
-    async def record(self, events: Sequence[event_pb2.Event]) -> None:
+    async def record(
+        self,
+        events: Sequence[event_pb2.Event],
+        *,
+        runs: Callable[[], Sequence[NewRun]] | None = None,
+    ) -> None:
         """Number `events` (the Cortex's own) and store them with their cursor, in one
-        transaction; the numbering moves only once they are stored."""
+        transaction; the numbering moves only once they are stored. `runs` gives the playbook
+        runs they trigger, stored in the same transaction (called under the numbering lock,
+        so runs are planned in the order their changes are stored)."""
         if not events:
             return
         async with self._own_lock:
@@ -361,7 +372,16 @@ class Ingest:
                 seq += 1
                 event.seq = seq
             cursor = StoredCursor(self.own.spiffe_id, seq)
-            await asyncio.to_thread(self.store.append_batch, self.own.guardian_id, events, cursor)
+            new_runs = () if runs is None else runs()
+            await asyncio.to_thread(
+                functools.partial(
+                    self.store.append_batch,
+                    self.own.guardian_id,
+                    events,
+                    cursor,
+                    new_runs=new_runs,
+                )
+            )
             self._own_seq = seq
             if self._on_recorded is not None:
                 self._on_recorded(events)

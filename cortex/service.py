@@ -2,8 +2,9 @@
 
 Decode, call the core (`cortex.queries.CortexQueries` for events and guardians,
 `cortex.assessment_queries` on the correlation thread for assessments), encode.
-SubscribeAssessments streams `cortex.assessment_stream.AssessmentLog`; the playbook runs
-answer UNIMPLEMENTED until they exist.
+SubscribeAssessments streams `cortex.assessment_stream.AssessmentLog`; playbook runs are read
+from the store (`cortex.playbooks.run_queries`) and replayed, approved or rejected through
+`cortex.playbooks.runtime.PlaybookRuntime`.
 Who may call what is `mesh.authz.MESH_AUTHZ` (roles soar and operator), enforced by the mesh
 interceptor before any of this runs.
 
@@ -43,13 +44,19 @@ from cortex.errors import (
     CorrelationOffError,
     CortexError,
     FilterError,
+    PlaybookRunNotFoundError,
+    PlaybookRunStateError,
+    PlaybooksOffError,
     ReadApiError,
     StoreArgumentError,
     StoreIntegrityError,
     VerdictArgumentError,
 )
 from cortex.guardian_view import GuardianDirectory, GuardianView
+from cortex.playbooks.run_queries import RunQueries, run_id_of
+from cortex.playbooks.runtime import PlaybookRuntime
 from cortex.queries import CortexQueries, ReadableStore
+from cortex.store.runs import RunRecord, RunStateError, RunTable
 from mesh.identity import peer_identity
 from mesh.server import ServiceBinding
 from mesh.status import to_status
@@ -79,6 +86,8 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
         correlation: CorrelationRuntime | None = None,
         changes: AssessmentLog | None = None,
         scoring: Callable[[str], ScoringStatus] | None = None,
+        runs: RunTable | None = None,
+        playbooks: PlaybookRuntime | None = None,
     ) -> None:
         key = token_key if token_key is not None else secrets.token_bytes(32)
         self._store = store
@@ -86,6 +95,8 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
         self._correlation = correlation
         self._changes = changes
         self._scoring = scoring  # how a guardian's host windows are scored (None: ML off)
+        self._runs = None if runs is None else RunQueries(runs, store.store_id, key)
+        self._playbooks = playbooks
         self._assessments = (
             None
             if correlation is None
@@ -236,22 +247,84 @@ class CortexServicer(pb_grpc.CortexServiceServicer):
         async for message in stream:
             yield message
 
+    # -- playbook runs -------------------------------------------------------------------------
+
+    def _run_core(self) -> RunQueries:
+        if self._runs is None:
+            raise PlaybooksOffError("this Cortex keeps no playbook runs")
+        return self._runs
+
     async def GetPlaybookRun(  # noqa: N802 (gRPC method name)
         self, request: pb.GetPlaybookRunRequest, context: Any
     ) -> pb.GetPlaybookRunResponse:
-        await _unimplemented(context, "GetPlaybookRun")
+        try:
+            run = await asyncio.to_thread(self._run_core().get, request.name)
+        except CortexError as exc:
+            await _abort(context, exc)
+        return pb.GetPlaybookRunResponse(playbook_run=_convert.playbook_run(run))
 
     async def ListPlaybookRuns(  # noqa: N802 (gRPC method name)
         self, request: pb.ListPlaybookRunsRequest, context: Any
     ) -> pb.ListPlaybookRunsResponse:
-        await _unimplemented(context, "ListPlaybookRuns")
+        try:
+            core = self._run_core()
+            page = await asyncio.to_thread(
+                core.list, request.page_size, request.page_token, request.filter, request.order_by
+            )
+        except CortexError as exc:
+            await _abort(context, exc)
+        return pb.ListPlaybookRunsResponse(
+            playbook_runs=[_convert.playbook_run(r) for r in page.runs],
+            next_page_token=page.next_page_token,
+            total_size=_int32(page.total_size),
+        )
 
+    async def _change_run(
+        self, name: str, change: Callable[[PlaybookRuntime, str], RunRecord]
+    ) -> RunRecord:
+        if self._playbooks is None:
+            raise PlaybooksOffError("this Cortex runs no playbooks ([playbooks])")
+        playbooks = self._playbooks
+        run_id = run_id_of(name)
+        try:
+            return await asyncio.to_thread(change, playbooks, run_id)
+        except KeyError:
+            raise PlaybookRunNotFoundError(f"{name} does not exist", name=name[:300]) from None
+        except RunStateError as exc:
+            raise PlaybookRunStateError(str(exc), name=name[:300]) from None
 
-async def _unimplemented(context: Any, method: str) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED, f"{SERVICE}/{method} is not served by this Cortex yet"
-    )
-    raise AssertionError("abort returned")  # pragma: no cover (abort always raises)
+    async def ReplayPlaybookRun(  # noqa: N802 (gRPC method name)
+        self, request: pb.ReplayPlaybookRunRequest, context: Any
+    ) -> pb.ReplayPlaybookRunResponse:
+        try:
+            run = await self._change_run(request.name, lambda p, rid: p.replay(rid))
+        except CortexError as exc:
+            await _abort(context, exc)
+        return pb.ReplayPlaybookRunResponse(playbook_run=_convert.playbook_run(run))
+
+    async def ApprovePlaybookRun(  # noqa: N802 (gRPC method name)
+        self, request: pb.ApprovePlaybookRunRequest, context: Any
+    ) -> pb.ApprovePlaybookRunResponse:
+        actor = peer_identity(context).spiffe_id
+        try:
+            run = await self._change_run(
+                request.name, lambda p, rid: p.decide(rid, approve=True, actor=actor)
+            )
+        except CortexError as exc:
+            await _abort(context, exc)
+        return pb.ApprovePlaybookRunResponse(playbook_run=_convert.playbook_run(run))
+
+    async def RejectPlaybookRun(  # noqa: N802 (gRPC method name)
+        self, request: pb.RejectPlaybookRunRequest, context: Any
+    ) -> pb.RejectPlaybookRunResponse:
+        actor = peer_identity(context).spiffe_id
+        try:
+            run = await self._change_run(
+                request.name, lambda p, rid: p.decide(rid, approve=False, actor=actor)
+            )
+        except CortexError as exc:
+            await _abort(context, exc)
+        return pb.RejectPlaybookRunResponse(playbook_run=_convert.playbook_run(run))
 
 
 def _int32(n: int) -> int:

@@ -142,6 +142,9 @@ MESH_AUTHZ: Final = AuthzTable.of(
         f"{_C}/ListEvents": _CLIENTS,
         f"{_C}/GetPlaybookRun": _CLIENTS,
         f"{_C}/ListPlaybookRuns": _CLIENTS,
+        f"{_C}/ReplayPlaybookRun": _CLIENTS,
+        f"{_C}/ApprovePlaybookRun": _CLIENTS,
+        f"{_C}/RejectPlaybookRun": _CLIENTS,
         f"{_M}/Score": ("cortex",),
         f"{_M}/GetModel": _CENTRAL,
     }

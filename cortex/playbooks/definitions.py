@@ -21,6 +21,12 @@ A file is a YAML list:
           tlp: amber                     # white green amber red (TheHive's TLP)
         - guardian: beta-web-01          # a guardian of [[guardians]]
           action: verify_backup          # verify_backup scan_integrity approve_heal scan_memory
+          backup_set: etc-nightly        # verify_backup: the set's name (whole_set: true/false)
+
+Guardian actions: `verify_backup` (`backup_set`, optional `whole_set`) and `scan_integrity`
+(optional `paths`, default every configured path) on Beta; `approve_heal` approves the heal
+proposals the assessment's Beta events name; `scan_memory` scans the processes (pids) the
+assessment's events from that guardian's host name, on Alpha.
 
 Every mistake is `FILE:LINE: reason` (`PlaybookDefinitionError`), and a step may only name an
 endpoint or guardian the configuration lists: egress goes nowhere else. The kinds' own rules:
@@ -85,6 +91,9 @@ class GuardianStep:
 
     guardian: str
     action: str
+    backup_set: str = ""
+    whole_set: bool = False
+    paths: tuple[str, ...] = ()
 
 
 Step = SendStep | GuardianStep
@@ -223,6 +232,35 @@ class _File(YamlDoc):
             on = {v for v in ("created", "updated") if v in values}
         return flt, frozenset(on)
 
+    def _guardian_step(
+        self,
+        keys: dict[str, tuple[yaml.Node, yaml.Node]],
+        node: yaml.Node,
+        target: str,
+        action: str,
+    ) -> GuardianStep:
+        takes = {"verify_backup": ("backup_set", "whole_set"), "scan_integrity": ("paths",)}
+        allowed = takes.get(action, ())
+        for extra in ("backup_set", "whole_set", "paths"):
+            if extra in keys and extra not in allowed:
+                raise self.fail(keys[extra][0], f"{extra} is not an argument of {action}")
+        if action == "verify_backup":
+            if "backup_set" not in keys:
+                raise self.fail(node, "verify_backup needs backup_set (a configured set's name)")
+            whole = (
+                self.boolean(keys["whole_set"][1], "whole_set") if "whole_set" in keys else False
+            )
+            return GuardianStep(
+                target, action, backup_set=self.string(keys["backup_set"][1], "backup_set"),
+                whole_set=whole,
+            )  # fmt: skip
+        if action == "scan_integrity" and "paths" in keys:
+            paths = self.strings(keys["paths"][1], "paths")
+            if any(not p.startswith("/") for p in paths):
+                raise self.fail(keys["paths"][1], "paths are absolute")
+            return GuardianStep(target, action, paths=tuple(paths))
+        return GuardianStep(target, action)
+
     def _step(self, node: yaml.Node) -> Step:
         keys = self.mapping(node, "a step")
         kinds = [k for k in (*SEND_KINDS, "guardian") if k in keys]
@@ -235,7 +273,11 @@ class _File(YamlDoc):
         target = self.string(target_node, kind)
         if kind == "guardian":
             self.check_keys(
-                keys, ("guardian", "action"), "a guardian step", required=("action",), at=node
+                keys,
+                ("guardian", "action", "backup_set", "whole_set", "paths"),
+                "a guardian step",
+                required=("action",),
+                at=node,
             )
             role = self._guardians.get(target)
             if role is None:
@@ -252,7 +294,7 @@ class _File(YamlDoc):
                 raise self.fail(
                     action_node, f"{action} is an action of {wants} guardians; {target} is {role}"
                 )
-            return GuardianStep(target, action)
+            return self._guardian_step(keys, node, target, action)
         allowed = ("format",) if kind == "webhook" else (("tlp",) if kind == "thehive" else ())
         self.check_keys(keys, (kind, *allowed), f"a {kind} step")
         endpoint = self._endpoints.get(target)

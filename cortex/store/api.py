@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from cortex.errors import StoreArgumentError
+from cortex.store.runs import NewRun
 from mesh.stream.cursor import StoredCursor
 from qsc.common.v1 import event_pb2
 
@@ -136,9 +137,12 @@ class EventStore(Protocol):
         guardian_id: str,
         events: Sequence[event_pb2.Event],
         cursor: StoredCursor | None,
+        *,
+        new_runs: Sequence[NewRun] = (),
     ) -> int:
-        """Store `events` of `guardian_id` and its `cursor` in one transaction; events whose
-        (guardian id, seq) is already stored are skipped. Returns how many were stored."""
+        """Store `events` of `guardian_id`, its `cursor` and the playbook runs they trigger in
+        one transaction; events whose (guardian id, seq) is already stored are skipped.
+        Returns how many were stored."""
         ...
 
     def cursor(self, guardian_id: str) -> StoredCursor | None: ...

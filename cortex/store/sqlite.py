@@ -60,7 +60,7 @@ from cortex.errors import (
     StoreOpenError,
     StoreReadOnlyError,
 )
-from cortex.store import codec, schema
+from cortex.store import codec, runs, schema
 from cortex.store.api import (
     Checkpoint,
     Page,
@@ -191,6 +191,11 @@ class SqliteEventStore:
         self._checkpoint_ns: int = clock() if last is None else last[1]
         row = conn.execute("SELECT max(stored_ns) FROM events").fetchone()
         self._last_stored_ns = int(row[0] or 0)
+        # Playbook runs (the delivery outbox) live beside the events; stores made before
+        # playbooks get their tables when a writer first opens them.
+        if lock_fd is not None:
+            conn.executescript(runs.RUN_SCHEMA)
+        self.runs = runs.RunTable(self._run_transaction, reader, self._read_lock)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -566,6 +571,12 @@ class SqliteEventStore:
             self._blind_cache[(field, value)] = term
         return term
 
+    def run_key_term(self, correlation_key: str) -> bytes:
+        """The keyed term a playbook run keeps of its correlation key (suppression), so the
+        run table names no user or host in clear."""
+        key = self._binding.blind_key
+        return codec.blind_term(key, "playbook.correlation_key", correlation_key)
+
     def token_key(self) -> bytes:
         """The read API's page-token key (`cortex.paging`): derived from the store's binding key,
         so tokens stay valid across restarts and key rotation, and differ between stores."""
@@ -661,14 +672,25 @@ class SqliteEventStore:
                 conn.execute("ROLLBACK")
             raise
 
+    @contextlib.contextmanager
+    def _run_transaction(self) -> Iterator[sqlite3.Connection]:
+        """A writer transaction for the run table (its own, not the chain's)."""
+        with self._lock:
+            self._writable()
+            with self._transaction() as conn:
+                yield conn
+
     def append_batch(
         self,
         guardian_id: str,
         events: Sequence[event_pb2.Event],
         cursor: StoredCursor | None,
+        *,
+        new_runs: Sequence[runs.NewRun] = (),
     ) -> int:
-        """Store `events` (all of `guardian_id`) and `cursor` in one transaction; (guardian id,
-        seq) already stored are skipped. Returns how many events were stored."""
+        """Store `events` (all of `guardian_id`), `cursor` and the playbook runs they trigger
+        in one transaction; (guardian id, seq) already stored are skipped. Returns how many
+        events were stored."""
         if not guardian_id:
             raise StoreArgumentError("guardian id must not be empty")
         batch: dict[int, event_pb2.Event] = {}
@@ -689,6 +711,8 @@ class SqliteEventStore:
                     stored = self._insert(conn, guardian_id, batch, aead, nonces, key_id)
                     if cursor is not None:
                         self._put_cursor(conn, guardian_id, cursor)
+                    if new_runs:
+                        runs.insert_runs(conn, new_runs)
                     cp_count, cp_ns = self._maybe_checkpoint(conn)
             except sqlite3.IntegrityError:
                 self._head_rowid, self._head_hash = head_rowid, head_hash

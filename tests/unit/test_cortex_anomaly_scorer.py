@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from cortex.anomaly import SCORE_RULE, AnomalyScorer, CircuitBreaker
+from cortex.anomaly import SCORE_RULE, AnomalyScorer
 from cortex.anomaly_client import RowResult, ScoreResult
+from cortex.breaker import CircuitBreaker
 from cortex.config import MlSection
 from cortex.errors import AnomalyServiceError
 from qsc.common.v1 import classification_pb2, event_pb2

@@ -47,6 +47,11 @@ GOOD = """
   steps:
     - guardian: beta-web-01
       action: verify_backup
+      backup_set: etc-nightly
+      whole_set: true
+    - guardian: beta-web-01
+      action: scan_integrity
+      paths: [/etc/ssh]
 """
 
 
@@ -71,7 +76,10 @@ def test_a_good_file_loads_with_its_defaults() -> None:
     assert verify is not None
     assert verify.on == {"created"}
     assert verify.approval
-    assert verify.steps == (GuardianStep("beta-web-01", "verify_backup"),)
+    assert verify.steps == (
+        GuardianStep("beta-web-01", "verify_backup", backup_set="etc-nightly", whole_set=True),
+        GuardianStep("beta-web-01", "scan_integrity", paths=("/etc/ssh",)),
+    )
 
 
 def test_triggers_follow_the_filter_and_the_change() -> None:
@@ -124,6 +132,17 @@ STEP = """
             "scan_memory is an action of alpha guardians",
         ),
         ("guardian: beta-web-01", 7, "lacks action"),
+        ("guardian: beta-web-01\n      action: verify_backup", 7, "needs backup_set"),
+        (
+            "guardian: beta-web-01\n      action: approve_heal\n      paths: [/etc]",
+            9,
+            "paths is not an argument of approve_heal",
+        ),
+        (
+            "guardian: beta-web-01\n      action: scan_integrity\n      paths: [etc]",
+            9,
+            "paths are absolute",
+        ),
         ("webhook: soar\n      n8n: n8n-local", 7, "exactly one of"),
     ],
 )

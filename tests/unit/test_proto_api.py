@@ -77,6 +77,9 @@ EXPECTED_RPCS: dict[str, dict[str, tuple[bool, bool]]] = {
         "ListEvents": UNARY,
         "GetPlaybookRun": UNARY,
         "ListPlaybookRuns": UNARY,
+        "ReplayPlaybookRun": UNARY,
+        "ApprovePlaybookRun": UNARY,
+        "RejectPlaybookRun": UNARY,
     },
 }
 

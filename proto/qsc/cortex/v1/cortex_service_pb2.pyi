@@ -700,3 +700,141 @@ class ListPlaybookRunsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPlaybookRunsResponse: _TypeAlias = ListPlaybookRunsResponse  # noqa: Y015
+
+@_typing.final
+class ReplayPlaybookRunRequest(_message.Message):
+    """Request of `ReplayPlaybookRun`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `playbookRuns/{run_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayPlaybookRunRequest: _TypeAlias = ReplayPlaybookRunRequest  # noqa: Y015
+
+@_typing.final
+class ReplayPlaybookRunResponse(_message.Message):
+    """Response of `ReplayPlaybookRun`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYBOOK_RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def playbook_run(self) -> _playbook_run_pb2.PlaybookRun:
+        """The run, RUNNING again."""
+
+    def __init__(
+        self,
+        *,
+        playbook_run: _playbook_run_pb2.PlaybookRun | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["playbook_run", b"playbook_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["playbook_run", b"playbook_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayPlaybookRunResponse: _TypeAlias = ReplayPlaybookRunResponse  # noqa: Y015
+
+@_typing.final
+class ApprovePlaybookRunRequest(_message.Message):
+    """Request of `ApprovePlaybookRun`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `playbookRuns/{run_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovePlaybookRunRequest: _TypeAlias = ApprovePlaybookRunRequest  # noqa: Y015
+
+@_typing.final
+class ApprovePlaybookRunResponse(_message.Message):
+    """Response of `ApprovePlaybookRun`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYBOOK_RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def playbook_run(self) -> _playbook_run_pb2.PlaybookRun:
+        """The run, PENDING its first step."""
+
+    def __init__(
+        self,
+        *,
+        playbook_run: _playbook_run_pb2.PlaybookRun | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["playbook_run", b"playbook_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["playbook_run", b"playbook_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovePlaybookRunResponse: _TypeAlias = ApprovePlaybookRunResponse  # noqa: Y015
+
+@_typing.final
+class RejectPlaybookRunRequest(_message.Message):
+    """Request of `RejectPlaybookRun`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `playbookRuns/{run_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectPlaybookRunRequest: _TypeAlias = RejectPlaybookRunRequest  # noqa: Y015
+
+@_typing.final
+class RejectPlaybookRunResponse(_message.Message):
+    """Response of `RejectPlaybookRun`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYBOOK_RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def playbook_run(self) -> _playbook_run_pb2.PlaybookRun:
+        """The run, CANCELLED."""
+
+    def __init__(
+        self,
+        *,
+        playbook_run: _playbook_run_pb2.PlaybookRun | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["playbook_run", b"playbook_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["playbook_run", b"playbook_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectPlaybookRunResponse: _TypeAlias = RejectPlaybookRunResponse  # noqa: Y015

@@ -92,6 +92,21 @@ class CortexServiceStub:
                 request_serializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ListPlaybookRunsRequest.SerializeToString,
                 response_deserializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ListPlaybookRunsResponse.FromString,
                 _registered_method=True)
+        self.ReplayPlaybookRun = channel.unary_unary(
+                '/qsc.cortex.v1.CortexService/ReplayPlaybookRun',
+                request_serializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ReplayPlaybookRunRequest.SerializeToString,
+                response_deserializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ReplayPlaybookRunResponse.FromString,
+                _registered_method=True)
+        self.ApprovePlaybookRun = channel.unary_unary(
+                '/qsc.cortex.v1.CortexService/ApprovePlaybookRun',
+                request_serializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ApprovePlaybookRunRequest.SerializeToString,
+                response_deserializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ApprovePlaybookRunResponse.FromString,
+                _registered_method=True)
+        self.RejectPlaybookRun = channel.unary_unary(
+                '/qsc.cortex.v1.CortexService/RejectPlaybookRun',
+                request_serializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.RejectPlaybookRunRequest.SerializeToString,
+                response_deserializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.RejectPlaybookRunResponse.FromString,
+                _registered_method=True)
 
 
 class CortexServiceServicer:
@@ -172,7 +187,30 @@ class CortexServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPlaybookRuns(self, request, context):
-        """Lists playbook runs. Default order: `create_time desc`.
+        """Lists playbook runs. Default order: `create_time desc`. Dead letters: `state = FAILED`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayPlaybookRun(self, request, context):
+        """Sends a FAILED run (a dead letter) again from the step that failed, with its attempts
+        counted afresh and the same webhook ids; re-enables the endpoint it failed on.
+        FAILED_PRECONDITION when the run is not FAILED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApprovePlaybookRun(self, request, context):
+        """Approves a run AWAITING_APPROVAL: its first step starts. FAILED_PRECONDITION otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectPlaybookRun(self, request, context):
+        """Rejects a run AWAITING_APPROVAL: it is CANCELLED and none of its steps runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,6 +268,21 @@ def add_CortexServiceServicer_to_server(servicer, server):
                     servicer.ListPlaybookRuns,
                     request_deserializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ListPlaybookRunsRequest.FromString,
                     response_serializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ListPlaybookRunsResponse.SerializeToString,
+            ),
+            'ReplayPlaybookRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayPlaybookRun,
+                    request_deserializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ReplayPlaybookRunRequest.FromString,
+                    response_serializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ReplayPlaybookRunResponse.SerializeToString,
+            ),
+            'ApprovePlaybookRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApprovePlaybookRun,
+                    request_deserializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ApprovePlaybookRunRequest.FromString,
+                    response_serializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ApprovePlaybookRunResponse.SerializeToString,
+            ),
+            'RejectPlaybookRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectPlaybookRun,
+                    request_deserializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.RejectPlaybookRunRequest.FromString,
+                    response_serializer=qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.RejectPlaybookRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -510,6 +563,87 @@ class CortexService:
             '/qsc.cortex.v1.CortexService/ListPlaybookRuns',
             qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ListPlaybookRunsRequest.SerializeToString,
             qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ListPlaybookRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayPlaybookRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qsc.cortex.v1.CortexService/ReplayPlaybookRun',
+            qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ReplayPlaybookRunRequest.SerializeToString,
+            qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ReplayPlaybookRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApprovePlaybookRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qsc.cortex.v1.CortexService/ApprovePlaybookRun',
+            qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ApprovePlaybookRunRequest.SerializeToString,
+            qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.ApprovePlaybookRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectPlaybookRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qsc.cortex.v1.CortexService/RejectPlaybookRun',
+            qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.RejectPlaybookRunRequest.SerializeToString,
+            qsc_dot_cortex_dot_v1_dot_cortex__service__pb2.RejectPlaybookRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

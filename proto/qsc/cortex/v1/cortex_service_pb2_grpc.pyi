@@ -64,7 +64,16 @@ class CortexServiceStub:
     GetPlaybookRun: _grpc.UnaryUnaryMultiCallable[_cortex_service_pb2.GetPlaybookRunRequest, _cortex_service_pb2.GetPlaybookRunResponse]
     """Returns one playbook run. NOT_FOUND when it does not exist."""
     ListPlaybookRuns: _grpc.UnaryUnaryMultiCallable[_cortex_service_pb2.ListPlaybookRunsRequest, _cortex_service_pb2.ListPlaybookRunsResponse]
-    """Lists playbook runs. Default order: `create_time desc`."""
+    """Lists playbook runs. Default order: `create_time desc`. Dead letters: `state = FAILED`."""
+    ReplayPlaybookRun: _grpc.UnaryUnaryMultiCallable[_cortex_service_pb2.ReplayPlaybookRunRequest, _cortex_service_pb2.ReplayPlaybookRunResponse]
+    """Sends a FAILED run (a dead letter) again from the step that failed, with its attempts
+    counted afresh and the same webhook ids; re-enables the endpoint it failed on.
+    FAILED_PRECONDITION when the run is not FAILED.
+    """
+    ApprovePlaybookRun: _grpc.UnaryUnaryMultiCallable[_cortex_service_pb2.ApprovePlaybookRunRequest, _cortex_service_pb2.ApprovePlaybookRunResponse]
+    """Approves a run AWAITING_APPROVAL: its first step starts. FAILED_PRECONDITION otherwise."""
+    RejectPlaybookRun: _grpc.UnaryUnaryMultiCallable[_cortex_service_pb2.RejectPlaybookRunRequest, _cortex_service_pb2.RejectPlaybookRunResponse]
+    """Rejects a run AWAITING_APPROVAL: it is CANCELLED and none of its steps runs."""
 
 @_typing.type_check_only
 class CortexServiceAsyncStub(CortexServiceStub):
@@ -102,7 +111,16 @@ class CortexServiceAsyncStub(CortexServiceStub):
     GetPlaybookRun: _aio.UnaryUnaryMultiCallable[_cortex_service_pb2.GetPlaybookRunRequest, _cortex_service_pb2.GetPlaybookRunResponse]  # type: ignore[assignment]
     """Returns one playbook run. NOT_FOUND when it does not exist."""
     ListPlaybookRuns: _aio.UnaryUnaryMultiCallable[_cortex_service_pb2.ListPlaybookRunsRequest, _cortex_service_pb2.ListPlaybookRunsResponse]  # type: ignore[assignment]
-    """Lists playbook runs. Default order: `create_time desc`."""
+    """Lists playbook runs. Default order: `create_time desc`. Dead letters: `state = FAILED`."""
+    ReplayPlaybookRun: _aio.UnaryUnaryMultiCallable[_cortex_service_pb2.ReplayPlaybookRunRequest, _cortex_service_pb2.ReplayPlaybookRunResponse]  # type: ignore[assignment]
+    """Sends a FAILED run (a dead letter) again from the step that failed, with its attempts
+    counted afresh and the same webhook ids; re-enables the endpoint it failed on.
+    FAILED_PRECONDITION when the run is not FAILED.
+    """
+    ApprovePlaybookRun: _aio.UnaryUnaryMultiCallable[_cortex_service_pb2.ApprovePlaybookRunRequest, _cortex_service_pb2.ApprovePlaybookRunResponse]  # type: ignore[assignment]
+    """Approves a run AWAITING_APPROVAL: its first step starts. FAILED_PRECONDITION otherwise."""
+    RejectPlaybookRun: _aio.UnaryUnaryMultiCallable[_cortex_service_pb2.RejectPlaybookRunRequest, _cortex_service_pb2.RejectPlaybookRunResponse]  # type: ignore[assignment]
+    """Rejects a run AWAITING_APPROVAL: it is CANCELLED and none of its steps runs."""
 
 class CortexServiceServicer(metaclass=_abc_1.ABCMeta):
     """The Cortex's API for SOAR platforms, dashboards and operators: assessments (correlated, scored
@@ -197,6 +215,33 @@ class CortexServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cortex_service_pb2.ListPlaybookRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cortex_service_pb2.ListPlaybookRunsResponse, _abc.Awaitable[_cortex_service_pb2.ListPlaybookRunsResponse]]:
-        """Lists playbook runs. Default order: `create_time desc`."""
+        """Lists playbook runs. Default order: `create_time desc`. Dead letters: `state = FAILED`."""
+
+    @_abc_1.abstractmethod
+    def ReplayPlaybookRun(
+        self,
+        request: _cortex_service_pb2.ReplayPlaybookRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cortex_service_pb2.ReplayPlaybookRunResponse, _abc.Awaitable[_cortex_service_pb2.ReplayPlaybookRunResponse]]:
+        """Sends a FAILED run (a dead letter) again from the step that failed, with its attempts
+        counted afresh and the same webhook ids; re-enables the endpoint it failed on.
+        FAILED_PRECONDITION when the run is not FAILED.
+        """
+
+    @_abc_1.abstractmethod
+    def ApprovePlaybookRun(
+        self,
+        request: _cortex_service_pb2.ApprovePlaybookRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cortex_service_pb2.ApprovePlaybookRunResponse, _abc.Awaitable[_cortex_service_pb2.ApprovePlaybookRunResponse]]:
+        """Approves a run AWAITING_APPROVAL: its first step starts. FAILED_PRECONDITION otherwise."""
+
+    @_abc_1.abstractmethod
+    def RejectPlaybookRun(
+        self,
+        request: _cortex_service_pb2.RejectPlaybookRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cortex_service_pb2.RejectPlaybookRunResponse, _abc.Awaitable[_cortex_service_pb2.RejectPlaybookRunResponse]]:
+        """Rejects a run AWAITING_APPROVAL: it is CANCELLED and none of its steps runs."""
 
 def add_CortexServiceServicer_to_server(servicer: CortexServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n qsc/cortex/v1/playbook_run.proto\x12\rqsc.cortex.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x01\n\x0cPlaybookStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.qsc.cortex.v1.RunState\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc4\x02\n\x0bPlaybookRun\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08playbook\x18\x02 \x01(\t\x12\x12\n\nassessment\x18\x03 \x01(\t\x12\x0f\n\x07trigger\x18\x04 \x01(\t\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.qsc.cortex.v1.RunState\x12*\n\x05steps\x18\x06 \x03(\x0b\x32\x1b.qsc.cortex.v1.PlaybookStep\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xb2\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05\x12\x15\n\x11RUN_STATE_SKIPPED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n qsc/cortex/v1/playbook_run.proto\x12\rqsc.cortex.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x02\n\x0cPlaybookStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.qsc.cortex.v1.RunState\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\x0e\n\x06target\x18\x08 \x01(\t\x12\x12\n\nwebhook_id\x18\t \x01(\t\x12\x35\n\x11next_attempt_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x03\n\x0bPlaybookRun\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08playbook\x18\x02 \x01(\t\x12\x12\n\nassessment\x18\x03 \x01(\t\x12\x0f\n\x07trigger\x18\x04 \x01(\t\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.qsc.cortex.v1.RunState\x12*\n\x05steps\x18\x06 \x03(\x0b\x32\x1b.qsc.cortex.v1.PlaybookStep\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x61ssessment_revision\x18\x0b \x01(\x03\x12\x12\n\ndecided_by\x18\x0c \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64_letter\x18\r \x01(\x08*\xd3\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05\x12\x15\n\x11RUN_STATE_SKIPPED\x10\x06\x12\x1f\n\x1bRUN_STATE_AWAITING_APPROVAL\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qsc.cortex.v1.playbook_run_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATE']._serialized_start=612
-  _globals['_RUNSTATE']._serialized_end=790
+  _globals['_RUNSTATE']._serialized_start=787
+  _globals['_RUNSTATE']._serialized_end=998
   _globals['_PLAYBOOKSTEP']._serialized_start=85
-  _globals['_PLAYBOOKSTEP']._serialized_end=282
-  _globals['_PLAYBOOKRUN']._serialized_start=285
-  _globals['_PLAYBOOKRUN']._serialized_end=609
+  _globals['_PLAYBOOKSTEP']._serialized_end=387
+  _globals['_PLAYBOOKRUN']._serialized_start=390
+  _globals['_PLAYBOOKRUN']._serialized_end=784
 # @@protoc_insertion_point(module_scope)

@@ -39,7 +39,9 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     RUN_STATE_CANCELLED: _RunState.ValueType  # 5
     """Cancelled before it finished."""
     RUN_STATE_SKIPPED: _RunState.ValueType  # 6
-    """Not run because its condition did not hold (steps only)."""
+    """Not run because its condition did not hold, or an earlier step failed (steps only)."""
+    RUN_STATE_AWAITING_APPROVAL: _RunState.ValueType  # 7
+    """Waiting for an operator's approval before its first step (runs only)."""
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
     """The state of a playbook run or of one of its steps."""
@@ -57,7 +59,9 @@ RUN_STATE_FAILED: RunState.ValueType  # 4
 RUN_STATE_CANCELLED: RunState.ValueType  # 5
 """Cancelled before it finished."""
 RUN_STATE_SKIPPED: RunState.ValueType  # 6
-"""Not run because its condition did not hold (steps only)."""
+"""Not run because its condition did not hold, or an earlier step failed (steps only)."""
+RUN_STATE_AWAITING_APPROVAL: RunState.ValueType  # 7
+"""Waiting for an operator's approval before its first step (runs only)."""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 @_typing.final
@@ -72,6 +76,10 @@ class PlaybookStep(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Step name as written in the playbook."""
     state: Global___RunState.ValueType
@@ -80,6 +88,12 @@ class PlaybookStep(_message.Message):
     """Attempts made so far (steps are retried with backoff)."""
     message: _builtins.str
     """Outcome in words, for example `HTTP 200` or the error."""
+    kind: _builtins.str
+    """What the step does: `webhook`, `n8n`, `thehive` or `guardian`."""
+    target: _builtins.str
+    """The configured endpoint or guardian it reaches."""
+    webhook_id: _builtins.str
+    """The `webhook-id` its deliveries carry (stable across retries), for receivers to deduplicate."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the step started."""
@@ -87,6 +101,10 @@ class PlaybookStep(_message.Message):
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When the step finished."""
+
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """For a PENDING step that has been tried: when the next attempt is due."""
 
     def __init__(
         self,
@@ -97,10 +115,14 @@ class PlaybookStep(_message.Message):
         message: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
+        target: _builtins.str = ...,
+        webhook_id: _builtins.str = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "next_attempt_time", b"next_attempt_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "end_time", b"end_time", "message", b"message", "name", b"name", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "end_time", b"end_time", "kind", b"kind", "message", b"message", "name", b"name", "next_attempt_time", b"next_attempt_time", "start_time", b"start_time", "state", b"state", "target", b"target", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -122,6 +144,9 @@ class PlaybookRun(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    ASSESSMENT_REVISION_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `playbookRuns/{run_id}`."""
     playbook: _builtins.str
@@ -134,6 +159,12 @@ class PlaybookRun(_message.Message):
     """Where the run stands."""
     error: _builtins.str
     """For FAILED: what went wrong."""
+    assessment_revision: _builtins.int
+    """The assessment revision the run delivers."""
+    decided_by: _builtins.str
+    """Who approved or rejected it (a SPIFFE ID), for playbooks that need approval."""
+    dead_letter: _builtins.bool
+    """True for a FAILED run: a dead letter, kept with its error until `ReplayPlaybookRun`."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlaybookStep]:
         """The steps, in playbook order."""
@@ -163,10 +194,13 @@ class PlaybookRun(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        assessment_revision: _builtins.int = ...,
+        decided_by: _builtins.str = ...,
+        dead_letter: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment", b"assessment", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "name", b"name", "playbook", b"playbook", "start_time", b"start_time", "state", b"state", "steps", b"steps", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment", b"assessment", "assessment_revision", b"assessment_revision", "create_time", b"create_time", "dead_letter", b"dead_letter", "decided_by", b"decided_by", "end_time", b"end_time", "error", b"error", "name", b"name", "playbook", b"playbook", "start_time", b"start_time", "state", b"state", "steps", b"steps", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
