@@ -6,6 +6,9 @@
                                              stored assessments as OCSF or JSON Lines
                                              (`cortex.assessment_cli`)
     qsc-cortex model show|reset --config PATH   the verdict model (`cortex.model_cli`)
+    qsc-cortex playbooks check|runs|dead-letters|replay|endpoints|enable-endpoint --config PATH
+                                             playbooks, their runs and dead letters
+                                             (`cortex.playbooks_cli`)
     qsc-cortex export-windows --config PATH --since 30d [--until T] [--host H] --out FILE
                                              host telemetry windows for `qsc-ml train`
     qsc-cortex export-labels --config PATH --since 30d [--until T] [--host H] --out FILE
@@ -15,11 +18,12 @@
 `run` follows every configured guardian into the event store and serves CortexService (health
 and reflection at least); its command line is mesh.service's, shared by every component: once
 listening it writes the bound port to `--port-file` atomically, SIGTERM or SIGINT drains and
-exits 0, SIGHUP re-reads the guardian list and the correlation rules, errors print
+exits 0, SIGHUP re-reads the guardian list, the correlation rules and the playbook files,
+errors print
 `qsc-cortex: error: ...` without a traceback (2 for bad arguments or configuration, a rule file
 that does not load included, naming FILE:LINE; 1 for anything else: a store that refuses to
 open, an unreadable key). `--check-config` also checks the identity, opens the keyring and
-loads the correlation rules.
+loads the correlation rules and the playbooks (files, endpoints, secret files).
 
 The store's own commands live in `cortex.store_cli`, the assessments' in
 `cortex.assessment_cli`, the verdict model's in `cortex.model_cli`, the exports for the ML
@@ -34,10 +38,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cortex import assessment_cli, model_cli, store_cli, windows_cli
+from cortex import assessment_cli, model_cli, playbooks_cli, store_cli, windows_cli
 from cortex.config import COMPONENT, CortexConfig, load_cortex_config
 from cortex.correlate import load_files
-from cortex.errors import CorrelationRuleError
+from cortex.errors import CorrelationRuleError, PlaybookDefinitionError
 from mesh.command import EXIT_USAGE, ErrorExit, command_parser, dispatch
 from mesh.identity import load_tls_of_role
 from mesh.service import serve
@@ -56,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_cli.add_commands(groups)
     assessment_cli.add_commands(groups)
     model_cli.add_commands(groups)
+    playbooks_cli.add_commands(groups)
     windows_cli.add_commands(groups)
     return parser
 
@@ -75,9 +80,11 @@ def check_config(config: CortexConfig) -> str:
             f"(version {rules.version})"
         )
     ml = f"ML scoring through {config.ml.address}" if config.ml.enabled else "ML scoring off"
+    playbooks = playbooks_cli.check_playbooks(config)
     return (
         f"{PROG}: configuration OK: identity {identity.spiffe_id}, keyring {keys}, store "
-        f"{config.store.directory}, {len(config.guardians)} guardian(s), {correlation}, {ml}"
+        f"{config.store.directory}, {len(config.guardians)} guardian(s), {correlation}, {ml}, "
+        f"{playbooks}"
     )
 
 
@@ -115,7 +122,8 @@ def _run(args: list[str]) -> int:
         check=check_config,
         check_help="validate config, identity and keyring; exit",
         reload=_reload,
-        errors=(ErrorExit((CorrelationRuleError,), EXIT_USAGE),),  # a bad rule file is config
+        # A bad rule or playbook file is configuration.
+        errors=(ErrorExit((CorrelationRuleError, PlaybookDefinitionError), EXIT_USAGE),),
     )
 
 
@@ -125,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "store": store_cli.main,
         "assessments": assessment_cli.main,
         "model": model_cli.main,
+        "playbooks": playbooks_cli.main,
         **dict.fromkeys(windows_cli.COMMANDS, windows_cli.main),
     }
     return dispatch(argv, commands, build_parser)

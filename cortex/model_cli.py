@@ -36,15 +36,15 @@ from typing import Any, Final
 
 from cortex import assessment_records as records
 from cortex.assessments import VERDICTS, AssessmentBook
-from cortex.config import COMPONENT, CorrelationSection, CortexConfig, load_cortex_config
+from cortex.config import COMPONENT, CorrelationSection, load_cortex_config
 from cortex.correlate import RuleSet, load_files
 from cortex.correlation import stored_book
-from cortex.errors import CorrelationRuleError, CortexError, StoreOpenError
+from cortex.errors import CorrelationRuleError, CortexError
 from cortex.filter import parse
 from cortex.filter.literals import format_time
 from cortex.ingest import OwnIdentity
 from cortex.store import SqliteEventStore
-from cortex.store_cli import config_arg, open_configured
+from cortex.store_cli import config_arg, open_configured, open_writer
 from mesh.command import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ErrorExit, command_parser, run_cli
 from mesh.identity import load_tls_of_role
 from mesh.ids import uuid7
@@ -58,7 +58,6 @@ ERRORS: Final = (
     ErrorExit((CorrelationRuleError,), EXIT_USAGE),  # a rule file is configuration
     ErrorExit((CortexError,), EXIT_FAILURE),
 )
-_WRITER_HELD: Final = "open for writing by another process"
 
 
 def add_commands(groups: Any) -> None:
@@ -236,23 +235,12 @@ def reset_model(
     return before
 
 
-def _open_writer(config: CortexConfig) -> SqliteEventStore:
-    try:
-        return open_configured(config, writer=True)
-    except StoreOpenError as exc:
-        if _WRITER_HELD not in exc.reason:
-            raise
-        raise StoreOpenError(
-            exc.path,
-            "is open for writing by another process, a running Cortex: stop the Cortex first "
-            "(it reads the reset back when it starts)",
-        ) from None
-
-
 def _reset(args: argparse.Namespace) -> int:
     config = load_cortex_config(args.config)
     own = OwnIdentity.of(load_tls_of_role(config.server.tls, COMPONENT).identity)
-    with _open_writer(config) as store:
+    with open_writer(
+        config, "stop the Cortex first (it reads the reset back when it starts)"
+    ) as store:
         forgotten = reset_model(store, own, _actor(), config.correlation)
     print(
         f"verdict model reset: the likelihood ratios are the rules' seeds again; "

@@ -122,6 +122,19 @@ def open_configured(config: CortexConfig, *, writer: bool) -> SqliteEventStore:
     )
 
 
+def open_writer(config: CortexConfig, held: str) -> SqliteEventStore:
+    """The store as its writer, for a tool; `held` says what to do instead when a running
+    Cortex holds the writer lock."""
+    try:
+        return open_configured(config, writer=True)
+    except StoreOpenError as exc:
+        if "open for writing by another process" not in exc.reason:
+            raise
+        raise StoreOpenError(
+            exc.path, f"is open for writing by another process, a running Cortex: {held}"
+        ) from None
+
+
 # --- verify --------------------------------------------------------------------------------------
 
 

@@ -80,14 +80,18 @@ class Runner:
         self._disabled: dict[str, tuple[int, str]] = {}
         self.stats = RunnerStats()
         self.failure: BaseException | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         self._disabled = await asyncio.to_thread(self._runs.disabled_endpoints)
+        self._event_loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._loop(), name="cortex:playbooks")
 
     def wake(self) -> None:
-        """New runs (or an approval, a replay): look now rather than at the next poll."""
-        self._wake.set()
+        """New runs (or an approval, a replay): look now rather than at the next poll. Safe
+        from any thread (the API changes runs in worker threads)."""
+        if self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(self._wake.set)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -103,8 +107,11 @@ class Runner:
         if self._actions is not None:
             await self._actions.close()
 
-    def endpoint_enabled(self, name: str) -> None:
-        self._disabled.pop(name, None)
+    def reread_disabled(self) -> None:
+        """The disabled endpoints changed in the store (a replay enabled one): read them again
+        and look for due steps."""
+        self._disabled = self._runs.disabled_endpoints()
+        self.wake()
 
     async def _loop(self) -> None:
         poll = self._settings.poll_interval.total_seconds()

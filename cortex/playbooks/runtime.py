@@ -100,14 +100,8 @@ class PlaybookRuntime:
     def replay(self, run_id: str) -> RunRecord:
         """A dead letter sent again from its failed step; the endpoint it failed on is
         enabled again (the operator says the receiver is back)."""
-        run = self._store.runs.get(run_id)
-        if run is not None and run.state == "failed":
-            for step in run.steps:
-                if step.state == "failed" and step.target in self.endpoints:
-                    self._store.runs.enable_endpoint(step.target)
-                    self.runner.endpoint_enabled(step.target)
         replayed = self._store.runs.replay(run_id, self._clock())
-        self.runner.wake()
+        self.runner.reread_disabled()
         return replayed
 
     def decide(self, run_id: str, *, approve: bool, actor: str) -> RunRecord:

@@ -404,7 +404,8 @@ class RunTable:
                 )
 
     def replay(self, run_id: str, now_ns: int) -> RunRecord:
-        """A failed run (a dead letter) from its failed step again, attempts counted afresh."""
+        """A failed run (a dead letter) from its failed step again, attempts counted afresh;
+        the endpoint it failed on is enabled again (replaying says the receiver is back)."""
         with self._transaction() as conn:
             row = conn.execute(
                 "SELECT state FROM playbook_runs WHERE run_id = ?", (run_id,)
@@ -415,6 +416,11 @@ class RunTable:
                 raise RunStateError(
                     f"playbookRuns/{run_id} is {row[0]}: only a failed run is replayed"
                 )
+            conn.execute(
+                "DELETE FROM playbook_endpoints WHERE name IN (SELECT target FROM "
+                "playbook_steps WHERE run_id = ? AND state = 'failed')",
+                (run_id,),
+            )
             first = conn.execute(
                 "SELECT min(idx) FROM playbook_steps WHERE run_id = ? AND state = 'failed'",
                 (run_id,),
