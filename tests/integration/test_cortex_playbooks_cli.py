@@ -108,7 +108,8 @@ ca_file = "{ca}"
             assert any("422" in d["error"] for d in docs)
             assert any("410" in d["error"] for d in docs)
             endpoints = cli("endpoints", "--config", str(config))
-            assert "DISABLED" in endpoints.stdout and "410" in endpoints.stdout
+            assert "DISABLED" in endpoints.stdout
+            assert "410" in endpoints.stdout
             held = cli("replay", "--config", str(config), "--all")
             assert held.returncode == 1
             assert "ReplayPlaybookRun" in held.stderr
