@@ -717,7 +717,8 @@ class SqliteEventStore:
             except sqlite3.IntegrityError:
                 self._head_rowid, self._head_hash = head_rowid, head_hash
                 raise StoreConflictError(
-                    f"a batch of {guardian_id} reuses an event id stored for another record"
+                    f"a batch of {guardian_id} reuses an id stored for another record "
+                    "(an event or a playbook run)"
                 ) from None
             except BaseException:
                 self._head_rowid, self._head_hash = head_rowid, head_hash

@@ -28,6 +28,14 @@ role = "alpha"
 host = "web-01"
 """
 
+ENDPOINT = """
+[[playbooks.endpoints]]
+name = "soar"
+url = "{url}"
+secret_files = ["/etc/qsc/soar.whsec"]
+{extra}
+"""
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "cortex.toml"
@@ -48,6 +56,25 @@ def test_the_example_loads_with_every_section() -> None:
     assert config.ml.enabled
     assert config.ml.address == "ml-1.example.net:7446"
     assert config.ml.open_for == timedelta(seconds=30)
+    p = config.playbooks
+    assert [e.name for e in p.endpoints] == ["soar", "n8n", "hive"]
+    assert [e.auth for e in p.endpoints] == ["standard-webhooks", "header", "header"]
+    assert p.endpoints[0].origin == "https://soar.example.net:8443"
+    assert p.endpoints[1].origin == "http://n8n.example.net:5678"
+    assert p.schedule().attempts == 8  # the first and seven retries
+
+
+def test_the_example_playbooks_load_against_the_example_config() -> None:
+    from cortex.playbooks.definitions import EndpointRef, load_playbooks
+
+    config = load_cortex_config(EXAMPLE, env={})
+    refs = {e.name: EndpointRef(e.name, e.auth == "header") for e in config.playbooks.endpoints}
+    playbooks = load_playbooks(
+        [ROOT / "deploy" / "playbooks.yaml"],
+        endpoints=refs,
+        guardians={g.id: g.role for g in config.guardians},
+    )
+    assert [p.id for p in playbooks.playbooks] == ["notify-soar", "verify-backups"]
 
 
 def test_defaults_and_environment_overrides(tmp_path: Path) -> None:
@@ -95,6 +122,38 @@ def test_defaults_and_environment_overrides(tmp_path: Path) -> None:
         ('[ml]\naddress = "ml:1"\nopen_for = "0s"\n', "ml.open_for"),
         ("[ml]\nmax_batch_windows = 20000\n", "ml.max_batch_windows"),
         ("[ml]\nmax_pending_windows = 10\n", "ml.max_pending_windows"),
+        (ENDPOINT.format(url="ftp://x/y", extra=""), "playbooks.endpoints[0].url"),
+        (ENDPOINT.format(url="https://x/y?q=1", extra=""), "playbooks.endpoints[0].url"),
+        (ENDPOINT.format(url="https://x:70000/", extra=""), "playbooks.endpoints[0].url"),
+        (
+            ENDPOINT.replace('secret_files = ["/etc/qsc/soar.whsec"]', "").format(
+                url="https://x/", extra=""
+            ),
+            "playbooks.endpoints[0].secret_files",
+        ),
+        (
+            ENDPOINT.format(url="https://x/", extra='auth = "header"'),
+            "playbooks.endpoints[0].header",
+        ),
+        (
+            ENDPOINT.format(url="https://x/", extra='auth = "header"\nheader = "X-T"'),
+            "playbooks.endpoints[0].token_file",
+        ),
+        (
+            ENDPOINT.format(url="http://x/", extra='ca_file = "/ca.crt"'),
+            "playbooks.endpoints[0].ca_file",
+        ),
+        (ENDPOINT.format(url="https://x/", extra="max_in_flight = 0"), "max_in_flight"),
+        (ENDPOINT.format(url="https://x/", extra='timeout = "0s"'), "timeout"),
+        ("[playbooks]\nretry_delays = []\n", "playbooks.retry_delays"),
+        ('[playbooks]\nretry_delays = ["0s"]\n', "playbooks.retry_delays"),
+        ("[playbooks]\njitter = 1.5\n", "playbooks.retry_delays"),
+        ('[playbooks]\nfiles = ["relative.yaml"]\n', "playbooks.files[0]"),
+        (
+            ENDPOINT.format(url="https://x/", extra="")
+            + ENDPOINT.format(url="https://y/", extra=""),
+            "playbooks.endpoints[1].name",
+        ),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, extra: str, key: str) -> None:
