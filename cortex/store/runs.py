@@ -234,6 +234,20 @@ def insert_runs(conn: sqlite3.Connection, runs: Sequence[NewRun]) -> None:
     )
 
 
+def delete_ended(conn: sqlite3.Connection, before_ns: int) -> int:
+    """Remove runs that succeeded or were cancelled before `before_ns` (retention)."""
+    ended = (
+        "SELECT run_id FROM playbook_runs WHERE state IN ('succeeded', 'cancelled') AND end_ns < ?"
+    )
+    conn.execute(f"DELETE FROM playbook_steps WHERE run_id IN ({ended})", (before_ns,))  # noqa: S608
+    return int(
+        conn.execute(
+            "DELETE FROM playbook_runs WHERE state IN ('succeeded', 'cancelled') AND end_ns < ?",
+            (before_ns,),
+        ).rowcount
+    )
+
+
 def _short(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 

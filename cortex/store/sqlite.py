@@ -884,7 +884,9 @@ class SqliteEventStore:
         """Delete the records stored more than `older_than` ago, in one transaction that signs
         a "cut" checkpoint (the last deleted record and its hash: the chain goes on from it)
         and a head checkpoint. Records are cut by storage time, which never goes backwards
-        along the chain, so what is deleted is always a prefix and one anchor describes it."""
+        along the chain, so what is deleted is always a prefix and one anchor describes it.
+        Playbook runs that ended before the cutoff go too (dead letters and runs still to
+        deliver stay: they are work, not history)."""
         if older_than < dt.timedelta(0):
             raise StoreArgumentError("retention age must not be negative")
         cutoff = self._clock() - older_than // dt.timedelta(microseconds=1) * 1000
@@ -903,6 +905,7 @@ class SqliteEventStore:
                 cut = self._sign(conn, "cut", *last)
                 conn.execute("DELETE FROM event_terms WHERE event_rowid <= ?", (last[0],))
                 deleted = conn.execute("DELETE FROM events WHERE rowid <= ?", (last[0],)).rowcount
+                runs.delete_ended(conn, cutoff)
                 head = self._sign(conn, "head", self._head_rowid, self._head_hash)
             self._checkpoint_count, self._checkpoint_ns = head.count, head.time_ns
             return RetentionResult(deleted, cut)

@@ -208,3 +208,16 @@ def test_payloads_are_deterministic_and_shaped_for_their_receiver() -> None:
     assert (alert["severity"], alert["tlp"]) == (3, 4)
     assert "attack:T1110.004" in alert["tags"]
     assert "Confidence" in alert["description"]
+
+
+def test_retention_drops_ended_runs_and_keeps_work(store: SqliteEventStore) -> None:
+    done, dead, waiting = new_run(100, steps=1), new_run(200, steps=1), new_run(300, steps=1)
+    store.append_batch("g", [], None, new_runs=[done, dead, waiting])
+    by = {d.run_id: d for d in due(store, 1_000)}
+    store.runs.finish(by[done.run_id], StepResult(400, 410, True, "HTTP 200"))
+    store.runs.finish(by[dead.run_id], StepResult(400, 410, False, "HTTP 400"))
+    with store.runs._transaction() as conn:  # what `retain` runs inside its transaction
+        from cortex.store.runs import delete_ended
+
+        assert delete_ended(conn, 10**6) == 1
+    assert {r.run_id for r in store.runs.list_all()} == {dead.run_id, waiting.run_id}
