@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from cortex.assessments import Assessment, AssessmentBook
-from cortex.errors import FilterError, PageTokenError, ResourceNameError
+from cortex.errors import ResourceNameError
 from cortex.filter.literals import shown
-from cortex.paging import PageBinding, PageTokens, page_size
+from cortex.paging import PageBinding, PageTokens, keyset_page, page_size, parse_order
 from cortex.record_filter import Enum, RecordFields, parse_record_filter
 
 _NAME: Final = re.compile(r"assessments/([0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12})")
@@ -74,34 +74,6 @@ class AssessmentsPage:
     total_size: int
 
 
-@dataclass(frozen=True)
-class AssessmentOrder:
-    field: str
-    descending: bool
-
-    @property
-    def canonical(self) -> str:
-        return f"{self.field} desc" if self.descending else self.field
-
-
-def parse_order(text: str) -> AssessmentOrder:
-    words = text.split()
-    if not words:
-        return AssessmentOrder("create_time", True)
-    if len(words) > 2 or words[0] not in _ORDER_KEYS:
-        raise FilterError(
-            1,
-            f"assessments are ordered by one of {', '.join(_ORDER_KEYS)} [asc|desc], "
-            f"not {shown(text)}",
-            argument="order_by",
-        )
-    if len(words) == 2 and words[1].lower() not in ("asc", "desc"):
-        raise FilterError(
-            len(words[0]) + 2, f"expected asc or desc, found {shown(words[1])}", argument="order_by"
-        )
-    return AssessmentOrder(words[0], len(words) == 2 and words[1].lower() == "desc")
-
-
 class AssessmentQueries:
     def __init__(self, book: AssessmentBook, store_id: str, token_key: bytes) -> None:
         self._book = book
@@ -116,7 +88,7 @@ class AssessmentQueries:
     ) -> AssessmentsPage:
         size = page_size(page_size_)
         flt = parse_record_filter(filter_, FIELDS)
-        order = parse_order(order_by)
+        order = parse_order(order_by, _ORDER_KEYS, what="assessments", default="create_time")
         binding = PageBinding("assessments", self._store_id, flt.canonical, order.canonical)
         key = _ORDER_KEYS[order.field]
         matching = sorted(
@@ -124,27 +96,17 @@ class AssessmentQueries:
             key=lambda a: (key(a), a.id),
             reverse=order.descending,
         )
-        start = 0
-        if page_token:
-            value, _, after_id = self._tokens.open(binding, page_token).partition(" ")
-            try:
-                # Times are integers (exact); confidences are floats, written with repr.
-                number = int(value) if re.fullmatch(r"-?\d+", value) else float(value)
-                after = (number, after_id)
-            except ValueError:
-                raise PageTokenError("page_token is malformed") from None
-            start = len(matching)
-            for i, a in enumerate(matching):
-                here = (key(a), a.id)
-                if (here < after) if order.descending else (here > after):
-                    start = i
-                    break
-        page = tuple(matching[start : start + size])
-        next_token = ""
-        if start + size < len(matching) and page:
-            last = page[-1]
-            next_token = self._tokens.issue(binding, f"{key(last)!r} {last.id}")
-        return AssessmentsPage(page, next_token, len(matching))
+        page, token = keyset_page(
+            matching,
+            key,
+            lambda a: a.id,
+            descending=order.descending,
+            size=size,
+            page_token=page_token,
+            tokens=self._tokens,
+            binding=binding,
+        )
+        return AssessmentsPage(page, token, len(matching))
 
     def verdict(self, name: str, verdict: str, comment: str, actor: str) -> Assessment:
         return self._book.verdict(_id_of(name), verdict, comment, actor)

@@ -21,10 +21,15 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
-from cortex.errors import PageSizeError, PageTokenError
+from cortex.errors import FilterError, PageSizeError, PageTokenError
+from cortex.filter.literals import shown
+
+R = TypeVar("R")
 
 DEFAULT_PAGE_SIZE: Final = 100
 MAX_PAGE_SIZE: Final = 1000
@@ -116,3 +121,70 @@ def _length_prefixed(data: bytes) -> bytes:
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True)
+class SortOrder:
+    """An `order_by` of one field, ascending or descending."""
+
+    field: str
+    descending: bool
+
+    @property
+    def canonical(self) -> str:
+        return f"{self.field} desc" if self.descending else self.field
+
+
+def parse_order(text: str, fields: Collection[str], *, what: str, default: str) -> SortOrder:
+    """`order_by` as one of `fields` with an optional asc/desc; empty is `default`, newest
+    first. FilterError (argument `order_by`, a position) otherwise."""
+    words = text.split()
+    if not words:
+        return SortOrder(default, True)
+    if len(words) > 2 or words[0] not in fields:
+        raise FilterError(
+            1,
+            f"{what} are ordered by one of {', '.join(fields)} [asc|desc], not {shown(text)}",
+            argument="order_by",
+        )
+    if len(words) == 2 and words[1].lower() not in ("asc", "desc"):
+        raise FilterError(
+            len(words[0]) + 2, f"expected asc or desc, found {shown(words[1])}", argument="order_by"
+        )
+    return SortOrder(words[0], len(words) == 2 and words[1].lower() == "desc")
+
+
+def keyset_page(
+    matching: Sequence[R],
+    key: Callable[[R], int | float],
+    record_id: Callable[[R], str],
+    *,
+    descending: bool,
+    size: int,
+    page_token: str,
+    tokens: PageTokens,
+    binding: PageBinding,
+) -> tuple[tuple[R, ...], str]:
+    """One page of `matching` (sorted by (key, id), `descending` or not) after the (value, id)
+    `page_token` names, and the token of the next page ("" at the end)."""
+    start = 0
+    if page_token:
+        value, _, after_id = tokens.open(binding, page_token).partition(" ")
+        try:
+            # Times are integers (exact); confidences are floats, written with repr.
+            number = int(value) if re.fullmatch(r"-?\d+", value) else float(value)
+        except ValueError:
+            raise PageTokenError("page_token is malformed") from None
+        after = (number, after_id)
+        start = len(matching)
+        for i, r in enumerate(matching):
+            here = (key(r), record_id(r))
+            if (here < after) if descending else (here > after):
+                start = i
+                break
+    page = tuple(matching[start : start + size])
+    token = ""
+    if start + size < len(matching) and page:
+        last = page[-1]
+        token = tokens.issue(binding, f"{key(last)!r} {record_id(last)}")
+    return page, token

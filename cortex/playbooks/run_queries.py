@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from cortex.errors import FilterError, PageTokenError, PlaybookRunNotFoundError, ResourceNameError
+from cortex.errors import PlaybookRunNotFoundError, ResourceNameError
 from cortex.filter.literals import shown
-from cortex.paging import PageBinding, PageTokens, page_size
+from cortex.paging import PageBinding, PageTokens, keyset_page, page_size, parse_order
 from cortex.record_filter import Enum, RecordFields, parse_record_filter
 from cortex.store.runs import RunRecord, RunTable
 
@@ -76,23 +76,6 @@ def run_id_of(name: str) -> str:
     return match.group(1).lower()
 
 
-def _order(text: str) -> tuple[str, bool]:
-    words = text.split()
-    if not words:
-        return "create_time", True
-    if len(words) > 2 or words[0] not in _ORDER_KEYS:
-        raise FilterError(
-            1,
-            f"runs are ordered by one of {', '.join(_ORDER_KEYS)} [asc|desc], not {shown(text)}",
-            argument="order_by",
-        )
-    if len(words) == 2 and words[1].lower() not in ("asc", "desc"):
-        raise FilterError(
-            len(words[0]) + 2, f"expected asc or desc, found {shown(words[1])}", argument="order_by"
-        )
-    return words[0], len(words) == 2 and words[1].lower() == "desc"
-
-
 class RunQueries:
     def __init__(self, runs: RunTable, store_id: str, token_key: bytes) -> None:
         self._runs = runs
@@ -108,30 +91,22 @@ class RunQueries:
     def list(self, page_size_: int, page_token: str, filter_: str, order_by: str) -> RunsPage:
         size = page_size(page_size_)
         flt = parse_record_filter(filter_, FIELDS)
-        field, descending = _order(order_by)
-        canonical = f"{field} desc" if descending else field
-        binding = PageBinding("playbookRuns", self._store_id, flt.canonical, canonical)
-        key = _ORDER_KEYS[field]
+        order = parse_order(order_by, _ORDER_KEYS, what="runs", default="create_time")
+        binding = PageBinding("playbookRuns", self._store_id, flt.canonical, order.canonical)
+        key = _ORDER_KEYS[order.field]
         matching = sorted(
             (r for r in self._runs.list_all(with_steps=True) if flt.matches(r)),
             key=lambda r: (key(r), r.run_id),
-            reverse=descending,
+            reverse=order.descending,
         )
-        start = 0
-        if page_token:
-            value, _, after_id = self._tokens.open(binding, page_token).partition(" ")
-            if not re.fullmatch(r"-?\d+", value):
-                raise PageTokenError("page_token is malformed")
-            after = (int(value), after_id)
-            start = len(matching)
-            for i, r in enumerate(matching):
-                here = (key(r), r.run_id)
-                if (here < after) if descending else (here > after):
-                    start = i
-                    break
-        page = tuple(matching[start : start + size])
-        token = ""
-        if start + size < len(matching) and page:
-            last = page[-1]
-            token = self._tokens.issue(binding, f"{key(last)} {last.run_id}")
+        page, token = keyset_page(
+            matching,
+            key,
+            lambda r: r.run_id,
+            descending=order.descending,
+            size=size,
+            page_token=page_token,
+            tokens=self._tokens,
+            binding=binding,
+        )
         return RunsPage(page, token, len(matching))

@@ -221,3 +221,37 @@ def test_retention_drops_ended_runs_and_keeps_work(store: SqliteEventStore) -> N
 
         assert delete_ended(conn, 10**6) == 1
     assert {r.run_id for r in store.runs.list_all()} == {dead.run_id, waiting.run_id}
+
+
+def test_listing_pages_filters_and_refuses_a_token_of_another_filter(
+    store: SqliteEventStore,
+) -> None:
+    from cortex.errors import FilterError, PageTokenError, PlaybookRunNotFoundError
+    from cortex.playbooks.run_queries import RunQueries
+
+    made = [new_run(100 * i, steps=1) for i in range(1, 6)]
+    store.append_batch("g", [], None, new_runs=made)
+    (first, *_) = due(store, 10**6)
+    store.runs.finish(first, StepResult(1, 2, False, "HTTP 400"))
+    q = RunQueries(store.runs, store.store_id, b"k" * 32)
+    page1 = q.list(2, "", "", "")
+    assert [r.run_id for r in page1.runs] == [made[4].run_id, made[3].run_id]
+    assert page1.total_size == 5
+    page2 = q.list(2, page1.next_page_token, "", "")
+    page3 = q.list(2, page2.next_page_token, "", "")
+    assert [r.run_id for r in page2.runs + page3.runs] == [m.run_id for m in made[2::-1]]
+    assert page3.next_page_token == ""
+    oldest = q.list(1, "", "", "create_time")
+    assert oldest.runs[0].run_id == made[0].run_id
+    dead = q.list(0, "", 'dead_letter = true AND target = "soar"', "")
+    assert [r.run_id for r in dead.runs] == [first.run_id]
+    assert q.list(0, "", "state = RUN_STATE_PENDING", "").total_size == 4
+    with pytest.raises(PageTokenError):
+        q.list(2, page1.next_page_token, "state = PENDING", "")
+    with pytest.raises(FilterError):
+        q.list(0, "", "colour = red", "")
+    with pytest.raises(FilterError):
+        q.list(0, "", "", "playbook")
+    with pytest.raises(PlaybookRunNotFoundError):
+        q.get(f"playbookRuns/{uuid7()}")
+    assert q.get(f"playbookRuns/{first.run_id}").dead_letter
