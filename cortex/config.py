@@ -228,8 +228,10 @@ class EndpointSection:
     list: a playbook step names an endpoint, never a URL, and redirects are not followed.
 
     auth `standard-webhooks` signs every delivery with each of `secret_files` (`whsec_...`,
-    several during a rollover); `header` sends `header: <token_file's content>` (n8n header
-    auth, TheHive's `Authorization: Bearer ...`); `none` sends the ids and timestamp only."""
+    several during a rollover); `header` sends `header: <token_file's content>` instead
+    (TheHive's `Authorization: Bearer ...`); `none` sends the ids and timestamp only. With
+    `standard-webhooks`, `header` and `token_file` may be given too: both are sent (n8n's header
+    auth in front of a workflow that checks the signature)."""
 
     name: str
     url: str  # http(s)://host[:port]/path, exactly where deliveries are POSTed
@@ -255,11 +257,13 @@ class EndpointSection:
             raise ConfigError("url", f"port {match.group(3)} is out of range")
         if self.auth == "standard-webhooks" and not self.secret_files:
             raise ConfigError("secret_files", "standard-webhooks auth needs at least one file")
-        if self.auth == "header":
+        if self.auth == "header" or self.header or self.token_file is not None:
+            if self.auth == "none":
+                raise ConfigError("token_file", 'auth "none" sends no token')
             if not _HEADER_RE.fullmatch(self.header):
-                raise ConfigError("header", "header auth needs a header name")
+                raise ConfigError("header", "a header token needs a header name")
             if self.token_file is None:
-                raise ConfigError("token_file", "header auth needs a token file")
+                raise ConfigError("token_file", "a header token needs a token file")
         for i, path in enumerate(self.secret_files):
             _absolute(f"secret_files[{i}]", path)
         for key in ("token_file", "ca_file"):

@@ -34,7 +34,7 @@ from cortex.errors import (
     ResourceNameError,
 )
 from cortex.filter.literals import format_time
-from cortex.playbooks.definitions import EndpointRef, load_playbooks
+from cortex.playbooks.definitions import endpoint_refs, load_playbooks
 from cortex.playbooks.endpoints import Endpoint
 from cortex.playbooks.run_queries import FIELDS, run_id_of
 from cortex.record_filter import parse_record_filter
@@ -107,7 +107,7 @@ def check_playbooks(config: CortexConfig) -> str:
     section = config.playbooks
     for e in section.endpoints:
         Endpoint.of(e)  # secrets readable, private, well formed
-    refs = {e.name: EndpointRef(e.name, e.auth == "header") for e in section.endpoints}
+    refs = endpoint_refs(section.endpoints)
     playbooks = load_playbooks(
         section.files, endpoints=refs, guardians={g.id: g.role for g in config.guardians}
     )

@@ -30,8 +30,9 @@ assessment's events from that guardian's host name, on Alpha.
 
 Every mistake is `FILE:LINE: reason` (`PlaybookDefinitionError`), and a step may only name an
 endpoint or guardian the configuration lists: egress goes nowhere else. The kinds' own rules:
-`webhook` and `n8n` need an HTTP(S) endpoint, `thehive` one whose auth is a header token (its
-API key), `guardian` a configured guardian and an action of its role.
+`webhook` any endpoint, `n8n` one with a header token (n8n's header auth) at a production
+webhook URL (`/webhook/...`, not the editor's `/webhook-test/...`), `thehive` one with a header
+token (its API key), `guardian` a configured guardian and an action of its role.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import yaml
 
@@ -51,6 +52,9 @@ from cortex.errors import FilterError, PlaybookDefinitionError
 from cortex.record_filter import RecordFilter, parse_record_filter
 from mesh.yamldoc import YamlDoc, read_texts
 
+if TYPE_CHECKING:
+    from cortex.config import EndpointSection
+
 __all__ = [
     "GUARDIAN_ACTIONS",
     "GuardianStep",
@@ -58,6 +62,7 @@ __all__ = [
     "PlaybookSet",
     "SendStep",
     "Step",
+    "endpoint_refs",
     "load_playbook_texts",
     "load_playbooks",
 ]
@@ -131,7 +136,13 @@ class EndpointRef:
     """What the loader needs to know of a configured endpoint."""
 
     name: str
-    header_token: bool  # authenticates with a static header (TheHive's API key, n8n)
+    header_token: bool  # sends a static header token (TheHive's API key, n8n's header auth)
+    url: str = ""
+
+
+def endpoint_refs(sections: Iterable[EndpointSection]) -> dict[str, EndpointRef]:
+    """The loader's view of `[[playbooks.endpoints]]`."""
+    return {e.name: EndpointRef(e.name, e.token_file is not None, e.url) for e in sections}
 
 
 def load_playbooks(
@@ -317,6 +328,19 @@ class _File(YamlDoc):
                 if tlp not in _TLP:
                     raise self.fail(keys["tlp"][1], f"tlp must be one of {', '.join(_TLP)}")
             return SendStep("thehive", target, "thehive", tlp)
+        if kind == "n8n":
+            if not endpoint.header_token:
+                raise self.fail(
+                    target_node,
+                    f"an n8n Webhook node takes header auth: endpoint {target!r} needs "
+                    "header and token_file",
+                )
+            if "/webhook-test/" in endpoint.url:
+                raise self.fail(
+                    target_node,
+                    f"endpoint {target!r} is n8n's test URL (/webhook-test/), which listens only "
+                    "while the editor waits: use the production URL (/webhook/...)",
+                )
         fmt = "json"
         if "format" in keys:
             fmt = self.string(keys["format"][1], "format")

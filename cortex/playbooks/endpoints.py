@@ -39,6 +39,7 @@ class Endpoint:
     section: EndpointSection
     auth: SigningSecrets | HeaderToken | None = field(repr=False)
     breaker: CircuitBreaker
+    token: HeaderToken | None = field(default=None, repr=False)  # besides a signature
     in_flight: int = 0
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
     _clock_s: Callable[[], float] = time.time
@@ -46,18 +47,20 @@ class Endpoint:
     @classmethod
     def of(cls, section: EndpointSection) -> Endpoint:
         auth: SigningSecrets | HeaderToken | None = None
+        token = None
         try:
+            if section.token_file is not None:
+                token = HeaderToken.from_file(section.header, section.token_file)
             if section.auth == "standard-webhooks":
                 auth = SigningSecrets.from_files(section.secret_files)
             elif section.auth == "header":
-                assert section.token_file is not None
-                auth = HeaderToken.from_file(section.header, section.token_file)
+                auth, token = token, None
         except PlaybookSecretError as exc:
             raise PlaybookSecretError(f"endpoint {section.name}: {exc}") from None
         breaker = CircuitBreaker(
             section.failures_to_open, int(section.open_for.total_seconds() * 1e9)
         )
-        return cls(section, auth, breaker)
+        return cls(section, auth, breaker, token)
 
     @property
     def name(self) -> str:
@@ -93,6 +96,8 @@ class Endpoint:
             base = {"webhook-id": msg_id, "webhook-timestamp": str(now)}
         else:
             base = self.auth.headers(msg_id, now, body)
+        if self.token is not None:
+            base[self.token.name] = self.token.token
         return {**base, "content-type": CONTENT_TYPE}
 
     async def post(self, msg_id: str, body: bytes) -> Judgement:

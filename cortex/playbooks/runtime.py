@@ -25,7 +25,12 @@ from cortex import assessment_records
 from cortex.assessments import Assessment
 from cortex.config import CortexConfig, GuardianSection
 from cortex.playbooks.actions import GuardianActions
-from cortex.playbooks.definitions import MAX_SUPPRESS, EndpointRef, PlaybookSet, load_playbooks
+from cortex.playbooks.definitions import (
+    MAX_SUPPRESS,
+    PlaybookSet,
+    endpoint_refs,
+    load_playbooks,
+)
 from cortex.playbooks.endpoints import Endpoint
 from cortex.playbooks.payloads import contributing
 from cortex.playbooks.planner import Planner
@@ -64,10 +69,7 @@ class PlaybookRuntime:
         )
 
     def _load(self, files: Sequence[Path], guardians: Sequence[GuardianSection]) -> PlaybookSet:
-        refs = {
-            e.name: EndpointRef(e.name, header_token=e.auth == "header")
-            for e in self._config.playbooks.endpoints
-        }
+        refs = endpoint_refs(self._config.playbooks.endpoints)
         return load_playbooks(files, endpoints=refs, guardians={g.id: g.role for g in guardians})
 
     def _load_record(self, record_id: str) -> Loaded:

@@ -65,10 +65,10 @@ def test_the_example_loads_with_every_section() -> None:
 
 
 def test_the_example_playbooks_load_against_the_example_config() -> None:
-    from cortex.playbooks.definitions import EndpointRef, load_playbooks
+    from cortex.playbooks.definitions import endpoint_refs, load_playbooks
 
     config = load_cortex_config(EXAMPLE, env={})
-    refs = {e.name: EndpointRef(e.name, e.auth == "header") for e in config.playbooks.endpoints}
+    refs = endpoint_refs(config.playbooks.endpoints)
     playbooks = load_playbooks(
         [ROOT / "deploy" / "playbooks.yaml"],
         endpoints=refs,

@@ -23,6 +23,7 @@ ENDPOINTS = {
     "soar": EndpointRef("soar", header_token=False),
     "n8n-local": EndpointRef("n8n-local", header_token=True),
     "hive": EndpointRef("hive", header_token=True),
+    "n8n-editor": EndpointRef("n8n-editor", True, "http://n8n:5678/webhook-test/qsc"),
 }
 GUARDIANS = {"beta-web-01": "beta", "alpha-web-01": "alpha"}
 
@@ -144,6 +145,8 @@ STEP = """
             "paths are absolute",
         ),
         ("webhook: soar\n      n8n: n8n-local", 7, "exactly one of"),
+        ("n8n: soar", 7, "n8n Webhook node takes header auth"),
+        ("n8n: n8n-editor", 7, "use the production URL"),
     ],
 )
 def test_bad_steps_are_refused_with_their_line(step: str, line: int, reason: str) -> None:
