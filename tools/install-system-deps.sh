@@ -22,6 +22,9 @@ for pkg in openssh-server openssh-client sshpass; do
 done
 # The transport tests probe with openssl s_client and check deploy/nftables-qsc.nft with nft -c.
 have_cmd openssl || need+=(openssl)
+# The n8n the playbook tests run (tools/n8n) builds sqlite3's native module when its prebuilt
+# binary cannot be downloaded (package registries only): node-gyp needs a compiler and make.
+have_cmd g++ || need+=(g++)
 have_cmd nft || need+=(nftables)
 
 if ((${#need[@]} == 0)); then
