@@ -443,9 +443,22 @@ def test_guardians_filtered_ordered_and_paged(pki: Path, server: CortexThread) -
         assert info.reason == reason, (request, info)
 
 
-def test_parts_not_built_yet_answer_unimplemented(pki: Path, server: CortexThread) -> None:
-    code, _, _ = refusal(pki, server.port, "ListPlaybookRuns", pb.ListPlaybookRunsRequest())
-    assert code == grpc.StatusCode.UNIMPLEMENTED
+def test_a_cortex_without_playbooks_lists_no_runs_and_finds_none(
+    pki: Path, server: CortexThread
+) -> None:
+    listed = call(pki, server.port, "soar-s1", "ListPlaybookRuns", pb.ListPlaybookRunsRequest())
+    assert not listed.playbook_runs
+    assert listed.total_size == 0
+    missing = "playbookRuns/01a25129-c07b-7a01-b5e0-d0596d19e456"
+    for method, request in (
+        ("GetPlaybookRun", pb.GetPlaybookRunRequest(name=missing)),
+        ("ReplayPlaybookRun", pb.ReplayPlaybookRunRequest(name=missing)),
+        ("ApprovePlaybookRun", pb.ApprovePlaybookRunRequest(name=missing)),
+    ):
+        code, _, info = refusal(pki, server.port, method, request)
+        assert code == grpc.StatusCode.NOT_FOUND, method
+        assert info is not None
+        assert info.reason == "PLAYBOOK_RUN_NOT_FOUND"
 
 
 # --- grpcurl ---------------------------------------------------------------------------------
