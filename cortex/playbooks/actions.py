@@ -1,7 +1,7 @@
 """Guardian steps: a playbook asks a guardian to act, through `cortex.guardian_client`.
 
     actions = GuardianActions(config.guardians, tls=config.server.tls, timeout=...)
-    message = await actions.run("beta-web-01", spec, assessment, events)   # the outcome in words
+    message = await actions.run("beta-web-01", spec, events)   # the outcome in words
     await actions.close()
 
 One client (one mTLS channel, the Cortex's own identity) per guardian, opened at first use.

@@ -254,7 +254,7 @@ class Runner:
             started,
             now,
             False,
-            f"attempt {attempt}: {reason}; next in {delay:.0f}s",
+            f"attempt {attempt}: {reason}; next in {_seconds(delay)}",
             retry_at_ns=now + int(delay * 1e9),
         )
 
@@ -280,3 +280,7 @@ class Runner:
             webhook_id=step.webhook_id,
             message=result.message,
         )
+
+
+def _seconds(delay: float) -> str:
+    return f"{delay * 1000:.0f}ms" if delay < 1 else f"{delay:.0f}s"
