@@ -78,14 +78,12 @@ def render(
 def thehive_alert(a: Assessment, events: Sequence[event_pb2.Event], tlp: str) -> dict[str, Any]:
     """`a` as a TheHive 5 alert (see the module docstring)."""
     finding = ocsf.detection_finding(a, events)
-    observables = []
+    merged: dict[tuple[str, str], list[str]] = {}  # one observable per (type, value)
     for o in finding.get("observables", []):
-        item: dict[str, Any] = {
-            "dataType": _HIVE_TYPES.get(o["type_id"], "other"),
-            "data": o["value"],
-            "tags": [o["name"]],
-        }
-        observables.append(item)
+        tags = merged.setdefault((_HIVE_TYPES.get(o["type_id"], "other"), o["value"]), [])
+        if o["name"] not in tags:
+            tags.append(o["name"])
+    observables = [{"dataType": t, "data": v, "tags": tags} for (t, v), tags in merged.items()]
     factors = "\n".join(
         f"| {f.step} | {f.source} | {f.count} | {f.lr:.2f} | {f.contribution:+.2f} |"
         for f in a.factors

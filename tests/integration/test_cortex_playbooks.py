@@ -10,6 +10,7 @@ Retries use a schedule shortened to tenths of a second; everything else is the r
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -381,3 +382,72 @@ def test_a_secret_readable_by_others_or_a_bad_playbook_refuses_the_start(
         # The store is closed again after a refused start: a good config starts.
         cortex = Cortex(with_playbooks(base, [endpoint("soar", rx, ca, [s])], files))
         asyncio.run(cortex.stop())
+
+
+def test_thehive_gets_an_alert_with_its_api_key_and_a_down_endpoint_opens_its_breaker(
+    pki: Path, tmp_path: Path
+) -> None:
+    from tests.integration.playbook_harness import token_file
+
+    cert, key, ca = receiver_leaf(tmp_path / "rx-pki")
+    s, value = secret_file(tmp_path / "secrets", "s.whsec")
+    api_key = "Bearer " + "k" * 32
+    hive = WebhookReceiver(cert, key, header=("Authorization", api_key))
+    down = WebhookReceiver(cert, key, secrets=[value])
+    text = """
+- playbook: Alert TheHive
+  id: hive
+  trigger:
+    filter: 'rule = "{rule}"'
+  steps:
+    - thehive: hive
+      tlp: red
+- playbook: To a receiver that is down
+  id: down
+  trigger:
+    filter: 'rule = "{rule}"'
+  steps:
+    - webhook: down
+"""
+    token = token_file(tmp_path / "secrets", "hive.token", api_key)
+    endpoints = [
+        {
+            "name": "hive",
+            "url": hive.url("/api/v1/alert"),
+            "auth": "header",
+            "header": "Authorization",
+            "token_file": str(token),
+            "ca_file": str(ca),
+        },
+        endpoint("down", down, ca, [s], failures_to_open=2, open_for="30s"),
+    ]
+    with hive, down:
+        down.down()
+
+        async def body() -> None:
+            async with Mesh(pki, tmp_path, endpoints, text, retry_delays=["100ms"] * 50) as m:
+                attack(m.web, "hana", "127.0.0.9")
+                (done,) = await wait_runs(m.api, settled(1), flt='playbook = "hive"')
+                assert done.state == rpb.RUN_STATE_SUCCEEDED, done
+                (alert,) = hive.bodies_json()
+                assert alert["sourceRef"] == done.assessment.removeprefix("assessments/")
+                assert (alert["type"], alert["source"], alert["tlp"]) == (
+                    "qsc-assessment",
+                    "qsc-cortex",
+                    4,
+                )
+                seen = {(o["dataType"], o["data"]) for o in alert["observables"]}
+                assert seen == {("hostname", "web-01"), ("other", "hana"), ("ip", "127.0.0.9")}
+                assert api_key not in done.steps[0].message
+                # Two refused connections open the breaker: no further attempt is made (or
+                # counted) while it is open, and the step says why.
+                await asyncio.sleep(1.5)
+                (waiting,) = await wait_runs(
+                    m.api, lambda rs: len(rs) == 1, flt='playbook = "down"'
+                )
+                assert waiting.state in (rpb.RUN_STATE_PENDING, rpb.RUN_STATE_RUNNING)
+                assert waiting.steps[0].attempts == 2
+                assert "circuit open" in waiting.steps[0].message
+                assert waiting.steps[0].next_attempt_time.ToNanoseconds() > time.time_ns()
+
+        asyncio.run(body())
