@@ -168,3 +168,56 @@ def test_check_names_the_file_and_line_of_a_bad_playbook(pki: Path, tmp_path: Pa
     )
     assert run.returncode == 2
     assert f"{bad}:8:" in run.stderr
+
+
+def test_sighup_reloads_the_playbook_files_and_a_bad_one_keeps_the_current(
+    pki: Path, tmp_path: Path
+) -> None:
+    cert, key, ca = receiver_leaf(tmp_path / "rx-pki")
+    secret, value = secret_file(tmp_path / "secrets", "soar.whsec")
+    files = playbook_file(tmp_path / "pb", PLAYBOOKS.format(rule=RULE))
+    web = Node(pki, "web-01", tmp_path / "web-01")
+    KeyManager.create(tmp_path / "keys", "cortex")
+    config = tmp_path / "cortex.toml"
+
+    async def body(rx: WebhookReceiver) -> None:
+        await web.start()
+        config.write_text(
+            CONFIG.format(pki=pki, base=tmp_path)
+            + GUARDIAN.format(id=web.id, port=web.port, role=web.role, host=web.host)
+            + f"""
+[playbooks]
+files = ["{files}"]
+poll_interval = "100ms"
+[[playbooks.endpoints]]
+name = "soar"
+url = "{rx.url()}"
+secret_files = ["{secret}"]
+ca_file = "{ca}"
+"""
+        )
+        cortex = Cortex(load_cortex_config(config), config_path=config)
+        port = await cortex.start()
+        assert cortex.playbooks is not None
+        try:
+            files.write_text("- playbook: broken\n  id: Not An Id\n")
+            cortex.reload()
+            await asyncio.sleep(0.5)
+            assert [p.id for p in cortex.playbooks.playbooks.playbooks] == ["notify"]
+            files.write_text(PLAYBOOKS.format(rule=RULE).replace("id: notify", "id: renamed"))
+            cortex.reload()
+            await asyncio.sleep(0.5)
+            assert [p.id for p in cortex.playbooks.playbooks.playbooks] == ["renamed"]
+            soar = client_leaf(pki, "soar", "s1")
+            async with open_channel(ChannelConfig(f"{HOST}:{port}", soar)) as channel:
+                api = pb_grpc.CortexServiceStub(channel)
+                attack(web, "bob", "127.0.0.3")
+                (run,) = await wait_runs(api, settled(1))
+                assert run.playbook == "renamed"
+                assert run.state == rpb.RUN_STATE_SUCCEEDED
+        finally:
+            await cortex.stop()
+            await web.stop()
+
+    with WebhookReceiver(cert, key, secrets=[value]) as rx:
+        asyncio.run(body(rx))
