@@ -10,6 +10,7 @@ Retries use a schedule shortened to tenths of a second; everything else is the r
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,9 @@ class Mesh:
 
 
 def test_an_assessment_is_delivered_signed_retried_with_one_webhook_id(
-    pki: Path, tmp_path: Path
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     cert, key, ca = receiver_leaf(tmp_path / "rx-pki")
     old, _ = secret_file(tmp_path / "secrets", "old.whsec")
     new, new_value = secret_file(tmp_path / "secrets", "new.whsec")
@@ -150,6 +152,11 @@ def test_an_assessment_is_delivered_signed_retried_with_one_webhook_id(
                 assert not none.playbook_runs
 
         asyncio.run(body())
+    # The secrets are in no log line (the retries and the delivery were logged).
+    assert "playbook step will retry" in caplog.text
+    key_b64 = new_value.removeprefix("whsec_")
+    assert key_b64 not in caplog.text
+    assert old.read_text().strip().removeprefix("whsec_") not in caplog.text
 
 
 def test_429_retry_after_410_disables_4xx_fails_and_a_dead_letter_is_replayed(
