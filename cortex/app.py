@@ -1,4 +1,5 @@
-"""The Cortex assembled: event store, ingest of every guardian, the mesh server.
+"""The Cortex assembled: event store, ingest of every guardian, correlation, playbooks, the
+mesh server.
 
     cortex = Cortex(config, config_path=path)   # identity checked, store opened (or created)
     port = await cortex.start()                  # following the guardians; serving
@@ -170,14 +171,16 @@ class Cortex:
         return self.server.port
 
     async def start(self) -> int:
+        if self.playbooks is not None:
+            # First: runs left due by a crash go out now, and what the restore below raises
+            # again is suppressed against the runs already stored.
+            await self.playbooks.start()
         if self.correlation is not None:
             # Assessments and open windows back from the store before any new event arrives.
             await self.ingest.prepare()
             self.correlation.persist_with(self._store_assessments)
             await self.correlation.restore(self.store)
             await self.correlation.start()
-        if self.playbooks is not None:
-            await self.playbooks.start()  # runs left due by a crash go out now
         if self.changes is not None:
             self.changes.start(self.ingest.own_seq)
         if self.scorer is not None and self.ml_client is not None:
