@@ -28,6 +28,7 @@ __all__ = ["pki"]
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.n8n,
     pytest.mark.skipif(
         not N8N_BIN.exists(), reason=f"{N8N_BIN} missing: npm ci --prefix tools/n8n (make test)"
     ),

@@ -25,6 +25,7 @@ from tests.n8n_helpers import N8N_BIN, Execution, N8n
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.n8n,
     pytest.mark.skipif(
         not N8N_BIN.exists(), reason=f"{N8N_BIN} missing: npm ci --prefix tools/n8n (make test)"
     ),
