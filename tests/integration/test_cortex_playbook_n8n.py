@@ -22,16 +22,13 @@ from tests.integration.playbook_harness import secret_file, settled, token_file,
 from tests.integration.test_cortex_ingest import pki
 from tests.integration.test_cortex_playbooks import Mesh
 from tests.integration.test_cortex_subscribe import attack
-from tests.n8n_helpers import N8N_BIN, N8n
+from tests.n8n_helpers import N8n
 
 __all__ = ["pki"]
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.n8n,
-    pytest.mark.skipif(
-        not N8N_BIN.exists(), reason=f"{N8N_BIN} missing: npm ci --prefix tools/n8n (make test)"
-    ),
 ]
 
 HEADER = ("X-QSC-Token", secrets.token_urlsafe(24))

@@ -3,8 +3,8 @@
 One n8n per module (startup takes tens of seconds; see tests/n8n_helpers.py): the workflow
 tests/n8n/verify_webhook.json checks n8n's Header Auth itself, then a Code node verifies the
 signature over the raw body and a Respond to Webhook node answers 200 or 401. Each test reads back
-what the workflow recorded from n8n's database. Skips only when tools/n8n is not installed
-(`make test` installs it).
+what the workflow recorded from n8n's database. `make test` installs tools/n8n first;
+without it the tests fail saying so (N8nError), never skip.
 """
 
 from __future__ import annotations
@@ -21,14 +21,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks import Webhook
 
-from tests.n8n_helpers import N8N_BIN, Execution, N8n
+from tests.n8n_helpers import Execution, N8n
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.n8n,
-    pytest.mark.skipif(
-        not N8N_BIN.exists(), reason=f"{N8N_BIN} missing: npm ci --prefix tools/n8n (make test)"
-    ),
 ]
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
