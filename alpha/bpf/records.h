@@ -91,6 +91,19 @@
 
 #define EXEC_F_ARGS_TRUNCATED 1
 #define EXEC_F_NO_STASH 2
+
+/* Process identity read from the task at exec (rec_exec.id_flags). */
+#define ID_F_KERNEL 1 /* the fields below were read from the task (kernel layout known) */
+#define ID_F_EXE_COMPLETE 2 /* the exe walk reached the root of the mount tree */
+#define ID_F_EXE_PSEUDO 4 /* exe is a pseudo file with no directory (memfd:NAME) */
+#define ID_F_EXE_DELETED 8 /* exe's dentry is unhashed: the file was deleted */
+#define ID_F_EXE_TRUNCATED 16 /* more path components than fit */
+#define ID_F_NO_EXE 32 /* the task has no mm or exe_file */
+#define ID_F_LOGINUID 64 /* auid and sessionid were read (the kernel has audit) */
+#define EXE_LEN 512 /* exe component bytes kept; one more name of up to NAME_LEN may spill */
+#define NAME_LEN 256
+#define EXE_DEPTH 32
+#define TTY_LEN 32
 #define EXIT_F_CODE_KNOWN 1
 
 struct rec_hdr {
@@ -115,6 +128,17 @@ struct rec_exec {
     s32 dirfd; /* execveat only */
     u32 at_flags; /* execveat only, e.g. AT_EMPTY_PATH */
     char filename[PATH_LEN]; /* bprm->filename, e.g. /dev/fd/3 for fexecve */
+    /* The new image's identity, read from the task in sched_process_exec (ID_F_KERNEL). */
+    u32 euid;
+    u32 egid;
+    u32 auid; /* loginuid ((u32)-1: unset) */
+    u32 sessionid;
+    u32 ppid; /* real_parent's tgid */
+    u32 id_flags; /* ID_F_* */
+    u32 exe_len; /* bytes used in exe */
+    u32 exe_depth; /* path components in exe */
+    char tty[TTY_LEN]; /* the controlling terminal's tty->name, e.g. pts0; empty: none */
+    char exe[EXE_LEN + NAME_LEN]; /* mm->exe_file's path, NUL-separated names, leaf first */
     char args[ARGS_LEN + ARG_LEN];
 }; /* variable length on the wire: ends after args_len bytes of args */
 

@@ -3,9 +3,10 @@
  * Not compiled as is: alpha.sensors.ebpf.render_program() prepends the configuration as
  * #defines (own tgid, enabled probes, tracepoints present on this kernel, path/comm filters
  * rendered as macros) and inlines records.h. Tracepoints only: the target kernels may have
- * CONFIG_KPROBES off. No task_struct field is read, because bcc compiles against the packaged
- * headers, which need not match the running kernel's layout; everything comes from helpers and
- * tracepoint arguments, and userspace enriches the rest from /proc.
+ * CONFIG_KPROBES off. bcc compiles against the packaged headers, which need not match the
+ * running kernel's layout, so no kernel struct is read through them: the few task fields read
+ * at exec go through offsets taken from the running kernel's BTF (KERNEL_LAYOUT); everything
+ * else comes from helpers and tracepoint arguments.
  *
  * Syscalls are recorded at entry into a per-thread stash (the arguments, paths read while the
  * caller's memory is certainly valid) and emitted at exit with the return value, so a denied
@@ -242,6 +243,110 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execveat) {
 TRACEPOINT_PROBE(syscalls, sys_exit_execveat) { return exec_failed(args->ret); }
 #endif
 
+#ifdef KERNEL_LAYOUT
+/* Task fields read through offsets taken from the running kernel's BTF (the OFF_* #defines
+ * rendered by alpha.sensors.kernel_layout), never from the packaged headers. */
+static __always_inline u64 kptr(u64 base, u32 off) {
+    u64 v = 0;
+    if (base)
+        bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+    return v;
+}
+
+static __always_inline u32 ku32(u64 base, u32 off) {
+    u32 v = 0;
+    if (base)
+        bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+    return v;
+}
+
+/* mm->exe_file's path as d_path would build it: names from the leaf up, crossing mount points
+ * to the root of the mount tree. A pseudo file (memfd) is its own root with no mount of its
+ * own; an unhashed leaf was deleted. Both are what /proc/PID/exe shows with " (deleted)". */
+static __always_inline void exe_path(struct rec_exec *e, u64 task) {
+    u64 file = kptr(kptr(task, OFF_TASK_MM), OFF_MM_EXE_FILE);
+    u64 dentry = kptr(file, OFF_FILE_DENTRY);
+    u64 vfsmnt = kptr(file, OFF_FILE_MNT);
+    /* The walk keeps its length, depth and flags in the record, not in registers: loaded back
+     * they are unknown to the verifier, so the states of different iterations compare equal and
+     * are pruned (with the counts in registers, 32 iterations of two ways each do not verify). */
+    e->exe_len = 0;
+    e->exe_depth = 0;
+    if (!dentry || !vfsmnt) {
+        e->id_flags |= ID_F_NO_EXE;
+        return;
+    }
+    if (!kptr(dentry, OFF_DENTRY_HASH_PPREV) && kptr(dentry, OFF_DENTRY_PARENT) != dentry)
+        e->id_flags |= ID_F_EXE_DELETED;
+    u64 mnt = vfsmnt - OFF_MOUNT_MNT;
+    u64 root = kptr(vfsmnt, OFF_VFSMOUNT_ROOT);
+    for (int i = 0; i < EXE_DEPTH; i++) {
+        if (dentry == root) {
+            u64 up = kptr(mnt, OFF_MOUNT_PARENT);
+            if (!up || up == mnt) {
+                e->id_flags |= ID_F_EXE_COMPLETE;
+                return;
+            }
+            dentry = kptr(mnt, OFF_MOUNT_MOUNTPOINT);
+            mnt = up;
+            root = kptr(mnt + OFF_MOUNT_MNT, OFF_VFSMOUNT_ROOT);
+            continue;
+        }
+        u64 parent = kptr(dentry, OFF_DENTRY_PARENT);
+        u32 at = e->exe_len;
+        if (at >= EXE_LEN) {
+            e->id_flags |= ID_F_EXE_TRUNCATED;
+            return;
+        }
+        /* exe has NAME_LEN spare bytes past EXE_LEN; the mask is for the verifier, the empty
+         * asm keeps clang from dropping it as redundant after the test above. */
+        asm volatile("" : "+r"(at));
+        at &= EXE_LEN - 1;
+        int n = bpf_probe_read_kernel_str(&e->exe[at], NAME_LEN,
+                                          (void *)kptr(dentry, OFF_DENTRY_NAME));
+        if (n <= 0)
+            return;
+        e->exe_len += n;
+        e->exe_depth += 1;
+        if (parent == dentry || !parent) {
+            /* A root that is no mount's root: a pseudo file (memfd), or a detached tree. */
+            e->id_flags |= e->exe_depth == 1 ? ID_F_EXE_PSEUDO : ID_F_EXE_COMPLETE;
+            return;
+        }
+        dentry = parent;
+    }
+    e->id_flags |= ID_F_EXE_TRUNCATED;
+}
+
+static __always_inline void exec_identity(struct rec_exec *e) {
+    u64 task = bpf_get_current_task();
+    u64 cred = kptr(task, OFF_TASK_REAL_CRED);
+    e->id_flags = ID_F_KERNEL;
+    e->euid = ku32(cred, OFF_CRED_EUID);
+    e->egid = ku32(cred, OFF_CRED_EGID);
+#ifdef OFF_TASK_LOGINUID
+    e->auid = ku32(task, OFF_TASK_LOGINUID);
+    e->sessionid = ku32(task, OFF_TASK_SESSIONID);
+    e->id_flags |= ID_F_LOGINUID;
+#else
+    e->auid = (u32)-1;
+    e->sessionid = (u32)-1;
+#endif
+    e->ppid = ku32(kptr(task, OFF_TASK_REAL_PARENT), OFF_TASK_TGID);
+    u64 tty = kptr(kptr(task, OFF_TASK_SIGNAL), OFF_SIGNAL_TTY);
+    e->tty[0] = 0;
+    if (tty)
+        bpf_probe_read_kernel_str(e->tty, TTY_LEN, (void *)(tty + OFF_TTY_NAME));
+    exe_path(e, task);
+}
+#else
+static __always_inline void exec_identity(struct rec_exec *e) {
+    e->id_flags = 0;
+    e->exe_len = 0;
+    e->exe_depth = 0;
+}
+#endif
+
 TRACEPOINT_PROBE(sched, sched_process_exec) {
     if (is_self())
         return 0;
@@ -264,6 +369,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     e->old_pid = old;
     unsigned short loc = args->data_loc_filename & 0xFFFF;
     bpf_probe_read_kernel_str(e->filename, PATH_LEN, (void *)args + loc);
+    exec_identity(e);
     u32 n = e->args_len;
     if (n > ARGS_LEN + ARG_LEN)
         n = ARGS_LEN + ARG_LEN;

@@ -123,6 +123,18 @@ COMM_LEN: Final = 16
 
 EXEC_F_ARGS_TRUNCATED: Final = 1
 EXEC_F_NO_STASH: Final = 2
+
+ID_F_KERNEL: Final = 1
+ID_F_EXE_COMPLETE: Final = 2
+ID_F_EXE_PSEUDO: Final = 4
+ID_F_EXE_DELETED: Final = 8
+ID_F_EXE_TRUNCATED: Final = 16
+ID_F_NO_EXE: Final = 32
+ID_F_LOGINUID: Final = 64
+EXE_LEN: Final = 512
+NAME_LEN: Final = 256
+EXE_DEPTH: Final = 32
+TTY_LEN: Final = 32
 EXIT_F_CODE_KNOWN: Final = 1
 
 # --- layouts: (field, struct format) in C order; payloads follow the 64-byte header -----------
@@ -150,6 +162,16 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("dirfd", "i"),
         ("at_flags", "I"),
         ("filename", f"{PATH_LEN}s"),
+        ("euid", "I"),
+        ("egid", "I"),
+        ("auid", "I"),
+        ("sessionid", "I"),
+        ("ppid", "I"),
+        ("id_flags", "I"),
+        ("exe_len", "I"),
+        ("exe_depth", "I"),
+        ("tty", f"{TTY_LEN}s"),
+        ("exe", f"{EXE_LEN + NAME_LEN}s"),
     ),
     "rec_fork": (("child_pid", "I"), ("_pad", "I"), ("clone_flags", "Q")),
     "rec_exit": (("exit_code", "i"), ("flags", "I")),
@@ -270,6 +292,21 @@ class RawExec:
     no_stash: bool  # exec seen without its execve entry: args unknown
     dirfd: int
     at_flags: int
+    identity: KernelIdentity | None  # None: the kernel layout was unknown, ask /proc
+
+
+@dataclass(slots=True)
+class KernelIdentity:
+    """The new image as the task said at exec, before it could exit."""
+
+    exe: str  # as /proc/PID/exe would show it; "" when the task had none or the walk failed
+    exe_complete: bool  # False: the path is cut (too deep) or unreadable: prefer /proc
+    euid: int
+    egid: int
+    auid: int | None  # None: unset ((u32)-1) or the kernel has no audit
+    sessionid: int | None
+    ppid: int
+    tty: str  # e.g. "pts/0"; "" when the process has no controlling terminal
 
 
 @dataclass(slots=True)
@@ -484,9 +521,24 @@ def _need(buf: bytes, name: str) -> struct.Struct:
 
 def _exec(h: Header, buf: bytes) -> RawExec:
     s = _need(buf, "rec_exec")
-    old_pid, argc, args_len, flags, dirfd, at_flags, filename = s.unpack_from(buf, HEADER_SIZE)
+    (old_pid, argc, args_len, flags, dirfd, at_flags, filename, euid, egid, auid, session, ppid,
+     id_flags, exe_len, exe_depth, tty, exe) = s.unpack_from(buf, HEADER_SIZE)  # fmt: skip
     start = HEADER_SIZE + s.size
     args = split_args(buf[start : start + args_len], argc)
+    identity = None
+    if id_flags & ID_F_KERNEL:
+        path, complete = exe_path(exe[: min(exe_len, EXE_LEN + NAME_LEN)], exe_depth, id_flags)
+        login = bool(id_flags & ID_F_LOGINUID)
+        identity = KernelIdentity(
+            path,
+            complete,
+            euid,
+            egid,
+            _id(auid) if login else None,
+            _id(session) if login else None,
+            ppid,
+            tty_path(cstr(tty)),
+        )
     return RawExec(
         h,
         old_pid,
@@ -496,7 +548,32 @@ def _exec(h: Header, buf: bytes) -> RawExec:
         bool(flags & EXEC_F_NO_STASH),
         dirfd,
         at_flags,
+        identity,
     )
+
+
+def exe_path(raw: bytes, depth: int, flags: int) -> tuple[str, bool]:
+    """The exe the kernel walked (names leaf first) as /proc/PID/exe shows it, and whether
+    the walk reached a root."""
+    if flags & ID_F_NO_EXE:
+        return "", True
+    names = [n.decode("utf-8", "backslashreplace") for n in raw.split(b"\0")[:depth]]
+    if not names:
+        return "", False
+    if flags & ID_F_EXE_PSEUDO:
+        return f"/{names[0]} (deleted)", True  # what simple_dname() renders for a memfd
+    path = "/" + "/".join(reversed(names))
+    if flags & ID_F_EXE_DELETED:
+        path += " (deleted)"
+    complete = bool(flags & ID_F_EXE_COMPLETE) and not flags & ID_F_EXE_TRUNCATED
+    return path, complete
+
+
+def tty_path(name: str) -> str:
+    """A tty's kernel name as ps shows it: pts3 -> pts/3 (devpts names its ttys ptsN)."""
+    if name.startswith("pts") and name[3:].isdigit():
+        return f"pts/{name[3:]}"
+    return name
 
 
 def _fork(h: Header, buf: bytes) -> RawFork:

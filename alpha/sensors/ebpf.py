@@ -22,13 +22,16 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
 from alpha.sensors import decode as d
+from alpha.sensors import kernel_layout, selftest
+from alpha.sensors.btf import VMLINUX
 from alpha.sensors.health import LossWindow
+from alpha.sensors.kernel_layout import KernelLayout, LayoutError
 from alpha.sensors.model import (
     UNKNOWN_STDIO,
     BpfDetail,
@@ -207,6 +210,7 @@ class ProgramConfig:
     exec_entries: int = 8192
     module_nrs: tuple[int, int] | None = (175, 313)  # raw syscall numbers, None: unknown arch
     syscall_regs: tuple[str, str, str, str] = SYSCALL_REGS["x86_64"]
+    layout: KernelLayout | None = None  # None: no task field is read (identity from /proc)
 
     @classmethod
     def build(
@@ -217,6 +221,7 @@ class ProgramConfig:
         tracepoints: Iterable[str],
         group_dead: bool,
         machine: str | None = None,
+        layout: KernelLayout | None = None,
     ) -> tuple[ProgramConfig, tuple[str, ...]]:
         """The program for this kernel, and why any configured probe had to be left out."""
         present = frozenset(tracepoints)
@@ -257,6 +262,7 @@ class ProgramConfig:
             inflight_entries=cfg.inflight_entries,
             module_nrs=module_nrs,
             syscall_regs=SYSCALL_REGS.get(arch, SYSCALL_REGS["x86_64"]),
+            layout=layout,
         )
         return program, tuple(missing)
 
@@ -305,6 +311,8 @@ def render_program(config: ProgramConfig) -> str:
             lines.append(f"#define HAVE_{tp.split('/', 1)[1]} 1")
     if config.group_dead:
         lines.append("#define HAVE_GROUP_DEAD 1")
+    if config.layout is not None:
+        lines += config.layout.defines()
     init_nr, finit_nr = config.module_nrs or (-1, -1)
     arg0, arg1, arg2, nr = config.syscall_regs
     lines += [
@@ -486,6 +494,8 @@ class Enricher:
     def __init__(self, table: ProcessTable, proc: Path = PROC) -> None:
         self.table = table
         self._proc = proc
+        # False until the self-test agreed with /proc, or after it disagreed: /proc then.
+        self.kernel_identity = False
 
     def _abs(self, tgid: int, dfd: int, path: str, info: ProcessInfo | None) -> str:
         """Resolve a path against the caller's cwd or dirfd, best effort (racy by nature)."""
@@ -517,6 +527,7 @@ class Enricher:
                 gid=h.gid,
                 comm=h.comm,
                 cgroup_id=h.cgroup_id,
+                identity=rec.identity if self.kernel_identity else None,
             )
             exe = info.exe
             detail = ExecDetail(
@@ -529,7 +540,11 @@ class Enricher:
                 at_flags=rec.at_flags,
                 from_memfd=exe.startswith("/memfd:"),
                 exe_deleted=exe.endswith(" (deleted)"),
-                setuid_exec=bool(snap and snap.euid != snap.uid),
+                setuid_exec=(
+                    info.euid != h.uid
+                    if info.identity == "kernel" and info.euid is not None
+                    else bool(snap and snap.euid != snap.uid)
+                ),
                 stdio=snap.stdio if snap else UNKNOWN_STDIO,
                 old_pid=rec.old_pid,
             )
@@ -674,6 +689,10 @@ def _detach(bpf: Any) -> None:
     bpf.cleanup()
 
 
+def _compile(bcc: Any, program: ProgramConfig) -> Any:
+    return bcc.BPF(text=render_program(program).encode(), cflags=["-Wno-macro-redefined"])
+
+
 # --- the sensor ---------------------------------------------------------------------------------
 
 
@@ -688,6 +707,7 @@ class EbpfSensor:
         on_observations: ObservationCallback | None = None,
         *,
         proc: Path = PROC,
+        btf: Path = VMLINUX,
     ) -> None:
         self.config = config
         self._proc = proc
@@ -715,26 +735,62 @@ class EbpfSensor:
         )
         self._enricher = Enricher(self.table, proc)
         self.program: ProgramConfig | None = None
+        self._btf = btf
+        self._identity_reason = ""
+        # The kernel-side identity check: pending while _self_test is set.
+        self._self_test: selftest.ProbeChild | None = None
+        self._self_test_deadline = 0
+        self._self_test_pid = -1  # records of the child are the sensor's own: never delivered
+        self.self_test_result: str | None = None  # "ok", or what differed
 
     # --- lifecycle
 
     def start(self) -> None:
         tracefs = preflight()
         bcc = _import_bcc()
+        layout: KernelLayout | None = None
+        try:
+            layout = kernel_layout.load(self._btf)
+        except LayoutError as exc:
+            self._identity_reason = (
+                f"process identity is read from /proc after the fact ({exc}): a process that "
+                "exits at once is not fully described"
+            )
+            log.warning("%s", self._identity_reason)
         program, missing = ProgramConfig.build(
             self.config,
             self_tgid=os.getpid(),
             tracepoints=available_tracepoints(tracefs),
             group_dead=has_group_dead(tracefs),
+            layout=layout,
         )
         if not program.probes:
             raise SensorUnavailable("no probe can attach: " + "; ".join(missing))
         self._reasons.extend(missing)
-        text = render_program(program)
+        if program.layout is None and "exec" in program.probes:
+            self._reasons.append(self._identity_reason)
         try:
-            self._bpf = bcc.BPF(text=text.encode(), cflags=["-Wno-macro-redefined"])
+            self._bpf = _compile(bcc, program)
         except Exception as exc:  # bcc raises bare Exception on compile/load failures
-            raise SensorUnavailable(f"bcc could not compile or load the program: {exc}") from exc
+            if program.layout is None:
+                raise SensorUnavailable(
+                    f"bcc could not compile or load the program: {exc}"
+                ) from exc
+            # The task reads are the newest part: the rest of the sensor is worth more.
+            self._identity_reason = (
+                "process identity is read from /proc after the fact (the program reading the "
+                f"task at exec did not load: {exc})"
+            )
+            log.warning("%s", self._identity_reason)
+            program = replace(program, layout=None)
+            layout = None
+            self._reasons.append(self._identity_reason)
+            try:
+                self._bpf = _compile(bcc, program)
+            except Exception as exc2:
+                raise SensorUnavailable(
+                    f"bcc could not compile or load the program: {exc2}"
+                ) from exc2
         self.program = program
         _trim_heap()
         names = [
@@ -750,7 +806,11 @@ class EbpfSensor:
         self._bpf[b"events"].open_ring_buffer(self._on_record)
         self._started_ns = time.time_ns()
         self._started_mono_ns = time.monotonic_ns()
-        self._state = SensorState.DEGRADED if missing else SensorState.HEALTHY
+        self._state = SensorState.DEGRADED if self._reasons else SensorState.HEALTHY
+        if layout is not None and "exec" in program.probes:
+            self._enricher.kernel_identity = True
+            self._self_test = selftest.start_child()
+            self._self_test_deadline = time.monotonic_ns() + selftest.TIMEOUT_NS
         self._thread = threading.Thread(target=self._run, name="qsc-ebpf-poll", daemon=True)
         self._thread.start()
 
@@ -759,6 +819,9 @@ class EbpfSensor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        child, self._self_test = self._self_test, None
+        if child is not None:
+            child.end()
         self._read_counters()  # the final counts stay readable after stop
         with self._bpf_lock:
             if self._bpf is not None:
@@ -798,6 +861,7 @@ class EbpfSensor:
                         self._stop.wait(coalesce)
                 now = time.monotonic_ns()
                 if now >= next_counters:
+                    self._check_self_test_timeout()
                     self._read_counters()
                     next_counters = now + 1_000_000_000
         except Exception as exc:  # the loop must not die silently: status() says failed
@@ -811,9 +875,14 @@ class EbpfSensor:
         out: list[Observation] = []
         observe = self._enricher.observe
         decode_record = d.decode_record
+        probe_pid = self._self_test_pid if self._self_test is None else self._self_test.pid
         for buf in raw:
             try:
-                obs = observe(decode_record(buf), offset)
+                rec = decode_record(buf)
+                if rec.hdr.tgid == probe_pid:
+                    self._probe_record(rec)
+                    continue
+                obs = observe(rec, offset)
             except Exception as exc:  # one bad record must not stop the sensor: count it
                 if not self._decode_errors:
                     log.warning("undecodable eBPF record (%d bytes): %r", len(buf), exc)
@@ -822,6 +891,46 @@ class EbpfSensor:
             if obs is not None:
                 out.append(obs)
         self._delivery.deliver(out)
+
+    def _probe_record(self, rec: d.RawRecord) -> None:
+        """A record of the self-test child: check its exec against /proc, then end it."""
+        child = self._self_test
+        if isinstance(rec, d.RawExit):
+            self._self_test_pid = -1
+            return
+        if child is None or not isinstance(rec, d.RawExec):
+            return
+        self._self_test, self._self_test_pid = None, child.pid
+        try:
+            problems = selftest.compare(rec.identity, rec.args, child, os.getpid(), self._proc)
+        finally:
+            child.end()
+        self._self_test_done(problems)
+
+    def _self_test_done(self, problems: list[str]) -> None:
+        if not problems:
+            self.self_test_result = "ok"
+            log.info("kernel-side process identity agrees with /proc")
+            return
+        self._enricher.kernel_identity = False
+        self.self_test_result = "; ".join(problems)
+        reason = (
+            "kernel-side process identity disagrees with /proc ("
+            + self.self_test_result
+            + "): identity is read from /proc after the fact"
+        )
+        log.warning("%s", reason)
+        with self._lock:
+            self._reasons.append(reason)
+            if self._state is SensorState.HEALTHY:
+                self._state = SensorState.DEGRADED
+
+    def _check_self_test_timeout(self) -> None:
+        child = self._self_test
+        if child is not None and time.monotonic_ns() > self._self_test_deadline:
+            self._self_test, self._self_test_pid = None, child.pid
+            child.end()
+            self._self_test_done([f"no exec record of the self-test child {child.pid}"])
 
     def _read_counters(self) -> None:
         """Sum the kernel's per-CPU counters (a few map reads; callable from any thread)."""

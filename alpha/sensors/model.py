@@ -77,6 +77,10 @@ class ProcessInfo:
     container_id: str
     container_runtime: str
     ancestry: tuple[Ancestor, ...] = ()
+    egid: int | None = None
+    auid: int | None = None  # login uid; None when unset or unknown
+    tty: str = ""  # controlling terminal, e.g. "pts/0"
+    identity: str = "proc"  # where exe and ids came from: "kernel" (at exec) or "proc" (after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +99,7 @@ UNKNOWN_STDIO: Final = (Stdio("unknown"), Stdio("unknown"), Stdio("unknown"))
 @dataclass(slots=True)
 class ExecDetail:
     filename: str  # as exec'd (bprm filename): /dev/fd/3 for an fexecve
-    exe: str  # /proc/PID/exe when readable, e.g. "/memfd:x (deleted)"
+    exe: str  # the kernel's exe_file at exec (else /proc/PID/exe), e.g. "/memfd:x (deleted)"
     args: tuple[str, ...]
     args_truncated: bool
     cwd: str

@@ -24,9 +24,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from alpha.sensors.decode import KernelIdentity
 from alpha.sensors.model import Ancestor, ProcessInfo, Stdio
 
 PROC: Final = Path("/proc")
+UNSET_LOGINUID: Final = 0xFFFFFFFF
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _MAX_ARGS_TEXT: Final = 4096
 
@@ -284,6 +286,8 @@ class ProcSnapshot:
     start_ticks: int  # /proc/PID/stat field 22: clock ticks since boot (0: not read)
     cgroup_lines: tuple[tuple[str, str], ...]
     stdio: tuple[Stdio, Stdio, Stdio]
+    auid: int | None = None  # /proc/PID/loginuid; None when unset or unreadable
+    tty: str = ""  # from /proc/PID/stat's tty_nr, when the stat file was read
 
     @property
     def start_ns(self) -> int:
@@ -341,6 +345,24 @@ def parse_stat(text: str) -> tuple[str, int, int]:
     return text[lpar + 1 : rpar], int(rest[1]), int(rest[19])
 
 
+def parse_stat_tty(text: str) -> str:
+    """The controlling terminal from /proc/PID/stat's tty_nr, as ps names it ("" for none)."""
+    rest = text[text.rindex(")") + 2 :].split()
+    nr = int(rest[4])
+    major, minor = (nr >> 8) & 0xFFF, (nr & 0xFF) | ((nr >> 12) & 0xFFF00)
+    if nr == 0:
+        return ""
+    if 136 <= major <= 143:  # Unix98 pty slaves
+        return f"pts/{(major - 136) * 256 + minor}"
+    if major == 4 and minor < 64:
+        return f"tty{minor}"
+    if major == 4:
+        return f"ttyS{minor - 64}"
+    if major == 5 and minor == 1:
+        return "console"
+    return f"tty({major},{minor})"
+
+
 def parse_status(text: str) -> tuple[str, int, int, int, int]:
     """(name, ppid, real uid, real gid, effective uid) from /proc/PID/status."""
     name, ppid, uid, gid, euid = "", -1, -1, -1, -1
@@ -379,11 +401,16 @@ def read_snapshot(
     try:
         comm, ppid, uid, gid, euid = parse_status(status.decode("utf-8", "backslashreplace"))
         start_ticks = 0
+        tty = ""
         if start:
             stat = _read(base + "stat")
             if stat is None:
                 return None
-            comm, ppid, start_ticks = parse_stat(stat.decode("utf-8", "backslashreplace"))
+            stat_text = stat.decode("utf-8", "backslashreplace")
+            comm, ppid, start_ticks = parse_stat(stat_text)
+            tty = parse_stat_tty(stat_text)
+        loginuid = _read(base + "loginuid", 16)
+        auid = int(loginuid) if loginuid else None
     except (ValueError, IndexError):
         return None
     argv: tuple[str, ...] = ()
@@ -405,6 +432,8 @@ def read_snapshot(
         start_ticks=start_ticks,
         cgroup_lines=lines,
         stdio=resolve_stdio(base, [_readlink(f"{base}fd/{n}") for n in range(3)]),
+        auid=None if auid == UNSET_LOGINUID else auid,
+        tty=tty,
     )
 
 
@@ -472,6 +501,8 @@ class ProcessTable:
             container_id=cid,
             container_runtime=runtime,
             ancestry=self._ancestry(parent.info if parent else None),
+            auid=snap.auid,
+            tty=snap.tty,
         )
 
     def seed(self) -> int:
@@ -584,9 +615,13 @@ class ProcessTable:
         comm: str,
         cgroup_id: int = 0,
         snapshot: ProcSnapshot | None = None,
+        identity: KernelIdentity | None = None,
     ) -> tuple[ProcessInfo, ProcSnapshot | None]:
         """A new image in `pid`. `args` None: unknown (taken from /proc when possible).
-        /proc is read here unless the caller passes the `snapshot` it just read."""
+        /proc is read here unless the caller passes the `snapshot` it just read.
+
+        `identity` is what the kernel read from the task at exec: it wins over /proc, which a
+        process that already exited no longer has, and which may already show a later exec."""
         if snapshot is None:
             snapshot = read_snapshot(pid, self._proc, args=args is None, start=False)
         snap = snapshot
@@ -595,7 +630,7 @@ class ProcessTable:
             if old is not None:
                 ppid, parent_exec_id = old.info.ppid, old.info.parent_exec_id
             else:
-                ppid = snap.ppid if snap else 0
+                ppid = identity.ppid if identity else (snap.ppid if snap else 0)
                 parent_entry = self._entries.get(ppid)
                 parent_exec_id = parent_entry.info.exec_id if parent_entry else ""
             parent = self._entries.get(ppid)
@@ -607,8 +642,20 @@ class ProcessTable:
             cgroup, runtime, cid = self._cgroup(cgroup_id, snap.cgroup_lines if snap else ())
             if args is None:
                 args = snap.args if snap else ()
-            exe = snap.exe if snap and snap.exe else filename
+            if identity is not None and identity.exe and (identity.exe_complete or not snap):
+                exe = identity.exe
+            else:
+                exe = snap.exe if snap and snap.exe else filename
             cwd = snap.cwd if snap else (old.info.cwd if old else "")
+            if identity is not None:
+                euid: int | None = identity.euid
+                egid: int | None = identity.egid
+                auid, tty, source = identity.auid, identity.tty, "kernel"
+            else:
+                euid, egid = (snap.euid if snap else None), None
+                auid = snap.auid if snap else (old.info.auid if old else None)
+                tty = old.info.tty if old else ""
+                source = "proc"
             info = ProcessInfo(
                 pid=pid,
                 ppid=ppid,
@@ -620,12 +667,16 @@ class ProcessTable:
                 cwd=cwd,
                 uid=uid,
                 gid=gid,
-                euid=snap.euid if snap else None,
+                euid=euid,
                 start_boot_ns=boot_ns,
                 cgroup=cgroup,
                 container_id=cid,
                 container_runtime=runtime,
                 ancestry=ancestry,
+                egid=egid,
+                auid=auid,
+                tty=tty,
+                identity=source,
             )
             self._put(pid, _Entry(info, cgroup_id or None))
             return info, snap

@@ -46,6 +46,16 @@ with open("/bin/sleep", "rb") as f:
 os.execve(fd, ["qsc-sleep", "5"], {})
 """
 
+# A fileless payload that exits at once: /bin/true from a memfd, exec'd by path through
+# /proc/self/fd (not fexecve), gone about a millisecond later.
+MEMFD_1MS_CODE = """
+import os
+fd = os.memfd_create("qsc-1ms", 0)
+with open("/bin/true", "rb") as f:
+    os.write(fd, f.read())
+os.execv(f"/proc/self/fd/{fd}", ["qsc-1ms", "now"])
+"""
+
 WRITE_ETC_CODE = """
 import os, sys
 with open(sys.argv[1], "w") as f:

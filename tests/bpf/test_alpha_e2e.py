@@ -47,6 +47,7 @@ from qsc.guardian.v1 import guardian_service_pb2_grpc as gpb_grpc
 from tests.bpf.actions import (
     BPF_NR,
     FINIT_NR,
+    MEMFD_1MS_CODE,
     MEMFD_CODE,
     PY,
     REVERSE_SHELL_CODE,
@@ -328,6 +329,19 @@ def test_memfd_create_and_exec(env: Env) -> None:
     assert list(event.process.args) == ["qsc-sleep", "5"]
     assert "T1620" in techniques(event)
     assert event.severity == classification_pb2.SEVERITY_CRITICAL
+
+
+def test_memfd_payload_that_exits_at_once_is_fileless(env: Env) -> None:
+    """The exe is read in the kernel at exec: /proc has nothing left of this process."""
+    child = py(MEMFD_1MS_CODE)
+    assert child.wait(timeout=10) == 0
+    event = env.alert(child.pid, "process_exec", "alpha.memfd_exec")
+    assert not Path(f"/proc/{child.pid}").exists()
+    assert event.process_exec.exe_memfd
+    assert event.process.exe == "/memfd:qsc-1ms (deleted)"
+    assert event.process_exec.filename.startswith("/proc/self/fd/")
+    assert list(event.process.args) == ["qsc-1ms", "now"]
+    assert "T1620" in techniques(event)
 
 
 RWX_CODE = """

@@ -259,6 +259,100 @@ def test_memfd_create_and_exec_from_it(env: Env) -> None:
     assert exe.detail.args == ("qsc-sleep", "5")
 
 
+def _login_session_child(slave: str, auid: int, uid: int) -> Callable[[], None]:
+    """preexec_fn: a login session as sshd makes one (loginuid, new session, controlling
+    terminal), then an unprivileged user."""
+
+    def setup() -> None:
+        with open("/proc/self/loginuid", "w") as f:
+            f.write(str(auid))
+        os.setsid()
+        fd = os.open(slave, os.O_RDWR)  # the first tty a session leader opens becomes its own
+        for n in range(3):
+            os.dup2(fd, n)
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    return setup
+
+
+def test_a_1ms_process_is_fully_described_from_the_kernel(env: Env) -> None:
+    """exe, argv, uid, auid and tty of a process that is gone before /proc could be read."""
+    master, slave_fd = os.openpty()
+    slave = os.ttyname(slave_fd)
+    os.close(slave_fd)
+    try:
+        child = subprocess.Popen(
+            ["/bin/true", "qsc-1ms", "--flag"],
+            preexec_fn=_login_session_child(slave, 4242, 65534),
+            close_fds=True,
+        )
+        assert child.wait(timeout=10) == 0
+        obs = env.seen.wait_for(of(Kind.EXEC, child.pid), what="1 ms exec")
+    finally:
+        os.close(master)
+    assert not Path(f"/proc/{child.pid}").exists()
+    assert isinstance(obs.detail, ExecDetail)
+    info = obs.process
+    assert info is not None
+    assert info.identity == "kernel"
+    assert info.exe == os.path.realpath("/bin/true")
+    assert info.args == ("/bin/true", "qsc-1ms", "--flag")
+    assert (obs.uid, info.uid, info.euid, info.egid) == (65534, 65534, 65534, 65534)
+    assert info.auid == 4242
+    assert info.tty == slave.removeprefix("/dev/")  # pts/N
+    assert info.ppid == os.getpid()
+
+
+def test_deleted_executable_is_named_as_deleted(env: Env, tmp_path: Path) -> None:
+    """As /proc/PID/exe names it: the path, and " (deleted)" once the file is unlinked."""
+    exe = tmp_path / "qsc-gone"
+    shutil.copy("/bin/sleep", exe)
+    child = subprocess.Popen([str(exe), "5"])
+    with killing(child):
+        obs = env.seen.wait_for(of(Kind.EXEC, child.pid), what="exec")
+    assert isinstance(obs.detail, ExecDetail)
+    assert obs.detail.exe == str(exe)  # deleted only after the exec
+    exe2 = tmp_path / "qsc-gone2"
+    shutil.copy("/bin/sleep", exe2)
+    # Unlinked before the exec, which goes through the fd the shell still holds.
+    script = f"exec 3<{exe2}; rm {exe2}; exec /proc/self/fd/3 5"
+    child2 = subprocess.Popen(["bash", "-c", script])
+    with killing(child2):
+        obs2 = env.seen.wait_for(
+            lambda o: of(Kind.EXEC, child2.pid)(o) and o.comm != "bash", what="deleted exec"
+        )
+    assert isinstance(obs2.detail, ExecDetail)
+    assert obs2.detail.exe == f"{exe2} (deleted)"
+    assert obs2.detail.exe_deleted
+
+
+def test_kernel_side_identity_self_test_passed(env: Env) -> None:
+    assert env.sensor.self_test_result == "ok"
+    assert env.sensor.program is not None
+    assert env.sensor.program.layout is not None
+
+
+def test_identity_falls_back_to_proc_and_says_so() -> None:
+    """No BTF: the sensor still runs, reads identity from /proc, and says so in its status."""
+    seen = Collector()
+    sensor = EbpfSensor(SensorConfig(probes=("exec",)), seen, btf=Path("/nonexistent/vmlinux"))
+    sensor.start()
+    try:
+        status = sensor.status()
+        assert status.state is SensorState.DEGRADED
+        assert any("read from /proc after the fact" in r for r in status.reasons), status.reasons
+        child = subprocess.Popen(["sleep", "5"])
+        with killing(child):
+            obs = seen.wait_for(of(Kind.EXEC, child.pid), what="sleep exec")
+        assert obs.process is not None
+        assert obs.process.identity == "proc"
+        assert obs.process.exe == shutil.which("sleep") or obs.process.exe.endswith("/sleep")
+    finally:
+        sensor.stop()
+
+
 MPROTECT_CODE = """
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)

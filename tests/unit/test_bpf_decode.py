@@ -50,6 +50,10 @@ def hdr(kind: int, sc: int = 0, *, ret: int = 0, tgid: int = 100, tid: int = 101
     )
 
 
+# The identity fields of an exec record the kernel could not fill (no ID_F_KERNEL).
+NO_IDENTITY = (0, 0, 0, 0, 0, 0, 0, 0, b"", b"")
+
+
 def payload(name: str, *values: object) -> bytes:
     return struct.pack(d._fmt(d.PAYLOAD_FIELDS[name]), *values)
 
@@ -109,7 +113,17 @@ def test_exec_record_variable_length_args() -> None:
     args = b"/bin/echo\0hello world\0\xff\xfe\0"
     buf = (
         hdr(d.KIND_EXEC, 2)
-        + payload("rec_exec", 99, 3, len(args), d.EXEC_F_ARGS_TRUNCATED, 5, 0x1000, b"/dev/fd/5")
+        + payload(
+            "rec_exec",
+            99,
+            3,
+            len(args),
+            d.EXEC_F_ARGS_TRUNCATED,
+            5,
+            0x1000,
+            b"/dev/fd/5",
+            *NO_IDENTITY,
+        )
         + args
     )
     rec = d.decode_record(buf)
@@ -127,7 +141,9 @@ def test_exec_record_variable_length_args() -> None:
 
 
 def test_exec_without_stash() -> None:
-    buf = hdr(d.KIND_EXEC) + payload("rec_exec", 7, 0, 0, d.EXEC_F_NO_STASH, 0, 0, b"/x")
+    buf = hdr(d.KIND_EXEC) + payload(
+        "rec_exec", 7, 0, 0, d.EXEC_F_NO_STASH, 0, 0, b"/x", *NO_IDENTITY
+    )
     rec = d.decode_record(buf)
     assert isinstance(rec, d.RawExec)
     assert rec.no_stash
@@ -497,7 +513,7 @@ def test_observe_exec_fork_exit(enricher: Enricher, tmp_path: Path) -> None:
     args = b"nc\0-e\0/bin/sh\0"
     exec_rec = d.decode_record(
         hdr(d.KIND_EXEC, 1, tgid=200, tid=200)
-        + payload("rec_exec", 200, 3, len(args), 0, 0, 0, b"/usr/bin/nc")
+        + payload("rec_exec", 200, 3, len(args), 0, 0, 0, b"/usr/bin/nc", *NO_IDENTITY)
         + args
     )
     obs = enricher.observe(exec_rec, 0)
