@@ -27,7 +27,8 @@
 #define KIND_MEMPROT 16
 #define KIND_SOCKET 17
 #define KIND_LINK 18
-#define KIND_MAX 19
+#define KIND_TCP_CLOSE 19
+#define KIND_MAX 20
 
 /* Which syscall produced a record (rec_hdr.syscall): our own numbering, so that userspace does
  * not depend on the architecture's syscall table. */
@@ -243,6 +244,28 @@ struct rec_socket {
     s32 type; /* with the SOCK_NONBLOCK/SOCK_CLOEXEC bits as passed */
     s32 protocol; /* as passed: AF_PACKET's is in network byte order */
     u32 _pad;
+};
+
+#define TCPC_F_OWNER 1 /* hdr names the socket's owner, seen in its own syscall context */
+
+/* A TCP socket's end (its move to TCP_CLOSE), with the kernel's final counters: every
+ * connection is accounted, however short, not only those a sock_diag poll happened to see. */
+struct rec_tcp_close {
+    struct rec_hdr hdr; /* the owner (TCPC_F_OWNER); else the task the close ran under */
+    u64 cookie; /* sk_cookie: sock_diag's cookie if the socket was ever dumped, else 0 */
+    u64 bytes_acked; /* bytes sent and acknowledged */
+    u64 bytes_received;
+    u64 open_ns; /* when the owner was first seen (CLOCK_BOOTTIME), 0 if never */
+    u32 segs_out;
+    u32 segs_in;
+    u16 family;
+    u16 sport; /* host byte order */
+    u16 dport;
+    u16 oldstate; /* the state it closed from: SYN_SENT (2) for a refused or timed-out connect */
+    u32 flags; /* TCPC_F_* */
+    u32 _pad;
+    u8 saddr[16]; /* 4 bytes for AF_INET */
+    u8 daddr[16];
 };
 
 #endif /* QSC_RECORDS_H */

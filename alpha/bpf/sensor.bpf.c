@@ -176,6 +176,24 @@ static __always_inline int path_wanted(const char *p, int write) {
     return MATCH_READ_PREFIX(p);
 }
 
+#ifdef KERNEL_LAYOUT
+/* Kernel struct members are read through offsets taken from the running kernel's BTF (the
+ * OFF_* #defines rendered by alpha.sensors.kernel_layout), never from the packaged headers. */
+static __always_inline u64 kptr(u64 base, u32 off) {
+    u64 v = 0;
+    if (base)
+        bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+    return v;
+}
+
+static __always_inline u32 ku32(u64 base, u32 off) {
+    u32 v = 0;
+    if (base)
+        bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+    return v;
+}
+#endif
+
 /* ---- process lifecycle: exec, fork, exit ------------------------------------------------ */
 #ifdef PROBE_EXEC
 static __always_inline int exec_enter(u32 sc, int dirfd, const char *const *argv, u32 at_flags) {
@@ -244,22 +262,6 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat) { return exec_failed(args->ret); }
 #endif
 
 #ifdef KERNEL_LAYOUT
-/* Task fields read through offsets taken from the running kernel's BTF (the OFF_* #defines
- * rendered by alpha.sensors.kernel_layout), never from the packaged headers. */
-static __always_inline u64 kptr(u64 base, u32 off) {
-    u64 v = 0;
-    if (base)
-        bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
-    return v;
-}
-
-static __always_inline u32 ku32(u64 base, u32 off) {
-    u32 v = 0;
-    if (base)
-        bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
-    return v;
-}
-
 /* mm->exe_file's path as d_path would build it: names from the leaf up, crossing mount points
  * to the root of the mount tree. A pseudo file (memfd) is its own root with no mount of its
  * own; an unhashed leaf was deleted. Both are what /proc/PID/exe shows with " (deleted)". */
@@ -728,6 +730,121 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ptrace) {
 TRACEPOINT_PROBE(syscalls, sys_exit_ptrace) { return finish(args->ret, KIND_PTRACE); }
 #endif
 
+/* ---- TCP: every connection's end, with its final counters --------------------------------- */
+#if defined(PROBE_TCP) && defined(TCP_LAYOUT)
+#define QSC_TCP_CLOSE 7
+#define QSC_TCP_LISTEN 10
+#define QSC_IPPROTO_TCP 6
+#define QSC_S_IFMT 0170000
+#define QSC_S_IFSOCK 0140000
+
+struct tcp_owner {
+    u64 cgroup_id;
+    u64 ts_ns;
+    u32 tgid;
+    u32 tid;
+    u32 uid;
+    u32 gid;
+    char comm[COMM_LEN];
+};
+/* sock -> the task that connect()ed or accept()ed it, learnt in that syscall from its fd. The
+ * state changes cannot tell: most run in softirq, under whatever task was interrupted. LRU: a
+ * socket whose close is missed cannot leak an entry. */
+BPF_TABLE("lru_hash", u64, struct tcp_owner, tcp_owners, TCP_OWNERS);
+
+/* Remember the caller as the owner of the TCP socket behind `fd` (also the sensor's own, so
+ * that their closes are left out). */
+static __always_inline void tcp_own_fd(int fd) {
+    if (fd < 0)
+        return;
+    u64 fdt = kptr(kptr(bpf_get_current_task(), OFF_TASK_FILES), OFF_FILES_FDT);
+    if ((u32)fd >= ku32(fdt, OFF_FDT_MAX_FDS))
+        return;
+    u64 file = kptr(kptr(fdt, OFF_FDT_FD), (u32)fd * 8);
+    u16 mode = 0;
+    u64 inode = kptr(file, OFF_FILE_INODE);
+    if (!inode)
+        return;
+    bpf_probe_read_kernel(&mode, sizeof(mode), (void *)(inode + OFF_INODE_MODE));
+    if ((mode & QSC_S_IFMT) != QSC_S_IFSOCK)
+        return;
+    u64 sk = kptr(kptr(file, OFF_FILE_PRIVATE), OFF_SOCKET_SK);
+    u16 protocol = 0;
+    if (!sk)
+        return;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), (void *)(sk + OFF_SK_PROTOCOL));
+    if (protocol != QSC_IPPROTO_TCP)
+        return;
+    struct tcp_owner o = {};
+    u64 id = bpf_get_current_pid_tgid();
+    u64 ug = bpf_get_current_uid_gid();
+    o.cgroup_id = bpf_get_current_cgroup_id();
+    o.ts_ns = bpf_ktime_get_boot_ns();
+    o.tgid = id >> 32;
+    o.tid = (u32)id;
+    o.uid = (u32)ug;
+    o.gid = ug >> 32;
+    bpf_get_current_comm(o.comm, sizeof(o.comm));
+    tcp_owners.update(&sk, &o);
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != QSC_IPPROTO_TCP)
+        return 0;
+    if (args->newstate != QSC_TCP_CLOSE)
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    struct tcp_owner *o = tcp_owners.lookup(&sk);
+    if (args->oldstate == QSC_TCP_LISTEN || (o && o->tgid == SELF_TGID)) {
+        tcp_owners.delete(&sk);
+        return 0;
+    }
+    struct rec_tcp_close *r = events.ringbuf_reserve(sizeof(struct rec_tcp_close));
+    if (!r) {
+        count_lost(KIND_TCP_CLOSE);
+        tcp_owners.delete(&sk);
+        return 0;
+    }
+    fill_hdr(&r->hdr, KIND_TCP_CLOSE, SC_NONE);
+    r->flags = 0;
+    r->open_ns = 0;
+    if (o) {
+        r->hdr.cgroup_id = o->cgroup_id;
+        r->hdr.tgid = o->tgid;
+        r->hdr.tid = o->tid;
+        r->hdr.uid = o->uid;
+        r->hdr.gid = o->gid;
+        __builtin_memcpy(r->hdr.comm, o->comm, COMM_LEN);
+        r->open_ns = o->ts_ns;
+        r->flags = TCPC_F_OWNER;
+    }
+    r->cookie = kptr(sk, OFF_SK_COOKIE);
+    r->bytes_acked = kptr(sk, OFF_TCP_BYTES_ACKED);
+    r->bytes_received = kptr(sk, OFF_TCP_BYTES_RECEIVED);
+    r->segs_out = ku32(sk, OFF_TCP_SEGS_OUT);
+    r->segs_in = ku32(sk, OFF_TCP_SEGS_IN);
+    r->family = args->family;
+    r->sport = args->sport;
+    r->dport = args->dport;
+    r->oldstate = args->oldstate;
+    r->_pad = 0;
+    if (args->family == QSC_AF_INET) {
+        __builtin_memset(r->saddr, 0, 16);
+        __builtin_memset(r->daddr, 0, 16);
+        __builtin_memcpy(r->saddr, args->saddr, 4);
+        __builtin_memcpy(r->daddr, args->daddr, 4);
+    } else {
+        __builtin_memcpy(r->saddr, args->saddr_v6, 16);
+        __builtin_memcpy(r->daddr, args->daddr_v6, 16);
+    }
+    events.ringbuf_submit(r, 0);
+    tcp_owners.delete(&sk);
+    return 0;
+}
+#else
+static __always_inline void tcp_own_fd(int fd) {}
+#endif /* PROBE_TCP */
+
 /* ---- network: connect, accept ----------------------------------------------------------- */
 #ifdef PROBE_NET
 static __always_inline int family_wanted(u16 family) {
@@ -735,6 +852,7 @@ static __always_inline int family_wanted(u16 family) {
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    tcp_own_fd(args->fd);
     if (is_self())
         return 0;
     struct inflight *r = scratch_get();
@@ -775,6 +893,7 @@ static __always_inline int accept_enter(u32 sc, int fd, void *uaddr, void *ulen)
 }
 
 static __always_inline int accept_exit(s64 ret) {
+    tcp_own_fd(ret);
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct inflight *r = inflight.lookup(&tid);
     if (!r)

@@ -30,7 +30,7 @@ from datetime import timedelta
 from typing import Final
 
 from alpha.network.sockets import Endpoint, Owner, PollResult, SocketInfo
-from alpha.sensors.model import Kind, NetDetail, Observation
+from alpha.sensors.model import Kind, NetDetail, Observation, TcpCloseDetail
 from mesh.errors import ConfigError
 
 __all__ = [
@@ -466,6 +466,10 @@ class _DirectionTotals:
         return out
 
 
+_CLOSED_KEPT_NS: Final = 60 * 1_000_000_000
+_CLOSED_MAX: Final = 1 << 16
+
+
 class TransferDetector:
     """Byte counters per socket in, per-process windowed totals out; see the module doc."""
 
@@ -486,6 +490,9 @@ class TransferDetector:
         # closed after sending is orphaned (inode 0, no owner) while its last bytes drain.
         self._last: dict[int, tuple[int, int, Owner | None]] = {}
         self._primed = False
+        # cookie -> close time: sockets whose final counts came from the kernel at their close;
+        # a poll that read them before the close and is processed after must not count again.
+        self._closed: OrderedDict[int, int] = OrderedDict()
 
     def totals(self, direction: Direction) -> dict[str, int]:
         """Bytes in the window per actor key (for status and tests)."""
@@ -500,8 +507,9 @@ class TransferDetector:
         """One poll's TCP sockets with their owners. The first call only primes the counters."""
         last = self._last
         current: dict[int, tuple[int, int, Owner | None]] = {}
+        closed = self._closed
         for sock, found in sockets:
-            if sock.protocol != "tcp":
+            if sock.protocol != "tcp" or sock.cookie in closed:
                 continue
             before = last.get(sock.cookie, (0, 0, None))
             owner = found if found is not None else before[2]
@@ -522,10 +530,49 @@ class TransferDetector:
                     d.add(time_ns, key, owner, n, sock.cookie, remote)
         self._last = current
         self._primed = True
+        horizon = time_ns - _CLOSED_KEPT_NS
+        while closed and next(iter(closed.values())) < horizon:
+            closed.popitem(last=False)
+        return self._check(time_ns)
+
+    def _check(self, time_ns: int) -> list[TransferFinding]:
         out: list[TransferFinding] = []
         for d in self._dirs:
             out.extend(d.check(time_ns, self.config.transfer_window))
         return out
+
+    def on_close(
+        self,
+        time_ns: int,
+        remote: Endpoint,
+        owner: Owner | None,
+        uid: int,
+        bytes_acked: int,
+        bytes_received: int,
+        cookie: int,
+    ) -> list[TransferFinding]:
+        """A TCP socket's end with the kernel's final counters (the eBPF sensor's). Counts what
+        no poll counted: all of it for a socket no poll saw, the rest since the last poll."""
+        before: tuple[int, int, Owner | None] = (0, 0, None)
+        if cookie:
+            before = self._last.pop(cookie, before)
+            self._closed[cookie] = time_ns
+            if len(self._closed) > _CLOSED_MAX:
+                self._closed.popitem(last=False)
+        owner = owner if owner is not None else before[2]
+        sent = max(0, bytes_acked - before[0])
+        received = max(0, bytes_received - before[1])
+        if not self._dirs or (not sent and not received):
+            return []
+        if _in_any(remote.address, self._ignore):
+            return []
+        key = owner.key if owner is not None else f"uid:{uid}"
+        remote = Endpoint(normalize_address(remote.address), remote.port)
+        for d in self._dirs:
+            n = sent if d.direction is Direction.OUTBOUND else received
+            if n:
+                d.add(time_ns, key, owner, n, cookie or -time_ns, remote)
+        return self._check(time_ns)
 
 
 # --- eBPF observations ---------------------------------------------------------------------------
@@ -577,6 +624,21 @@ class NetworkDetector:
         self._listening_ports: frozenset[tuple[str, int]] = frozenset()
 
     def on_observation(self, obs: Observation) -> list[Finding]:
+        detail = obs.detail
+        if isinstance(detail, TcpCloseDetail):
+            owner = actor_of_observation(obs) if detail.owner_known else None
+            remote = Endpoint(detail.remote_address, detail.remote_port)
+            return list(
+                self.transfers.on_close(
+                    obs.time_ns,
+                    remote,
+                    owner,
+                    obs.uid if detail.owner_known else -1,
+                    detail.bytes_acked,
+                    detail.bytes_received,
+                    detail.cookie,
+                )
+            )
         attempt = attempt_from_observation(obs)
         if attempt is None or attempt.direction is Direction.INBOUND:
             return []  # accept(2) does not give the local port: the poller counts inbound

@@ -39,6 +39,7 @@ from alpha.sensors.model import (
     SetIdDetail,
     SocketDetail,
     Stdio,
+    TcpCloseDetail,
     UnlinkDetail,
 )
 from qsc.common.v1 import (
@@ -520,6 +521,8 @@ def observation_to_event(
     own (fork; memprot, which the memory scanner reports). `boot_epoch_ns` is the wall clock of
     the boot (process start times count from it)."""
     d = obs.detail
+    if isinstance(d, TcpCloseDetail):  # accounting for the network detectors, not an event
+        return None
     event = Event()
     event.time.FromNanoseconds(obs.time_ns)
     event.process.CopyFrom(process_to_proto(obs, boot_epoch_ns))

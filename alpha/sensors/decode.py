@@ -38,7 +38,8 @@ KIND_SETID: Final = 15
 KIND_MEMPROT: Final = 16
 KIND_SOCKET: Final = 17
 KIND_LINK: Final = 18
-KIND_MAX: Final = 19
+KIND_TCP_CLOSE: Final = 19
+KIND_MAX: Final = 20
 
 KIND_NAMES: Final[dict[int, str]] = {
     KIND_EXEC: "exec",
@@ -59,6 +60,7 @@ KIND_NAMES: Final[dict[int, str]] = {
     KIND_MEMPROT: "memprot",
     KIND_SOCKET: "socket",
     KIND_LINK: "link",
+    KIND_TCP_CLOSE: "tcp_close",
 }
 
 # records.h SC_*: index = our syscall number.
@@ -136,6 +138,7 @@ NAME_LEN: Final = 256
 EXE_DEPTH: Final = 32
 TTY_LEN: Final = 32
 EXIT_F_CODE_KNOWN: Final = 1
+TCPC_F_OWNER: Final = 1
 
 # --- layouts: (field, struct format) in C order; payloads follow the 64-byte header -----------
 
@@ -221,6 +224,22 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "rec_setid": (("a0", "I"), ("a1", "I"), ("a2", "I"), ("_pad", "I")),
     "rec_memprot": (("addr", "Q"), ("len", "Q"), ("prot", "Q"), ("flags", "Q"), ("fd", "q")),
     "rec_socket": (("family", "i"), ("type", "i"), ("protocol", "i"), ("_pad", "I")),
+    "rec_tcp_close": (
+        ("cookie", "Q"),
+        ("bytes_acked", "Q"),
+        ("bytes_received", "Q"),
+        ("open_ns", "Q"),
+        ("segs_out", "I"),
+        ("segs_in", "I"),
+        ("family", "H"),
+        ("sport", "H"),
+        ("dport", "H"),
+        ("oldstate", "H"),
+        ("flags", "I"),
+        ("_pad", "I"),
+        ("saddr", "16s"),
+        ("daddr", "16s"),
+    ),
 }
 
 # Trailing variable-length arrays: struct -> (field, capacity).
@@ -421,6 +440,24 @@ class RawLink:
         return self.hdr.syscall.startswith("sym")
 
 
+@dataclass(slots=True)
+class RawTcpClose:
+    hdr: Header  # the owner when owner_known
+    cookie: int
+    bytes_acked: int
+    bytes_received: int
+    open_ns: int
+    segs_out: int
+    segs_in: int
+    family: str
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    old_state: int
+    owner_known: bool
+
+
 RawRecord = (
     RawExec
     | RawFork
@@ -435,6 +472,7 @@ RawRecord = (
     | RawMemProt
     | RawSocket
     | RawLink
+    | RawTcpClose
 )
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -659,6 +697,35 @@ def _link(h: Header, buf: bytes) -> RawLink:
     return RawLink(h, olddfd, newdfd, flags, cstr(target), cstr(link))
 
 
+def _ip(family: int, raw: bytes) -> str:
+    if family == _AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    v6 = ipaddress.IPv6Address(raw)
+    return str(v6.ipv4_mapped or v6)
+
+
+def _tcp_close(h: Header, buf: bytes) -> RawTcpClose:
+    (cookie, acked, received, open_ns, segs_out, segs_in, family, sport, dport, oldstate, flags,
+     _, saddr, daddr) = _need(buf, "rec_tcp_close").unpack_from(buf, HEADER_SIZE)  # fmt: skip
+    name = "inet" if family == _AF_INET else "inet6" if family == _AF_INET6 else f"af{family}"
+    return RawTcpClose(
+        h,
+        cookie,
+        acked,
+        received,
+        open_ns,
+        segs_out,
+        segs_in,
+        name,
+        _ip(family, saddr),
+        sport,
+        _ip(family, daddr),
+        dport,
+        oldstate,
+        bool(flags & TCPC_F_OWNER),
+    )
+
+
 _DECODERS: Final[dict[int, Callable[[Header, bytes], RawRecord]]] = {
     KIND_EXEC: _exec,
     KIND_FORK: _fork,
@@ -678,6 +745,7 @@ _DECODERS: Final[dict[int, Callable[[Header, bytes], RawRecord]]] = {
     KIND_MEMPROT: _memprot,
     KIND_SOCKET: _socket,
     KIND_LINK: _link,
+    KIND_TCP_CLOSE: _tcp_close,
 }
 
 

@@ -62,6 +62,7 @@ from alpha.sensors.model import (
     SensorUnavailable,
     SetIdDetail,
     SocketDetail,
+    TcpCloseDetail,
     UnlinkDetail,
 )
 from alpha.sensors.proctable import PROC, CgroupResolver, ProcessTable, read_boot_id
@@ -71,6 +72,7 @@ log = logging.getLogger(__name__)
 TRACEFS_CANDIDATES: Final = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 AT_FDCWD: Final = -100
 _STALL_NS: Final = 5_000_000_000
+_EXITED_KEPT: Final = 1024
 
 # init_module/finit_module numbers, for kernels without their tracepoints (CONFIG_MODULES=n).
 MODULE_SYSCALL_NRS: Final[dict[str, tuple[int, int]]] = {
@@ -132,6 +134,7 @@ REQUIRED: Final[dict[str, tuple[str, ...]]] = {
         )
         for d in ("enter", "exit")
     ),
+    "tcp": ("sock/inet_sock_set_state",),
     "memprot": (
         "syscalls/sys_enter_mmap",
         "syscalls/sys_exit_mmap",
@@ -208,6 +211,7 @@ class ProgramConfig:
     ring_buffer_pages: int = 4096
     inflight_entries: int = 16384
     exec_entries: int = 8192
+    tcp_owners: int = 65536  # TCP sockets whose owner is remembered until they close
     module_nrs: tuple[int, int] | None = (175, 313)  # raw syscall numbers, None: unknown arch
     syscall_regs: tuple[str, str, str, str] = SYSCALL_REGS["x86_64"]
     layout: KernelLayout | None = None  # None: no task field is read (identity from /proc)
@@ -237,6 +241,12 @@ class ProgramConfig:
                     probes.add(probe)
                 else:
                     missing.append("probe module: no init_module tracepoints nor raw_syscalls")
+                continue
+            if probe == "tcp" and (layout is None or not layout.tcp):
+                missing.append(
+                    "probe tcp: the kernel's tcp_sock layout is unknown (no BTF): transfers "
+                    "are counted only by socket polls, which miss short connections"
+                )
                 continue
             absent = [tp for tp in REQUIRED[probe] if tp not in present]
             if absent:
@@ -300,6 +310,7 @@ def render_program(config: ProgramConfig) -> str:
         f"#define RINGBUF_PAGES {config.ring_buffer_pages}",
         f"#define INFLIGHT_ENTRIES {config.inflight_entries}",
         f"#define EXEC_ENTRIES {config.exec_entries}",
+        f"#define TCP_OWNERS {config.tcp_owners}",
     ]
     probe_macro = {"net": "NET", "memfd": "MEMFD"}
     for probe in sorted(config.probes):
@@ -494,8 +505,9 @@ class Enricher:
     def __init__(self, table: ProcessTable, proc: Path = PROC) -> None:
         self.table = table
         self._proc = proc
-        # False until the self-test agreed with /proc, or after it disagreed: /proc then.
+        # Set when the kernel's layout is known; cleared when the self-test disagrees.
         self.kernel_identity = False
+        self._exited: dict[int, ProcessInfo] = {}  # the latest exits, oldest first
 
     def _abs(self, tgid: int, dfd: int, path: str, info: ProcessInfo | None) -> str:
         """Resolve a path against the caller's cwd or dirfd, best effort (racy by nature)."""
@@ -556,8 +568,35 @@ class Enricher:
             detail = ForkDetail(rec.child_pid, rec.clone_flags, child.exec_id if child else "")
             ret = None
             kind = Kind.FORK
+        elif isinstance(rec, d.RawTcpClose):
+            # The owner may be long gone (its close drained after exit): no /proc lookup then.
+            info = None
+            if rec.owner_known:
+                info = table.known(h.tgid) or self._exited.get(h.tgid)
+            detail = TcpCloseDetail(
+                rec.family,
+                rec.local_address,
+                rec.local_port,
+                rec.remote_address,
+                rec.remote_port,
+                rec.old_state,
+                rec.bytes_acked,
+                rec.bytes_received,
+                rec.segs_out,
+                rec.segs_in,
+                rec.cookie,
+                rec.owner_known,
+                rec.open_ns,
+            )
+            ret = None
+            kind = Kind.TCP_CLOSE
         elif isinstance(rec, d.RawExit):
             info = table.exit(h.tgid)
+            if info is not None:
+                # A process's sockets close after its exit record (exit_files follows it).
+                self._exited[h.tgid] = info
+                if len(self._exited) > _EXITED_KEPT:
+                    del self._exited[next(iter(self._exited))]
             detail = ExitDetail(rec.exit_code)
             ret = None
             kind = Kind.EXIT

@@ -34,16 +34,31 @@ _U32 = (
     ("OFF_CRED_EUID", "cred", "euid"),
     ("OFF_CRED_EGID", "cred", "egid"),
 )
-# Present only with CONFIG_AUDIT (loginuid) / the tcp accounting fields every kernel has.
+# Present only with CONFIG_AUDIT (loginuid).
 _LOGIN = (
     ("OFF_TASK_LOGINUID", "task_struct", "loginuid"),
     ("OFF_TASK_SESSIONID", "task_struct", "sessionid"),
 )
-_TCP = (
+_TCP8 = (
     ("OFF_TCP_BYTES_ACKED", "tcp_sock", "bytes_acked"),
     ("OFF_TCP_BYTES_RECEIVED", "tcp_sock", "bytes_received"),
+    ("OFF_SK_COOKIE", "sock", "__sk_common.skc_cookie"),
+    # fd -> socket -> sock, to learn a socket's owner in its connect()/accept()
+    ("OFF_TASK_FILES", "task_struct", "files"),
+    ("OFF_FILES_FDT", "files_struct", "fdt"),
+    ("OFF_FDT_FD", "fdtable", "fd"),
+    ("OFF_FILE_PRIVATE", "file", "private_data"),
+    ("OFF_FILE_INODE", "file", "f_inode"),
+    ("OFF_SOCKET_SK", "socket", "sk"),
+)
+_TCP4 = (
     ("OFF_TCP_SEGS_OUT", "tcp_sock", "segs_out"),
     ("OFF_TCP_SEGS_IN", "tcp_sock", "segs_in"),
+    ("OFF_FDT_MAX_FDS", "fdtable", "max_fds"),
+)
+_TCP2 = (
+    ("OFF_INODE_MODE", "inode", "i_mode"),
+    ("OFF_SK_PROTOCOL", "sock", "sk_protocol"),
 )
 
 
@@ -98,7 +113,7 @@ def from_btf(btf: Btf) -> KernelLayout:
         login = False
     tcp = True
     try:
-        offsets += _get(btf, _TCP[:2], 8) + _get(btf, _TCP[2:], 4)
+        offsets += _get(btf, _TCP8, 8) + _get(btf, _TCP4, 4) + _get(btf, _TCP2, 2)
     except (BtfError, LayoutError):
         tcp = False
     return KernelLayout(tuple(offsets), login, tcp, mount_mnt)

@@ -43,6 +43,7 @@ class Kind(enum.StrEnum):
     MEMPROT = "memprot"
     SOCKET = "socket"
     LINK = "link"
+    TCP_CLOSE = "tcp_close"
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +246,25 @@ class MemProtDetail:
     fd: int  # mmap fd (-1 anonymous); pkey for pkey_mprotect
 
 
+@dataclass(slots=True)
+class TcpCloseDetail:
+    """A TCP socket's end with the kernel's final counters (eBPF, at its move to CLOSE)."""
+
+    family: str  # inet, inet6
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    old_state: int  # 2 (SYN_SENT): a connect refused or timed out; never established
+    bytes_acked: int  # sent
+    bytes_received: int
+    segs_out: int
+    segs_in: int
+    cookie: int  # sock_diag's cookie when a poll ever saw the socket, else 0
+    owner_known: bool  # pid/uid are the owner's; False: whatever task the close ran under
+    open_boot_ns: int  # when the owner was first seen (0: never)
+
+
 Detail = (
     ExecDetail
     | ForkDetail
@@ -263,6 +283,7 @@ Detail = (
     | BpfDetail
     | SetIdDetail
     | MemProtDetail
+    | TcpCloseDetail
 )
 
 
@@ -315,6 +336,7 @@ PROBES: Final = (
     "bpf",
     "setid",
     "memprot",  # mmap/mprotect with PROT_WRITE|PROT_EXEC
+    "tcp",  # every TCP socket's end with its final byte counters (needs the kernel's BTF)
 )
 
 AF_PACKET: Final = 17

@@ -585,6 +585,12 @@ class ProcessTable:
                 entry.cgroup_id = cgroup_id
             return entry.info
 
+    def known(self, pid: int) -> ProcessInfo | None:
+        """The table's entry, without reading /proc for a process it does not know."""
+        with self._lock:
+            entry = self._entries.get(pid)
+            return entry.info if entry else None
+
     def fork(self, parent_pid: int, child_pid: int, boot_ns: int) -> ProcessInfo | None:
         with self._lock:
             parent = self._lookup(parent_pid)

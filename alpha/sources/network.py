@@ -87,27 +87,38 @@ class NetworkSource:
         self._lock = threading.Lock()  # the detector is single-threaded: poller vs pipeline
         self._periodic: Periodic | None = None
         self._standing: tuple[str, ...] = ()  # why this source is degraded even when polls work
+        self._ebpf = False  # connects come from the eBPF sensor
+        self._closes = False  # so do TCP sockets' ends, with their final counters
 
     @property
     def name(self) -> str:
         return self._name
 
     async def start(self) -> None:
-        ebpf = self._syscalls.ebpf_connections
+        self._ebpf = ebpf = self._syscalls.ebpf_connections
         detect = dataclasses.replace(self.config, ebpf_connections=ebpf)
         self.detector = NetworkDetector(detect)
         self.poller = SocketPoller(backend=self.config.backend, process_info=self._lookup)
-        reasons = () if ebpf else ("connects seen only by polling (no eBPF connect probe)",)
+        self._closes = closes = self._syscalls.ebpf_tcp_closes
+        reasons: tuple[str, ...] = ()
+        if not ebpf:
+            reasons = ("connects seen only by polling (no eBPF connect probe)",)
+        if not closes:
+            reasons += (
+                "transfers counted only by polling (no eBPF tcp probe): a connection that "
+                "opens and closes between two polls is missed",
+            )
         self.handle = self._registry.register(
             self._name,
-            mode="sock_diag+ebpf" if ebpf else "sock_diag",
-            state=SensorState.HEALTHY if ebpf else SensorState.DEGRADED,
+            mode="sock_diag+ebpf" if ebpf or closes else "sock_diag",
+            state=SensorState.DEGRADED if reasons else SensorState.HEALTHY,
             reasons=reasons,
         )
         self._standing = reasons
+        if ebpf or closes:
+            self.pipeline.add_source(self.on_observations)
         if ebpf:
             matcher = self.detector.blocklists
-            self.pipeline.add_source(self.on_observations)
             if matcher:
                 self.pipeline.set_enrich(lambda event: annotate_blocklists(event, matcher))
         self._periodic = Periodic(
@@ -122,7 +133,7 @@ class NetworkSource:
         findings = []
         with self._lock:
             for obs in batch:
-                if obs.kind is Kind.CONNECT:
+                if obs.kind is Kind.TCP_CLOSE or (obs.kind is Kind.CONNECT and self._ebpf):
                     findings.extend(detector.on_observation(obs))
         return [network_event(f) for f in findings]
 

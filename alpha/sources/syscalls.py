@@ -96,6 +96,16 @@ class SyscallSource:
             and "net" in sensor.program.probes
         )
 
+    @property
+    def ebpf_tcp_closes(self) -> bool:
+        """True when the running sensor reports every TCP socket's end with its final counts."""
+        sensor = self.sensor
+        return (
+            isinstance(sensor, EbpfSensor)
+            and sensor.program is not None
+            and "tcp" in sensor.program.probes
+        )
+
     async def start(self) -> None:
         # bcc compiles the program here: seconds of CPU, off the event loop.
         try:

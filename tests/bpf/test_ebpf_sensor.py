@@ -46,6 +46,7 @@ from alpha.sensors.model import (
     SetIdDetail,
     SocketDetail,
     Stdio,
+    TcpCloseDetail,
     UnlinkDetail,
 )
 from alpha.sensors.proctable import find_cgroup2_mount
@@ -489,6 +490,57 @@ socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()  # not a watched family
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.htons(0x0003))
 print(s.fileno(), flush=True)
 """
+
+
+TCP_CODE = """
+import socket
+srv = socket.create_server(("127.0.0.1", 0))
+port = srv.getsockname()[1]
+c = socket.create_connection(("127.0.0.1", port))
+s, _ = srv.accept()
+c.sendall(b"x" * 100000)
+got = 0
+while got < 100000:
+    got += len(s.recv(65536))
+c.close(); s.close()
+closed = socket.socket(); closed.bind(("127.0.0.1", 0)); dead = closed.getsockname()[1]
+closed.close()
+try:
+    socket.create_connection(("127.0.0.1", dead))
+except ConnectionRefusedError:
+    pass
+print(port, dead, flush=True)
+"""
+
+
+def test_tcp_close_carries_final_counters_and_owner(env: Env) -> None:
+    child = py(TCP_CODE)
+    port, dead = map(int, finish(child).split())
+    mine = of(Kind.TCP_CLOSE, child.pid)
+    client = env.seen.wait_for(
+        lambda o: mine(o) and isinstance(o.detail, TcpCloseDetail) and o.detail.remote_port == port,
+        what="client close",
+    )
+    server = env.seen.wait_for(
+        lambda o: mine(o) and isinstance(o.detail, TcpCloseDetail) and o.detail.local_port == port,
+        what="accepted socket close",
+    )
+    refused = env.seen.wait_for(
+        lambda o: mine(o) and isinstance(o.detail, TcpCloseDetail) and o.detail.remote_port == dead,
+        what="refused connect close",
+    )
+    for obs in (client, server, refused):
+        assert isinstance(obs.detail, TcpCloseDetail)
+        assert obs.detail.owner_known
+        assert obs.detail.family == "inet"
+        assert obs.detail.remote_address == "127.0.0.1"
+    assert isinstance(client.detail, TcpCloseDetail)
+    assert isinstance(server.detail, TcpCloseDetail)
+    assert isinstance(refused.detail, TcpCloseDetail)
+    assert client.detail.bytes_acked >= 100000  # plus the SYN and FIN
+    assert server.detail.bytes_received >= 100000
+    assert refused.detail.old_state == 2  # SYN_SENT: never established
+    assert refused.detail.bytes_acked == 0
 
 
 def test_packet_socket_and_other_families_filtered_in_the_kernel(env: Env) -> None:

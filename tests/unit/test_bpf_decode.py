@@ -550,3 +550,25 @@ def test_observe_setid_updates_table(enricher: Enricher) -> None:
     info = enricher.table.info(100)
     assert info is not None
     assert info.uid == 65534
+
+
+def test_tcp_close_record() -> None:
+    v4 = bytes([192, 0, 2, 1]) + bytes(12)
+    buf = hdr(d.KIND_TCP_CLOSE) + payload(
+        "rec_tcp_close", 77, 300 << 20, 5, 123, 9, 8, 2, 40000, 443, 5, d.TCPC_F_OWNER, 0, v4,
+        bytes([198, 51, 100, 7]) + bytes(12),
+    )  # fmt: skip
+    rec = d.decode_record(buf)
+    assert isinstance(rec, d.RawTcpClose)
+    assert (rec.family, rec.local_address, rec.local_port) == ("inet", "192.0.2.1", 40000)
+    assert (rec.remote_address, rec.remote_port) == ("198.51.100.7", 443)
+    assert (rec.cookie, rec.bytes_acked, rec.bytes_received) == (77, 300 << 20, 5)
+    assert (rec.old_state, rec.owner_known, rec.open_ns) == (5, True, 123)
+    mapped = bytes(10) + b"\xff\xff" + bytes([10, 0, 0, 1])
+    v6 = d.decode_record(
+        hdr(d.KIND_TCP_CLOSE)
+        + payload("rec_tcp_close", 0, 0, 0, 0, 0, 0, 10, 1, 2, 2, 0, 0, bytes(15) + b"\1", mapped)
+    )
+    assert isinstance(v6, d.RawTcpClose)
+    assert (v6.family, v6.local_address, v6.remote_address) == ("inet6", "::1", "10.0.0.1")
+    assert not v6.owner_known

@@ -21,6 +21,7 @@ from alpha.sensors.ebpf import (
     render_program,
     tracepoints_of_interest,
 )
+from alpha.sensors.kernel_layout import KernelLayout
 from alpha.sensors.model import PROBES, SensorConfig, SensorUnavailable
 from mesh.config import load_config
 from mesh.errors import ConfigError
@@ -29,12 +30,38 @@ ALL_TPS = frozenset(tracepoints_of_interest())
 CC = shutil.which("cc") or shutil.which("gcc")
 
 
+# A kernel layout as BTF would give it (the offsets do not matter to rendering).
+LAYOUT = KernelLayout((("OFF_TASK_MM", 1136),), login=True, tcp=True, mount_mnt=32)
+
+
 def build(
-    cfg: SensorConfig | None = None, tps: frozenset[str] = ALL_TPS, machine: str = "x86_64"
+    cfg: SensorConfig | None = None,
+    tps: frozenset[str] = ALL_TPS,
+    machine: str = "x86_64",
+    layout: KernelLayout | None = LAYOUT,
 ) -> tuple[ProgramConfig, tuple[str, ...]]:
     return ProgramConfig.build(
-        cfg or SensorConfig(), self_tgid=4242, tracepoints=tps, group_dead=True, machine=machine
+        cfg or SensorConfig(),
+        self_tgid=4242,
+        tracepoints=tps,
+        group_dead=True,
+        machine=machine,
+        layout=layout,
     )
+
+
+def test_without_the_kernel_layout_the_tcp_probe_is_left_out_saying_why() -> None:
+    program, missing = build(layout=None)
+    assert "tcp" not in program.probes
+    assert any(m.startswith("probe tcp: the kernel's tcp_sock layout is unknown") for m in missing)
+    defs = defines(render_program(program))
+    assert "KERNEL_LAYOUT" not in defs
+    assert "PROBE_TCP" not in defs
+    defs = defines(render_program(build()[0]))
+    assert defs["KERNEL_LAYOUT"] == "1"
+    assert defs["TCP_LAYOUT"] == "1"
+    assert defs["OFF_TASK_MM"] == "1136"
+    assert defs["PROBE_TCP"] == "1"
 
 
 def defines(text: str) -> dict[str, str]:

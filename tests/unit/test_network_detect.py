@@ -439,3 +439,50 @@ def test_parse_diag_messages() -> None:
     assert parse_diag_messages(error, "tcp", "inet", []) == (True, 1)
     with pytest.raises(SocketUnavailableError, match="truncated"):
         parse_diag_messages(data[:-8], "tcp", "inet", [])
+
+
+# --- transfers from the kernel's close records ---------------------------------------------------
+
+REMOTE = Endpoint("198.51.100.7", 443)
+
+
+def test_a_transfer_between_two_polls_is_counted_at_its_close() -> None:
+    det = TransferDetector(NetworkDetectConfig(transfer_outbound_bytes=100 * MiB))
+    det.observe(T0, [])
+    # 300 MiB on a connection no poll saw (cookie 0: never dumped).
+    (f,) = det.on_close(T0 + S // 2, REMOTE, CURL, 1000, 300 * MiB, 0, 0)
+    assert f.actor == CURL
+    assert f.bytes == 300 * MiB
+    assert f.connections == 1
+    assert f.top_remote == REMOTE
+
+
+def test_many_short_connections_add_up() -> None:
+    det = TransferDetector(NetworkDetectConfig(transfer_outbound_bytes=100 * MiB))
+    found = []
+    for i in range(200):
+        found += det.on_close(T0 + i * S // 100, REMOTE, NC, 1000, MiB, 0, 0)
+    (f,) = found  # reported once, when the total crossed 100 MiB
+    assert f.bytes == 100 * MiB
+    assert f.connections == 100
+    assert det.totals(Direction.OUTBOUND)[NC.key] == 200 * MiB
+
+
+def test_a_polled_socket_is_not_counted_twice() -> None:
+    det = TransferDetector(NetworkDetectConfig(transfer_outbound_bytes=100 * MiB))
+    det.observe(T0, [])
+    det.observe(T0 + S, [(tcp(5, "198.51.100.7", 40 * MiB), CURL)])
+    # The close carries the final 70 MiB: 30 MiB more than the poll counted.
+    assert det.on_close(T0 + S + 1, REMOTE, CURL, 1000, 70 * MiB, 0, 5) == []
+    assert det.totals(Direction.OUTBOUND)[CURL.key] == 70 * MiB
+    # A poll read before the close and handled after it counts nothing more.
+    det.observe(T0 + 2 * S, [(tcp(5, "198.51.100.7", 60 * MiB), CURL)])
+    assert det.totals(Direction.OUTBOUND)[CURL.key] == 70 * MiB
+
+
+def test_close_of_loopback_and_unknown_owner() -> None:
+    det = TransferDetector(NetworkDetectConfig(transfer_outbound_bytes=10 * MiB))
+    assert det.on_close(T0, Endpoint("127.0.0.1", 80), NC, 0, 50 * MiB, 0, 0) == []
+    (f,) = det.on_close(T0, REMOTE, None, 33, 50 * MiB, 0, 0)
+    assert f.actor is None
+    assert det.totals(Direction.OUTBOUND) == {"uid:33": 50 * MiB}
