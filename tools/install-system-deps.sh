@@ -26,6 +26,11 @@ have_cmd openssl || need+=(openssl)
 # binary cannot be downloaded (package registries only): node-gyp needs a compiler and make.
 have_cmd g++ || need+=(g++)
 have_cmd nft || need+=(nftables)
+# Alpha's attack-class tests grant file capabilities, make namespaces and backdate files with
+# the real tools: setcap, unshare/nsenter, ip netns, touch.
+have_cmd setcap || need+=(libcap2-bin)
+have_cmd unshare || need+=(util-linux)
+have_cmd ip || need+=(iproute2)
 
 if ((${#need[@]} == 0)); then
     echo "system packages: all present"

@@ -28,7 +28,11 @@
 #define KIND_SOCKET 17
 #define KIND_LINK 18
 #define KIND_TCP_CLOSE 19
-#define KIND_MAX 20
+#define KIND_VM_WRITE 20
+#define KIND_XATTR 21
+#define KIND_NAMESPACE 22
+#define KIND_UTIMES 23
+#define KIND_MAX 24
 
 /* Which syscall produced a record (rec_hdr.syscall): our own numbering, so that userspace does
  * not depend on the architecture's syscall table. */
@@ -76,6 +80,16 @@
 #define SC_LINKAT 41
 #define SC_SYMLINK 42
 #define SC_SYMLINKAT 43
+#define SC_PROCESS_VM_WRITEV 44
+#define SC_SETXATTR 45
+#define SC_LSETXATTR 46
+#define SC_FSETXATTR 47
+#define SC_SETXATTRAT 48
+#define SC_UNSHARE 49
+#define SC_SETNS 50
+#define SC_UTIMENSAT 51
+#define SC_UTIMES 52
+#define SC_UTIME 53
 
 /* Per-CPU counters besides the per-kind loss array. */
 #define CNT_FILTERED 0      /* dropped by an in-kernel filter (path, comm, family, request) */
@@ -105,6 +119,7 @@
 #define NAME_LEN 256
 #define EXE_DEPTH 32
 #define TTY_LEN 32
+#define XATTR_NAME_LEN 64
 #define EXIT_F_CODE_KNOWN 1
 
 struct rec_hdr {
@@ -244,6 +259,53 @@ struct rec_socket {
     s32 type; /* with the SOCK_NONBLOCK/SOCK_CLOEXEC bits as passed */
     s32 protocol; /* as passed: AF_PACKET's is in network byte order */
     u32 _pad;
+};
+
+/* process_vm_writev(2): another process's memory written without ptrace. */
+struct rec_vm_write {
+    struct rec_hdr hdr; /* ret: bytes written */
+    s64 target;
+    u64 liovcnt;
+    u64 riovcnt;
+    u64 flags;
+};
+
+/* setxattr family, for names in the security. namespace (security.capability: file caps). */
+struct rec_xattr {
+    struct rec_hdr hdr;
+    s32 dfd; /* fsetxattr: the fd; setxattrat: the dirfd; else AT_FDCWD */
+    u32 size; /* value bytes */
+    u32 flags; /* XATTR_CREATE / XATTR_REPLACE */
+    u32 at_flags; /* setxattrat, lsetxattr: AT_SYMLINK_NOFOLLOW */
+    char name[XATTR_NAME_LEN];
+    char path[PATH_LEN]; /* empty for fsetxattr */
+};
+
+/* unshare(2) with CLONE_NEW* flags, and setns(2). */
+struct rec_ns {
+    struct rec_hdr hdr;
+    u64 flags; /* unshare: its flags; setns: nstype (0: any) */
+    s32 fd; /* setns: the namespace (or pidfd) fd */
+    u32 _pad;
+};
+
+/* utimensat/utimes/utime with explicit times (not "now"). The file is named by the path
+ * argument, relative to `base` (the dirfd's or cwd's path, walked in the kernel), or is the
+ * dirfd itself (futimens: no path): a `touch -d` that is gone before anyone looks is named. */
+struct rec_utimes {
+    struct rec_hdr hdr;
+    s32 dfd;
+    u32 at_flags;
+    s64 atime_sec;
+    s64 atime_nsec; /* UTIME_OMIT (1073741822) / UTIME_NOW (1073741823) as passed */
+    s64 mtime_sec;
+    s64 mtime_nsec;
+    u32 base_flags; /* ID_F_EXE_* of the base walk; 0: no walk (absolute path) */
+    u32 base_len;
+    u32 base_depth;
+    u32 path_len;
+    char path[PATH_LEN];
+    char base[EXE_LEN + NAME_LEN]; /* NUL-separated names, leaf first */
 };
 
 #define TCPC_F_OWNER 1 /* hdr names the socket's owner, seen in its own syscall context */

@@ -34,6 +34,11 @@
 #define QSC_AF_INET 2
 #define QSC_AF_INET6 10
 #define QSC_BPF_PROG_LOAD 5
+#define QSC_AT_FDCWD -100
+/* CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET | NEWTIME */
+#define QSC_CLONE_NEW_MASK 0x7E020080ULL
+#define QSC_UTIME_NOW ((1L << 30) - 1)
+#define QSC_UTIME_OMIT ((1L << 30) - 2)
 
 struct inflight {
     union {
@@ -47,6 +52,9 @@ struct inflight {
         struct rec_setid setid;
         struct rec_memprot memprot;
         struct rec_socket newsock;
+        struct rec_vm_write vm;
+        struct rec_xattr xattr;
+        struct rec_ns ns;
     };
 };
 
@@ -136,6 +144,12 @@ static __always_inline int output(struct inflight *r, u32 kind) {
         size = sizeof(struct rec_memprot);
     } else if (kind == KIND_SOCKET) {
         size = sizeof(struct rec_socket);
+    } else if (kind == KIND_VM_WRITE) {
+        size = sizeof(struct rec_vm_write);
+    } else if (kind == KIND_XATTR) {
+        size = sizeof(struct rec_xattr);
+    } else if (kind == KIND_NAMESPACE) {
+        size = sizeof(struct rec_ns);
     }
     if (events.ringbuf_output(r, size, 0) != 0)
         count_lost(kind);
@@ -165,10 +179,33 @@ static __always_inline u32 read_user_path(char *dst, const char *src) {
     return n;
 }
 
+/* /proc/<pid>/mem, uid_map and gid_map opened for writing: memory injection and user
+ * namespace mappings, worth an event although /proc is otherwise ignored. */
+static __always_inline int proc_write_wanted(const char *p) {
+    if (!(p[0] == '/' && p[1] == 'p' && p[2] == 'r' && p[3] == 'o' && p[4] == 'c' && p[5] == '/'))
+        return 0;
+    int i = 6;
+#pragma unroll
+    for (int k = 0; k < 20; k++) {
+        if (p[i] == '/' || p[i] == 0)
+            break;
+        i++;
+    }
+    if (p[i] != '/')
+        return 0;
+    const char *n = p + i + 1;
+    if (n[0] == 'm' && n[1] == 'e' && n[2] == 'm' && n[3] == 0)
+        return 1;
+    return (n[0] == 'u' || n[0] == 'g') && n[1] == 'i' && n[2] == 'd' && n[3] == '_' &&
+           n[4] == 'm' && n[5] == 'a' && n[6] == 'p' && n[7] == 0;
+}
+
 /* Is an access to this path worth an event? Relative paths cannot be resolved here. */
 static __always_inline int path_wanted(const char *p, int write) {
     if (p[0] != '/')
         return write ? RELATIVE_WRITES : RELATIVE_READS;
+    if (write && proc_write_wanted(p))
+        return 1;
     if (MATCH_IGNORE_PREFIX(p))
         return 0;
     if (write && MATCH_WRITE_PREFIX(p))
@@ -191,6 +228,73 @@ static __always_inline u32 ku32(u64 base, u32 off) {
     if (base)
         bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
     return v;
+}
+
+/* A path as d_path would build it: names from the leaf up, crossing mount points to the root
+ * of the mount tree, into `buf` (EXE_LEN + NAME_LEN bytes: NUL-separated names, leaf first).
+ * A pseudo file (memfd) is its own root with no mount of its own; an unhashed leaf was
+ * deleted. Both are what /proc/PID/exe shows with " (deleted)".
+ *
+ * The length, depth and flags live in the record, not in registers: loaded back they are
+ * unknown to the verifier, so the states of different iterations compare equal and are pruned
+ * (with the counts in registers, 32 iterations of two ways each do not verify). */
+static __always_inline void walk_path(u64 dentry, u64 vfsmnt, char *buf, u32 *len, u32 *depth,
+                                      u32 *flags) {
+    *len = 0;
+    *depth = 0;
+    if (!dentry || !vfsmnt) {
+        *flags |= ID_F_NO_EXE;
+        return;
+    }
+    if (!kptr(dentry, OFF_DENTRY_HASH_PPREV) && kptr(dentry, OFF_DENTRY_PARENT) != dentry)
+        *flags |= ID_F_EXE_DELETED;
+    u64 mnt = vfsmnt - OFF_MOUNT_MNT;
+    u64 root = kptr(vfsmnt, OFF_VFSMOUNT_ROOT);
+    for (int i = 0; i < EXE_DEPTH; i++) {
+        if (dentry == root) {
+            u64 up = kptr(mnt, OFF_MOUNT_PARENT);
+            if (!up || up == mnt) {
+                *flags |= ID_F_EXE_COMPLETE;
+                return;
+            }
+            dentry = kptr(mnt, OFF_MOUNT_MOUNTPOINT);
+            mnt = up;
+            root = kptr(mnt + OFF_MOUNT_MNT, OFF_VFSMOUNT_ROOT);
+            continue;
+        }
+        u64 parent = kptr(dentry, OFF_DENTRY_PARENT);
+        u32 at = *len;
+        if (at >= EXE_LEN) {
+            *flags |= ID_F_EXE_TRUNCATED;
+            return;
+        }
+        /* buf has NAME_LEN spare bytes past EXE_LEN; the mask is for the verifier, the empty
+         * asm keeps clang from dropping it as redundant after the test above. */
+        asm volatile("" : "+r"(at));
+        at &= EXE_LEN - 1;
+        int n = bpf_probe_read_kernel_str(&buf[at], NAME_LEN, (void *)kptr(dentry, OFF_DENTRY_NAME));
+        if (n <= 0)
+            return;
+        *len += n;
+        *depth += 1;
+        if (parent == dentry || !parent) {
+            /* A root that is no mount's root: a pseudo file (memfd), or a detached tree. */
+            *flags |= *depth == 1 ? ID_F_EXE_PSEUDO : ID_F_EXE_COMPLETE;
+            return;
+        }
+        dentry = parent;
+    }
+    *flags |= ID_F_EXE_TRUNCATED;
+}
+
+/* The struct file behind one of the current task's fds, 0 if none. */
+static __always_inline u64 fd_file(int fd) {
+    if (fd < 0)
+        return 0;
+    u64 fdt = kptr(kptr(bpf_get_current_task(), OFF_TASK_FILES), OFF_FILES_FDT);
+    if ((u32)fd >= ku32(fdt, OFF_FDT_MAX_FDS))
+        return 0;
+    return kptr(kptr(fdt, OFF_FDT_FD), (u32)fd * 8);
 }
 #endif
 
@@ -262,62 +366,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat) { return exec_failed(args->ret); }
 #endif
 
 #ifdef KERNEL_LAYOUT
-/* mm->exe_file's path as d_path would build it: names from the leaf up, crossing mount points
- * to the root of the mount tree. A pseudo file (memfd) is its own root with no mount of its
- * own; an unhashed leaf was deleted. Both are what /proc/PID/exe shows with " (deleted)". */
 static __always_inline void exe_path(struct rec_exec *e, u64 task) {
     u64 file = kptr(kptr(task, OFF_TASK_MM), OFF_MM_EXE_FILE);
-    u64 dentry = kptr(file, OFF_FILE_DENTRY);
-    u64 vfsmnt = kptr(file, OFF_FILE_MNT);
-    /* The walk keeps its length, depth and flags in the record, not in registers: loaded back
-     * they are unknown to the verifier, so the states of different iterations compare equal and
-     * are pruned (with the counts in registers, 32 iterations of two ways each do not verify). */
-    e->exe_len = 0;
-    e->exe_depth = 0;
-    if (!dentry || !vfsmnt) {
-        e->id_flags |= ID_F_NO_EXE;
-        return;
-    }
-    if (!kptr(dentry, OFF_DENTRY_HASH_PPREV) && kptr(dentry, OFF_DENTRY_PARENT) != dentry)
-        e->id_flags |= ID_F_EXE_DELETED;
-    u64 mnt = vfsmnt - OFF_MOUNT_MNT;
-    u64 root = kptr(vfsmnt, OFF_VFSMOUNT_ROOT);
-    for (int i = 0; i < EXE_DEPTH; i++) {
-        if (dentry == root) {
-            u64 up = kptr(mnt, OFF_MOUNT_PARENT);
-            if (!up || up == mnt) {
-                e->id_flags |= ID_F_EXE_COMPLETE;
-                return;
-            }
-            dentry = kptr(mnt, OFF_MOUNT_MOUNTPOINT);
-            mnt = up;
-            root = kptr(mnt + OFF_MOUNT_MNT, OFF_VFSMOUNT_ROOT);
-            continue;
-        }
-        u64 parent = kptr(dentry, OFF_DENTRY_PARENT);
-        u32 at = e->exe_len;
-        if (at >= EXE_LEN) {
-            e->id_flags |= ID_F_EXE_TRUNCATED;
-            return;
-        }
-        /* exe has NAME_LEN spare bytes past EXE_LEN; the mask is for the verifier, the empty
-         * asm keeps clang from dropping it as redundant after the test above. */
-        asm volatile("" : "+r"(at));
-        at &= EXE_LEN - 1;
-        int n = bpf_probe_read_kernel_str(&e->exe[at], NAME_LEN,
-                                          (void *)kptr(dentry, OFF_DENTRY_NAME));
-        if (n <= 0)
-            return;
-        e->exe_len += n;
-        e->exe_depth += 1;
-        if (parent == dentry || !parent) {
-            /* A root that is no mount's root: a pseudo file (memfd), or a detached tree. */
-            e->id_flags |= e->exe_depth == 1 ? ID_F_EXE_PSEUDO : ID_F_EXE_COMPLETE;
-            return;
-        }
-        dentry = parent;
-    }
-    e->id_flags |= ID_F_EXE_TRUNCATED;
+    walk_path(kptr(file, OFF_FILE_DENTRY), kptr(file, OFF_FILE_MNT), e->exe, &e->exe_len,
+              &e->exe_depth, &e->id_flags);
 }
 
 static __always_inline void exec_identity(struct rec_exec *e) {
@@ -755,12 +807,7 @@ BPF_TABLE("lru_hash", u64, struct tcp_owner, tcp_owners, TCP_OWNERS);
 /* Remember the caller as the owner of the TCP socket behind `fd` (also the sensor's own, so
  * that their closes are left out). */
 static __always_inline void tcp_own_fd(int fd) {
-    if (fd < 0)
-        return;
-    u64 fdt = kptr(kptr(bpf_get_current_task(), OFF_TASK_FILES), OFF_FILES_FDT);
-    if ((u32)fd >= ku32(fdt, OFF_FDT_MAX_FDS))
-        return;
-    u64 file = kptr(kptr(fdt, OFF_FDT_FD), (u32)fd * 8);
+    u64 file = fd_file(fd);
     u16 mode = 0;
     u64 inode = kptr(file, OFF_FILE_INODE);
     if (!inode)
@@ -949,6 +996,213 @@ TRACEPOINT_PROBE(syscalls, sys_enter_socket) {
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_socket) { return finish(args->ret, KIND_SOCKET); }
 #endif /* PROBE_SOCKET */
+
+/* ---- another process's memory: process_vm_writev ---------------------------------------- */
+#ifdef PROBE_VMWRITE
+TRACEPOINT_PROBE(syscalls, sys_enter_process_vm_writev) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->vm.target = args->pid;
+    r->vm.liovcnt = args->liovcnt;
+    r->vm.riovcnt = args->riovcnt;
+    r->vm.flags = args->flags;
+    return stash(r, KIND_VM_WRITE, SC_PROCESS_VM_WRITEV, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_process_vm_writev) { return finish(args->ret, KIND_VM_WRITE); }
+#endif
+
+/* ---- security.* extended attributes (file capabilities) --------------------------------- */
+#ifdef PROBE_XATTR
+/* Only the security. namespace is worth an event: capabilities, IMA/EVM, SELinux labels. */
+static __always_inline int xattr_enter(u32 sc, int dfd, const char *path, const char *name,
+                                       u64 size, u32 flags, u32 at_flags) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    if (bpf_probe_read_user_str(r->xattr.name, XATTR_NAME_LEN, name) <= 0)
+        return 0;
+    const char *n = r->xattr.name;
+    if (!(n[0] == 's' && n[1] == 'e' && n[2] == 'c' && n[3] == 'u' && n[4] == 'r' &&
+          n[5] == 'i' && n[6] == 't' && n[7] == 'y' && n[8] == '.')) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    if (path)
+        read_user_path(r->xattr.path, path);
+    else
+        r->xattr.path[0] = 0;
+    r->xattr.dfd = dfd;
+    r->xattr.size = size;
+    r->xattr.flags = flags;
+    r->xattr.at_flags = at_flags;
+    return stash(r, KIND_XATTR, sc, 1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_setxattr) {
+    return xattr_enter(SC_SETXATTR, QSC_AT_FDCWD, args->pathname, args->name, args->size,
+                       args->flags, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setxattr) { return finish(args->ret, KIND_XATTR); }
+TRACEPOINT_PROBE(syscalls, sys_enter_lsetxattr) {
+    return xattr_enter(SC_LSETXATTR, QSC_AT_FDCWD, args->pathname, args->name, args->size,
+                       args->flags, 0x100 /* AT_SYMLINK_NOFOLLOW */);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_lsetxattr) { return finish(args->ret, KIND_XATTR); }
+TRACEPOINT_PROBE(syscalls, sys_enter_fsetxattr) {
+    return xattr_enter(SC_FSETXATTR, args->fd, 0, args->name, args->size, args->flags, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_fsetxattr) { return finish(args->ret, KIND_XATTR); }
+#ifdef HAVE_sys_enter_setxattrat
+TRACEPOINT_PROBE(syscalls, sys_enter_setxattrat) {
+    struct {
+        u64 value;
+        u32 size;
+        u32 flags;
+    } xa = {};
+    bpf_probe_read_user(&xa, sizeof(xa), args->uargs);
+    return xattr_enter(SC_SETXATTRAT, args->dfd, args->pathname, args->name, xa.size, xa.flags,
+                       args->at_flags);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setxattrat) { return finish(args->ret, KIND_XATTR); }
+#endif
+#endif /* PROBE_XATTR */
+
+/* ---- namespaces: unshare, setns --------------------------------------------------------- */
+#ifdef PROBE_NAMESPACE
+TRACEPOINT_PROBE(syscalls, sys_enter_unshare) {
+    u64 flags = args->unshare_flags;
+    if (!(flags & QSC_CLONE_NEW_MASK)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->ns.flags = flags;
+    r->ns.fd = -1;
+    r->ns._pad = 0;
+    return stash(r, KIND_NAMESPACE, SC_UNSHARE, 1);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_unshare) { return finish(args->ret, KIND_NAMESPACE); }
+TRACEPOINT_PROBE(syscalls, sys_enter_setns) {
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->ns.flags = (u32)args->flags;
+    r->ns.fd = args->fd;
+    r->ns._pad = 0;
+    return stash(r, KIND_NAMESPACE, SC_SETNS, 1);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setns) { return finish(args->ret, KIND_NAMESPACE); }
+#endif /* PROBE_NAMESPACE */
+
+/* ---- file times set explicitly: utimensat, utimes, utime -------------------------------- */
+#ifdef PROBE_UTIMES
+/* Records are large (the base path): their own stash, sized for the few in flight at once. */
+BPF_PERCPU_ARRAY(utimes_scratch, struct rec_utimes, 1);
+BPF_TABLE("lru_hash", u32, struct rec_utimes, utimes_inflight, 1024);
+
+static __always_inline int explicit_time(s64 nsec) {
+    return nsec != QSC_UTIME_NOW && nsec != QSC_UTIME_OMIT;
+}
+
+static __always_inline int utimes_enter(u32 sc, int dfd, const char *filename, s64 as, s64 an,
+                                        s64 ms, s64 mn, u32 at_flags) {
+    if (!explicit_time(an) && !explicit_time(mn)) {
+        count(CNT_FILTERED); /* "now" or nothing: not a forged time */
+        return 0;
+    }
+    if (is_self())
+        return 0;
+    u32 zero = 0;
+    struct rec_utimes *u = utimes_scratch.lookup(&zero);
+    if (!u)
+        return 0;
+    fill_hdr(&u->hdr, KIND_UTIMES, sc);
+    u->dfd = dfd;
+    u->at_flags = at_flags;
+    u->atime_sec = as;
+    u->atime_nsec = an;
+    u->mtime_sec = ms;
+    u->mtime_nsec = mn;
+    u->path_len = filename ? read_user_path(u->path, filename) : 0;
+    if (!filename)
+        u->path[0] = 0;
+    u->base_flags = 0;
+    u->base_len = 0;
+    u->base_depth = 0;
+#ifdef KERNEL_LAYOUT
+    /* Name the file now, in the caller's own context: a relative path's base is the dirfd's
+     * file or the cwd; futimens (no path) names the fd's file itself. */
+    if (u->path[0] != '/') {
+        u64 dentry = 0, mnt = 0;
+        if (dfd == QSC_AT_FDCWD) {
+            u64 fs = kptr(bpf_get_current_task(), OFF_TASK_FS);
+            dentry = kptr(fs, OFF_FS_PWD_DENTRY);
+            mnt = kptr(fs, OFF_FS_PWD_MNT);
+        } else {
+            u64 file = fd_file(dfd);
+            dentry = kptr(file, OFF_FILE_DENTRY);
+            mnt = kptr(file, OFF_FILE_MNT);
+        }
+        u->base_flags = ID_F_KERNEL;
+        walk_path(dentry, mnt, u->base, &u->base_len, &u->base_depth, &u->base_flags);
+    }
+#endif
+    u32 tid = u->hdr.tid;
+    utimes_inflight.update(&tid, u);
+    return 0;
+}
+
+static __always_inline int utimes_exit(s64 ret) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rec_utimes *u = utimes_inflight.lookup(&tid);
+    if (!u)
+        return 0;
+    u->hdr.ret = ret;
+    if (events.ringbuf_output(u, sizeof(struct rec_utimes), 0) != 0)
+        count_lost(KIND_UTIMES);
+    utimes_inflight.delete(&tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_utimensat) {
+    s64 t[4] = {}; /* a non-zero initializer would land in .rodata, which bcc cannot load */
+    if (!args->utimes || bpf_probe_read_user(t, sizeof(t), args->utimes) != 0)
+        return 0;
+    return utimes_enter(SC_UTIMENSAT, args->dfd, args->filename, t[0], t[1], t[2], t[3],
+                        args->flags);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_utimensat) { return utimes_exit(args->ret); }
+#ifdef HAVE_sys_enter_utimes
+TRACEPOINT_PROBE(syscalls, sys_enter_utimes) {
+    s64 t[4] = {};
+    if (!args->utimes || bpf_probe_read_user(t, sizeof(t), args->utimes) != 0)
+        return 0;
+    return utimes_enter(SC_UTIMES, QSC_AT_FDCWD, args->filename, t[0], t[1] * 1000, t[2],
+                        t[3] * 1000, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_utimes) { return utimes_exit(args->ret); }
+#endif
+#ifdef HAVE_sys_enter_utime
+TRACEPOINT_PROBE(syscalls, sys_enter_utime) {
+    s64 t[2] = {};
+    if (!args->times || bpf_probe_read_user(t, sizeof(t), args->times) != 0)
+        return 0;
+    return utimes_enter(SC_UTIME, QSC_AT_FDCWD, args->filename, t[0], 0, t[1], 0, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_utime) { return utimes_exit(args->ret); }
+#endif
+#endif /* PROBE_UTIMES */
 
 /* ---- memfd_create ----------------------------------------------------------------------- */
 #ifdef PROBE_MEMFD

@@ -26,10 +26,12 @@ from alpha.sensors.model import (
     ChownDetail,
     ExecDetail,
     ExitDetail,
+    ForkDetail,
     Kind,
     LinkDetail,
     MemfdDetail,
     ModuleDetail,
+    NamespaceDetail,
     NetDetail,
     Observation,
     OpenDetail,
@@ -41,6 +43,9 @@ from alpha.sensors.model import (
     Stdio,
     TcpCloseDetail,
     UnlinkDetail,
+    UtimesDetail,
+    VmWriteDetail,
+    XattrDetail,
 )
 from qsc.common.v1 import (
     event_pb2,
@@ -514,6 +519,77 @@ def _memfd(event: Event, obs: Observation, d: MemfdDetail) -> str:
 # --- the converter -------------------------------------------------------------------------------
 
 
+# CLONE_NEW* flags, by the names /proc/PID/ns uses.
+NAMESPACE_FLAGS: Final = (
+    (0x10000000, "user"),
+    (0x00020000, "mnt"),
+    (0x20000000, "pid"),
+    (0x40000000, "net"),
+    (0x04000000, "uts"),
+    (0x08000000, "ipc"),
+    (0x02000000, "cgroup"),
+    (0x00000080, "time"),
+)
+CLONE_NEW_MASK: Final = sum(flag for flag, _ in NAMESPACE_FLAGS)
+_NS_CALL: Final = {
+    "unshare": _P.NAMESPACE_CALL_UNSHARE,
+    "setns": _P.NAMESPACE_CALL_SETNS,
+    "clone": _P.NAMESPACE_CALL_CLONE,
+}
+
+
+def namespace_names(flags: int) -> list[str]:
+    return [name for flag, name in NAMESPACE_FLAGS if flags & flag]
+
+
+def _vm_write(
+    event: Event, obs: Observation, d: VmWriteDetail, lookups: Lookups, epoch: int
+) -> str:
+    msg = event.process_memory_write
+    msg.target.CopyFrom(process_ref(d.target_pid, lookups.process(d.target_pid), epoch))
+    msg.local_iovecs = d.local_iovecs
+    msg.remote_iovecs = d.remote_iovecs
+    msg.result = obs.ret if obs.ret is not None else 0
+    return f"{event.process.comm or '?'} wrote the memory of pid {d.target_pid}"
+
+
+def _xattr(event: Event, obs: Observation, d: XattrDetail) -> str:
+    msg = event.file_attribute_change
+    msg.path = d.resolved or d.path
+    msg.name = d.name
+    msg.value_size = d.value_size
+    msg.flags = d.flags
+    msg.result = obs.ret if obs.ret is not None else 0
+    return f"{event.process.comm or '?'} set {d.name} on {msg.path or f'fd {d.dfd}'}"
+
+
+def _namespace(event: Event, obs: Observation, d: NamespaceDetail) -> str:
+    msg = event.namespace_change
+    msg.call = _NS_CALL[d.call]
+    msg.flags = d.flags
+    msg.namespaces.extend(namespace_names(d.flags))
+    msg.fd = d.fd
+    msg.child_pid = d.child_pid
+    if d.call == "clone":
+        msg.result = d.child_pid
+    else:
+        msg.result = obs.ret if obs.ret is not None else 0
+    names = ",".join(msg.namespaces) or "any"
+    return f"{event.process.comm or '?'} {d.call} namespaces {names}"
+
+
+def _utimes(event: Event, obs: Observation, d: UtimesDetail) -> str:
+    msg = event.file_timestamp_change
+    msg.path = d.resolved or d.path
+    if d.atime_ns is not None:
+        msg.access_time.FromNanoseconds(d.atime_ns)
+    if d.mtime_ns is not None:
+        msg.modification_time.FromNanoseconds(d.mtime_ns)
+        msg.backdated_seconds = (obs.time_ns - d.mtime_ns) // 1_000_000_000
+    msg.result = obs.ret if obs.ret is not None else 0
+    return f"{event.process.comm or '?'} set the times of {msg.path}"
+
+
 def observation_to_event(
     obs: Observation, boot_epoch_ns: int, lookups: Lookups = NO_LOOKUPS
 ) -> Event | None:
@@ -557,6 +633,16 @@ def observation_to_event(
         summary = _module(event, obs, d)
     elif isinstance(d, BpfDetail):
         summary = _bpf(event, obs, d)
+    elif isinstance(d, VmWriteDetail):
+        summary = _vm_write(event, obs, d, lookups, boot_epoch_ns)
+    elif isinstance(d, XattrDetail):
+        summary = _xattr(event, obs, d)
+    elif isinstance(d, NamespaceDetail):
+        summary = _namespace(event, obs, d)
+    elif isinstance(d, UtimesDetail):
+        summary = _utimes(event, obs, d)
+    elif isinstance(d, ForkDetail) and d.clone_flags & CLONE_NEW_MASK:
+        summary = _namespace(event, obs, NamespaceDetail("clone", d.clone_flags, -1, d.child_pid))
     else:  # ForkDetail, MemProtDetail
         summary = None
     if summary is None:

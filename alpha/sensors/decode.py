@@ -39,7 +39,11 @@ KIND_MEMPROT: Final = 16
 KIND_SOCKET: Final = 17
 KIND_LINK: Final = 18
 KIND_TCP_CLOSE: Final = 19
-KIND_MAX: Final = 20
+KIND_VM_WRITE: Final = 20
+KIND_XATTR: Final = 21
+KIND_NAMESPACE: Final = 22
+KIND_UTIMES: Final = 23
+KIND_MAX: Final = 24
 
 KIND_NAMES: Final[dict[int, str]] = {
     KIND_EXEC: "exec",
@@ -61,6 +65,10 @@ KIND_NAMES: Final[dict[int, str]] = {
     KIND_SOCKET: "socket",
     KIND_LINK: "link",
     KIND_TCP_CLOSE: "tcp_close",
+    KIND_VM_WRITE: "vm_write",
+    KIND_XATTR: "xattr",
+    KIND_NAMESPACE: "namespace",
+    KIND_UTIMES: "utimes",
 }
 
 # records.h SC_*: index = our syscall number.
@@ -109,6 +117,16 @@ SYSCALL_NAMES: Final[tuple[str, ...]] = (
     "linkat",
     "symlink",
     "symlinkat",
+    "process_vm_writev",
+    "setxattr",
+    "lsetxattr",
+    "fsetxattr",
+    "setxattrat",
+    "unshare",
+    "setns",
+    "utimensat",
+    "utimes",
+    "utime",
 )
 
 CNT_FILTERED: Final = 0
@@ -137,6 +155,7 @@ EXE_LEN: Final = 512
 NAME_LEN: Final = 256
 EXE_DEPTH: Final = 32
 TTY_LEN: Final = 32
+XATTR_NAME_LEN: Final = 64
 EXIT_F_CODE_KNOWN: Final = 1
 TCPC_F_OWNER: Final = 1
 
@@ -224,6 +243,30 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "rec_setid": (("a0", "I"), ("a1", "I"), ("a2", "I"), ("_pad", "I")),
     "rec_memprot": (("addr", "Q"), ("len", "Q"), ("prot", "Q"), ("flags", "Q"), ("fd", "q")),
     "rec_socket": (("family", "i"), ("type", "i"), ("protocol", "i"), ("_pad", "I")),
+    "rec_vm_write": (("target", "q"), ("liovcnt", "Q"), ("riovcnt", "Q"), ("flags", "Q")),
+    "rec_xattr": (
+        ("dfd", "i"),
+        ("size", "I"),
+        ("flags", "I"),
+        ("at_flags", "I"),
+        ("name", f"{XATTR_NAME_LEN}s"),
+        ("path", f"{PATH_LEN}s"),
+    ),
+    "rec_ns": (("flags", "Q"), ("fd", "i"), ("_pad", "I")),
+    "rec_utimes": (
+        ("dfd", "i"),
+        ("at_flags", "I"),
+        ("atime_sec", "q"),
+        ("atime_nsec", "q"),
+        ("mtime_sec", "q"),
+        ("mtime_nsec", "q"),
+        ("base_flags", "I"),
+        ("base_len", "I"),
+        ("base_depth", "I"),
+        ("path_len", "I"),
+        ("path", f"{PATH_LEN}s"),
+        ("base", f"{EXE_LEN + NAME_LEN}s"),
+    ),
     "rec_tcp_close": (
         ("cookie", "Q"),
         ("bytes_acked", "Q"),
@@ -458,6 +501,49 @@ class RawTcpClose:
     owner_known: bool
 
 
+@dataclass(slots=True)
+class RawVmWrite:
+    hdr: Header  # ret: bytes written
+    target: int
+    local_iovecs: int
+    remote_iovecs: int
+    flags: int
+
+
+@dataclass(slots=True)
+class RawXattr:
+    hdr: Header
+    dfd: int
+    size: int
+    flags: int
+    at_flags: int
+    name: str
+    path: str  # "" for fsetxattr
+
+
+@dataclass(slots=True)
+class RawNamespace:
+    hdr: Header  # syscall: unshare or setns
+    flags: int  # unshare flags, setns nstype
+    fd: int  # setns only
+
+
+UTIME_NOW: Final = (1 << 30) - 1
+UTIME_OMIT: Final = (1 << 30) - 2
+
+
+@dataclass(slots=True)
+class RawUtimes:
+    hdr: Header
+    dfd: int
+    at_flags: int
+    atime_ns: int | None  # None: unchanged or "now"
+    mtime_ns: int | None
+    path: str  # as passed; "" for futimens
+    base: str | None  # the dirfd's or cwd's path (or the fd's file) walked in the kernel
+    base_complete: bool
+
+
 RawRecord = (
     RawExec
     | RawFork
@@ -473,6 +559,10 @@ RawRecord = (
     | RawSocket
     | RawLink
     | RawTcpClose
+    | RawVmWrite
+    | RawXattr
+    | RawNamespace
+    | RawUtimes
 )
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -726,6 +816,48 @@ def _tcp_close(h: Header, buf: bytes) -> RawTcpClose:
     )
 
 
+def _vm_write(h: Header, buf: bytes) -> RawVmWrite:
+    target, liov, riov, flags = _need(buf, "rec_vm_write").unpack_from(buf, HEADER_SIZE)
+    return RawVmWrite(h, target, liov, riov, flags)
+
+
+def _xattr(h: Header, buf: bytes) -> RawXattr:
+    dfd, size, flags, at_flags, name, path = _need(buf, "rec_xattr").unpack_from(buf, HEADER_SIZE)
+    return RawXattr(h, dfd, size, flags, at_flags, cstr(name), cstr(path))
+
+
+def _namespace(h: Header, buf: bytes) -> RawNamespace:
+    flags, fd, _ = _need(buf, "rec_ns").unpack_from(buf, HEADER_SIZE)
+    return RawNamespace(h, flags, fd)
+
+
+def _time_ns(sec: int, nsec: int) -> int | None:
+    if nsec in (UTIME_NOW, UTIME_OMIT):
+        return None
+    return sec * 1_000_000_000 + nsec
+
+
+def _utimes(h: Header, buf: bytes) -> RawUtimes:
+    (dfd, at_flags, a_sec, a_nsec, m_sec, m_nsec, base_flags, base_len, base_depth, path_len,
+     path, base) = _need(buf, "rec_utimes").unpack_from(buf, HEADER_SIZE)  # fmt: skip
+    walked: str | None = None
+    complete = False
+    if base_flags & ID_F_KERNEL:
+        walked, complete = exe_path(
+            base[: min(base_len, EXE_LEN + NAME_LEN)], base_depth, base_flags
+        )
+    return RawUtimes(
+        h,
+        dfd,
+        at_flags,
+        _time_ns(a_sec, a_nsec),
+        _time_ns(m_sec, m_nsec),
+        cstr(path[: min(path_len, PATH_LEN)]) if path_len else "",
+        walked,
+        complete,
+    )
+
+
 _DECODERS: Final[dict[int, Callable[[Header, bytes], RawRecord]]] = {
     KIND_EXEC: _exec,
     KIND_FORK: _fork,
@@ -746,6 +878,10 @@ _DECODERS: Final[dict[int, Callable[[Header, bytes], RawRecord]]] = {
     KIND_SOCKET: _socket,
     KIND_LINK: _link,
     KIND_TCP_CLOSE: _tcp_close,
+    KIND_VM_WRITE: _vm_write,
+    KIND_XATTR: _xattr,
+    KIND_NAMESPACE: _namespace,
+    KIND_UTIMES: _utimes,
 }
 
 

@@ -48,6 +48,7 @@ from alpha.sensors.model import (
     MemfdDetail,
     MemProtDetail,
     ModuleDetail,
+    NamespaceDetail,
     NetDetail,
     Observation,
     ObservationCallback,
@@ -64,6 +65,9 @@ from alpha.sensors.model import (
     SocketDetail,
     TcpCloseDetail,
     UnlinkDetail,
+    UtimesDetail,
+    VmWriteDetail,
+    XattrDetail,
 )
 from alpha.sensors.proctable import PROC, CgroupResolver, ProcessTable, read_boot_id
 
@@ -135,6 +139,16 @@ REQUIRED: Final[dict[str, tuple[str, ...]]] = {
         for d in ("enter", "exit")
     ),
     "tcp": ("sock/inet_sock_set_state",),
+    "vmwrite": ("syscalls/sys_enter_process_vm_writev", "syscalls/sys_exit_process_vm_writev"),
+    "xattr": tuple(
+        f"syscalls/sys_{d}_{s}"
+        for s in ("setxattr", "lsetxattr", "fsetxattr")
+        for d in ("enter", "exit")
+    ),
+    "namespace": tuple(
+        f"syscalls/sys_{d}_{s}" for s in ("unshare", "setns") for d in ("enter", "exit")
+    ),
+    "utimes": ("syscalls/sys_enter_utimensat", "syscalls/sys_exit_utimensat"),
     "memprot": (
         "syscalls/sys_enter_mmap",
         "syscalls/sys_exit_mmap",
@@ -160,6 +174,9 @@ OPTIONAL: Final = (
     "syscalls/sys_enter_symlink",
     "syscalls/sys_enter_finit_module",
     "syscalls/sys_enter_pkey_mprotect",
+    "syscalls/sys_enter_setxattrat",
+    "syscalls/sys_enter_utimes",
+    "syscalls/sys_enter_utime",
     "task/task_newtask",
 )
 _MODULE_TPS: Final = (
@@ -694,6 +711,28 @@ class Enricher:
             return Kind.SETID, SetIdDetail(rec.ids)
         if isinstance(rec, d.RawMemProt):
             return Kind.MEMPROT, MemProtDetail(rec.addr, rec.length, rec.prot, rec.flags, rec.fd)
+        if isinstance(rec, d.RawVmWrite):
+            return Kind.VM_WRITE, VmWriteDetail(rec.target, rec.local_iovecs, rec.remote_iovecs)
+        if isinstance(rec, d.RawXattr):
+            if rec.path:
+                resolved = self._abs(h.tgid, rec.dfd, rec.path, info)
+            else:  # fsetxattr: the descriptor's path, if the caller still has it
+                resolved = _readlink(self._proc / str(h.tgid) / "fd" / str(rec.dfd)) or ""
+            return Kind.XATTR, XattrDetail(
+                rec.path, resolved, rec.name, rec.size, rec.flags, rec.dfd
+            )
+        if isinstance(rec, d.RawNamespace):
+            call = "setns" if h.syscall == "setns" else "unshare"
+            return Kind.NAMESPACE, NamespaceDetail(call, rec.flags, rec.fd)
+        if isinstance(rec, d.RawUtimes):
+            if rec.path.startswith("/"):
+                resolved = os.path.normpath(rec.path)
+            elif rec.base is not None and rec.base_complete:
+                base = rec.base.removesuffix(" (deleted)")
+                resolved = os.path.normpath(os.path.join(base, rec.path)) if rec.path else base
+            else:  # no kernel layout: /proc, if the caller is still there
+                resolved = self._abs(h.tgid, rec.dfd, rec.path, info)
+            return Kind.UTIMES, UtimesDetail(rec.path, resolved, rec.atime_ns, rec.mtime_ns)
         raise d.DecodeError(f"no observation for {type(rec).__name__}")
 
     def _apply_setid(self, tgid: int, syscall: str, ids: tuple[int | None, ...]) -> None:

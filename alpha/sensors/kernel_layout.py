@@ -28,12 +28,24 @@ _POINTERS = (
     ("OFF_MOUNT_PARENT", "mount", "mnt_parent"),
     ("OFF_MOUNT_MOUNTPOINT", "mount", "mnt_mountpoint"),
     ("OFF_VFSMOUNT_ROOT", "vfsmount", "mnt_root"),
+    # fd -> file (-> socket -> sock), cwd
+    ("OFF_TASK_FILES", "task_struct", "files"),
+    ("OFF_TASK_FS", "task_struct", "fs"),
+    ("OFF_FILES_FDT", "files_struct", "fdt"),
+    ("OFF_FDT_FD", "fdtable", "fd"),
+    ("OFF_FILE_PRIVATE", "file", "private_data"),
+    ("OFF_FILE_INODE", "file", "f_inode"),
+    ("OFF_SOCKET_SK", "socket", "sk"),
+    ("OFF_FS_PWD_MNT", "fs_struct", "pwd.mnt"),
+    ("OFF_FS_PWD_DENTRY", "fs_struct", "pwd.dentry"),
 )
 _U32 = (
     ("OFF_TASK_TGID", "task_struct", "tgid"),
     ("OFF_CRED_EUID", "cred", "euid"),
     ("OFF_CRED_EGID", "cred", "egid"),
+    ("OFF_FDT_MAX_FDS", "fdtable", "max_fds"),
 )
+_U16 = (("OFF_INODE_MODE", "inode", "i_mode"),)
 # Present only with CONFIG_AUDIT (loginuid).
 _LOGIN = (
     ("OFF_TASK_LOGINUID", "task_struct", "loginuid"),
@@ -43,23 +55,12 @@ _TCP8 = (
     ("OFF_TCP_BYTES_ACKED", "tcp_sock", "bytes_acked"),
     ("OFF_TCP_BYTES_RECEIVED", "tcp_sock", "bytes_received"),
     ("OFF_SK_COOKIE", "sock", "__sk_common.skc_cookie"),
-    # fd -> socket -> sock, to learn a socket's owner in its connect()/accept()
-    ("OFF_TASK_FILES", "task_struct", "files"),
-    ("OFF_FILES_FDT", "files_struct", "fdt"),
-    ("OFF_FDT_FD", "fdtable", "fd"),
-    ("OFF_FILE_PRIVATE", "file", "private_data"),
-    ("OFF_FILE_INODE", "file", "f_inode"),
-    ("OFF_SOCKET_SK", "socket", "sk"),
 )
 _TCP4 = (
     ("OFF_TCP_SEGS_OUT", "tcp_sock", "segs_out"),
     ("OFF_TCP_SEGS_IN", "tcp_sock", "segs_in"),
-    ("OFF_FDT_MAX_FDS", "fdtable", "max_fds"),
 )
-_TCP2 = (
-    ("OFF_INODE_MODE", "inode", "i_mode"),
-    ("OFF_SK_PROTOCOL", "sock", "sk_protocol"),
-)
+_TCP2 = (("OFF_SK_PROTOCOL", "sock", "sk_protocol"),)
 
 
 class LayoutError(Exception):
@@ -101,7 +102,7 @@ def _get(btf: Btf, table: tuple[tuple[str, str, str], ...], size: int) -> list[t
 
 def from_btf(btf: Btf) -> KernelLayout:
     try:
-        offsets = _get(btf, _POINTERS, 8) + _get(btf, _U32, 4)
+        offsets = _get(btf, _POINTERS, 8) + _get(btf, _U32, 4) + _get(btf, _U16, 2)
         mount_mnt = btf.offsetof("mount", "mnt")
         offsets.append(("OFF_TTY_NAME", btf.offsetof("tty_struct", "name")))  # char[64]
     except BtfError as exc:

@@ -44,6 +44,10 @@ class Kind(enum.StrEnum):
     SOCKET = "socket"
     LINK = "link"
     TCP_CLOSE = "tcp_close"
+    VM_WRITE = "vm_write"
+    XATTR = "xattr"
+    NAMESPACE = "namespace"
+    UTIMES = "utimes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +269,39 @@ class TcpCloseDetail:
     open_boot_ns: int  # when the owner was first seen (0: never)
 
 
+@dataclass(slots=True)
+class VmWriteDetail:
+    target_pid: int
+    local_iovecs: int
+    remote_iovecs: int
+
+
+@dataclass(slots=True)
+class XattrDetail:
+    path: str  # as passed ("" for fsetxattr)
+    resolved: str  # absolute, best effort
+    name: str  # e.g. security.capability
+    value_size: int
+    flags: int
+    dfd: int
+
+
+@dataclass(slots=True)
+class NamespaceDetail:
+    call: str  # unshare, setns, clone
+    flags: int  # CLONE_NEW* flags (unshare, clone) or the nstype (setns)
+    fd: int = -1  # setns
+    child_pid: int = 0  # clone
+
+
+@dataclass(slots=True)
+class UtimesDetail:
+    path: str  # as passed ("" for futimens)
+    resolved: str  # absolute: named in the kernel at the call when it was relative
+    atime_ns: int | None  # wall-clock ns set; None: unchanged or "now"
+    mtime_ns: int | None
+
+
 Detail = (
     ExecDetail
     | ForkDetail
@@ -284,6 +321,10 @@ Detail = (
     | SetIdDetail
     | MemProtDetail
     | TcpCloseDetail
+    | VmWriteDetail
+    | XattrDetail
+    | NamespaceDetail
+    | UtimesDetail
 )
 
 
@@ -337,6 +378,10 @@ PROBES: Final = (
     "setid",
     "memprot",  # mmap/mprotect with PROT_WRITE|PROT_EXEC
     "tcp",  # every TCP socket's end with its final byte counters (needs the kernel's BTF)
+    "vmwrite",  # process_vm_writev: another process's memory written
+    "xattr",  # setxattr family, security.* names (file capabilities)
+    "namespace",  # unshare with CLONE_NEW*, setns
+    "utimes",  # utimensat/utimes/utime with explicit times
 )
 
 AF_PACKET: Final = 17

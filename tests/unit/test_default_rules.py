@@ -247,6 +247,45 @@ MT = memory_details_pb2
 NT = network_details_pb2
 OK = auth.AUTH_OUTCOME_ACCEPTED
 FAIL = auth.AUTH_OUTCOME_FAILED
+
+
+def vm_write(name: str = "inject", exe: str = "/tmp/inject", **kw: object) -> Event:
+    e = ev(name, exe, **kw)  # type: ignore[arg-type]
+    e.process_memory_write.target.pid = 1234
+    e.process_memory_write.target.comm = "sshd"
+    e.process_memory_write.result = 64
+    return e
+
+
+def xattr(
+    path: str, attr: str = "security.capability", name: str = "setcap", **kw: object
+) -> Event:
+    e = ev(name, f"/usr/sbin/{name}", **kw)  # type: ignore[arg-type]
+    e.file_attribute_change.path = path
+    e.file_attribute_change.name = attr
+    e.file_attribute_change.value_size = 20
+    return e
+
+
+def namespace(
+    call: int, types: Sequence[str], name: str = "unshare", exe: str = "", **kw: object
+) -> Event:
+    e = ev(name, exe or f"/usr/bin/{name}", **kw)  # type: ignore[arg-type]
+    e.namespace_change.call = call  # type: ignore[assignment]
+    e.namespace_change.namespaces.extend(types)
+    return e
+
+
+def backdated(path: str, seconds: int, name: str = "touch", **kw: object) -> Event:
+    e = ev(name, **kw)  # type: ignore[arg-type]
+    e.file_timestamp_change.path = path
+    e.file_timestamp_change.modification_time.FromSeconds(1_700_000_000 - seconds)
+    e.file_timestamp_change.backdated_seconds = seconds
+    return e
+
+
+NS = process_details_pb2
+YEAR = 365 * 86400
 DPKG = (("dpkg", "/usr/bin/dpkg"), ("apt-get", "/usr/bin/apt-get"))
 CID = "a" * 64
 
@@ -562,6 +601,59 @@ CASES: dict[str, tuple[list[Event], list[Event]]] = {
                 exe="/usr/lib/systemd/systemd-sysctl",
             ),
             opened("/sys/fs/cgroup/x/release_agent", "cat"),
+        ],
+    ),
+    "alpha.process_memory_write": (
+        [vm_write(), opened("/proc/1234/mem", "inject", write=True)],
+        [
+            opened("/proc/1234/mem", "cat"),  # read, not write
+            opened("/proc/self/mem", "jit", write=True),
+            vm_write("gdb", "/usr/bin/gdb", tty="pts/0"),
+        ],
+    ),
+    "alpha.file_capabilities_set": (
+        [xattr("/tmp/python3"), xattr("/usr/bin/python3", name="evil")],
+        [
+            xattr("/tmp/python3", attr="security.selinux"),
+            xattr("/usr/bin/ping", ancestors=DPKG),
+        ],
+    ),
+    "alpha.namespace_change": (
+        [
+            namespace(NS.NAMESPACE_CALL_UNSHARE, ["user", "mnt"]),
+            namespace(NS.NAMESPACE_CALL_SETNS, ["mnt"], name="nsenter"),
+            namespace(NS.NAMESPACE_CALL_CLONE, ["pid"], name="escape", exe="/tmp/escape"),
+            namespace(NS.NAMESPACE_CALL_UNSHARE, ["net"], name="runc", exe="/tmp/runc"),
+        ],
+        [
+            namespace(NS.NAMESPACE_CALL_UNSHARE, ["net"], name="runc", exe="/usr/bin/runc"),
+            namespace(
+                NS.NAMESPACE_CALL_UNSHARE, ["mnt"], name="systemd", exe="/usr/lib/systemd/systemd"
+            ),
+            namespace(
+                NS.NAMESPACE_CALL_CLONE,
+                ["pid"],
+                name="runc:[2:INIT]",
+                ancestors=(("runc", "/usr/bin/runc"),),
+            ),
+        ],
+    ),
+    "alpha.userns_mapping": (
+        [
+            opened("/proc/4242/uid_map", "unshare", write=True),
+            opened("/proc/self/gid_map", "evil", write=True),
+        ],
+        [
+            opened("/proc/4242/uid_map", "cat"),
+            opened("/proc/4242/uid_map", "newuidmap", write=True, exe="/usr/bin/newuidmap"),
+        ],
+    ),
+    "alpha.timestomp": (
+        [backdated("/usr/local/bin/backdoor", YEAR), backdated("/etc/cron.d/job", 2 * 86400)],
+        [
+            backdated("/tmp/file", YEAR),
+            backdated("/usr/bin/ls", 3600),
+            backdated("/usr/bin/ls", YEAR, name="dpkg", ancestors=DPKG),
         ],
     ),
     "alpha.ptrace_attach": (

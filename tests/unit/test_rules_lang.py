@@ -391,6 +391,8 @@ def test_kinds_are_derived_from_evt_kind_and_from_fields() -> None:
         "file_delete",
         "file_rename",
         "file_link",
+        "file_attribute_change",
+        "file_timestamp_change",
     }
     assert compile_condition("evt.kind = file_access or net.dport = 22").kinds == {
         "file_access",

@@ -13,7 +13,7 @@ direct attribute read, with no dispatch per event.
 The table: `table` (`Field`, `FieldType`: STRING, INT, BOOL, ENUM (a closed set), ADDR (an IP
 address or CIDR network); the registry and lookups), `extractors` (builders), then one module
 per namespace, registered in this order: `evt`, `proc`, `process_exec` (`exec.*`), `process_exit`
-(`exit.*`), `ptrace`, `priv`, `memfd`, `file`, `net`, `mem`, `kernel`, `auth`.
+(`exit.*`), `ptrace`, `priv`, `memfd`, `file`, `net`, `mem`, `kernel`, `auth`, `tamper`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from alpha.rules.fields import (  # noqa: F401
     mem,
     kernel,
     auth,
+    tamper,
 )
 
 # isort: on

@@ -23,6 +23,8 @@ _PATH_OF = {
     "file_delete": string_at("file_delete.path"),
     "file_rename": string_at("file_rename.new_path"),
     "file_link": string_at("file_link.link_path"),
+    "file_attribute_change": string_at("file_attribute_change.path"),
+    "file_timestamp_change": string_at("file_timestamp_change.path"),
 }
 add_field(
     "file.path",
@@ -66,7 +68,14 @@ add_field(
     per_kind={
         **{
             k: (lambda g: lambda ev: (g(ev),))(attrgetter(f"{k}.path"))
-            for k in ("file_access", "permission_change", "ownership_change", "file_delete")
+            for k in (
+                "file_access",
+                "permission_change",
+                "ownership_change",
+                "file_delete",
+                "file_attribute_change",
+                "file_timestamp_change",
+            )
         },
         "file_rename": _rename_paths,
         "file_link": _link_paths,

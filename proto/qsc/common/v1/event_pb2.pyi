@@ -54,6 +54,10 @@ class _DetailKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailKind
     """`privilege_change`."""
     DETAIL_KIND_MEMFD_CREATE: _DetailKind.ValueType  # 104
     """`memfd_create`."""
+    DETAIL_KIND_PROCESS_MEMORY_WRITE: _DetailKind.ValueType  # 105
+    """`process_memory_write`."""
+    DETAIL_KIND_NAMESPACE_CHANGE: _DetailKind.ValueType  # 106
+    """`namespace_change`."""
     DETAIL_KIND_FILE_ACCESS: _DetailKind.ValueType  # 110
     """`file_access`."""
     DETAIL_KIND_PERMISSION_CHANGE: _DetailKind.ValueType  # 111
@@ -66,6 +70,10 @@ class _DetailKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailKind
     """`file_rename`."""
     DETAIL_KIND_FILE_LINK: _DetailKind.ValueType  # 115
     """`file_link`."""
+    DETAIL_KIND_FILE_ATTRIBUTE_CHANGE: _DetailKind.ValueType  # 116
+    """`file_attribute_change`."""
+    DETAIL_KIND_FILE_TIMESTAMP_CHANGE: _DetailKind.ValueType  # 117
+    """`file_timestamp_change`."""
     DETAIL_KIND_NETWORK_CONNECTION: _DetailKind.ValueType  # 120
     """`network_connection`."""
     DETAIL_KIND_SOCKET_CREATE: _DetailKind.ValueType  # 121
@@ -118,6 +126,10 @@ DETAIL_KIND_PRIVILEGE_CHANGE: DetailKind.ValueType  # 103
 """`privilege_change`."""
 DETAIL_KIND_MEMFD_CREATE: DetailKind.ValueType  # 104
 """`memfd_create`."""
+DETAIL_KIND_PROCESS_MEMORY_WRITE: DetailKind.ValueType  # 105
+"""`process_memory_write`."""
+DETAIL_KIND_NAMESPACE_CHANGE: DetailKind.ValueType  # 106
+"""`namespace_change`."""
 DETAIL_KIND_FILE_ACCESS: DetailKind.ValueType  # 110
 """`file_access`."""
 DETAIL_KIND_PERMISSION_CHANGE: DetailKind.ValueType  # 111
@@ -130,6 +142,10 @@ DETAIL_KIND_FILE_RENAME: DetailKind.ValueType  # 114
 """`file_rename`."""
 DETAIL_KIND_FILE_LINK: DetailKind.ValueType  # 115
 """`file_link`."""
+DETAIL_KIND_FILE_ATTRIBUTE_CHANGE: DetailKind.ValueType  # 116
+"""`file_attribute_change`."""
+DETAIL_KIND_FILE_TIMESTAMP_CHANGE: DetailKind.ValueType  # 117
+"""`file_timestamp_change`."""
 DETAIL_KIND_NETWORK_CONNECTION: DetailKind.ValueType  # 120
 """`network_connection`."""
 DETAIL_KIND_SOCKET_CREATE: DetailKind.ValueType  # 121
@@ -210,12 +226,16 @@ class Event(_message.Message):
     PTRACE_FIELD_NUMBER: _builtins.int
     PRIVILEGE_CHANGE_FIELD_NUMBER: _builtins.int
     MEMFD_CREATE_FIELD_NUMBER: _builtins.int
+    PROCESS_MEMORY_WRITE_FIELD_NUMBER: _builtins.int
+    NAMESPACE_CHANGE_FIELD_NUMBER: _builtins.int
     FILE_ACCESS_FIELD_NUMBER: _builtins.int
     PERMISSION_CHANGE_FIELD_NUMBER: _builtins.int
     OWNERSHIP_CHANGE_FIELD_NUMBER: _builtins.int
     FILE_DELETE_FIELD_NUMBER: _builtins.int
     FILE_RENAME_FIELD_NUMBER: _builtins.int
     FILE_LINK_FIELD_NUMBER: _builtins.int
+    FILE_ATTRIBUTE_CHANGE_FIELD_NUMBER: _builtins.int
+    FILE_TIMESTAMP_CHANGE_FIELD_NUMBER: _builtins.int
     NETWORK_CONNECTION_FIELD_NUMBER: _builtins.int
     SOCKET_CREATE_FIELD_NUMBER: _builtins.int
     PORT_SCAN_FIELD_NUMBER: _builtins.int
@@ -292,6 +312,14 @@ class Event(_message.Message):
         """A memfd was created."""
 
     @_builtins.property
+    def process_memory_write(self) -> _process_details_pb2.ProcessMemoryWrite:
+        """Another process's memory was written (process_vm_writev)."""
+
+    @_builtins.property
+    def namespace_change(self) -> _process_details_pb2.NamespaceChange:
+        """Namespaces were created or entered."""
+
+    @_builtins.property
     def file_access(self) -> _file_details_pb2.FileAccess:
         """A watched path was opened."""
 
@@ -314,6 +342,14 @@ class Event(_message.Message):
     @_builtins.property
     def file_link(self) -> _file_details_pb2.FileLink:
         """A link to or over a watched path was created."""
+
+    @_builtins.property
+    def file_attribute_change(self) -> _file_details_pb2.FileAttributeChange:
+        """A security.* extended attribute was set (file capabilities)."""
+
+    @_builtins.property
+    def file_timestamp_change(self) -> _file_details_pb2.FileTimestampChange:
+        """A file's times were set to explicit values."""
 
     @_builtins.property
     def network_connection(self) -> _network_details_pb2.NetworkConnection:
@@ -402,12 +438,16 @@ class Event(_message.Message):
         ptrace: _process_details_pb2.Ptrace | None = ...,
         privilege_change: _process_details_pb2.PrivilegeChange | None = ...,
         memfd_create: _process_details_pb2.MemfdCreate | None = ...,
+        process_memory_write: _process_details_pb2.ProcessMemoryWrite | None = ...,
+        namespace_change: _process_details_pb2.NamespaceChange | None = ...,
         file_access: _file_details_pb2.FileAccess | None = ...,
         permission_change: _file_details_pb2.PermissionChange | None = ...,
         ownership_change: _file_details_pb2.OwnershipChange | None = ...,
         file_delete: _file_details_pb2.FileDelete | None = ...,
         file_rename: _file_details_pb2.FileRename | None = ...,
         file_link: _file_details_pb2.FileLink | None = ...,
+        file_attribute_change: _file_details_pb2.FileAttributeChange | None = ...,
+        file_timestamp_change: _file_details_pb2.FileTimestampChange | None = ...,
         network_connection: _network_details_pb2.NetworkConnection | None = ...,
         socket_create: _network_details_pb2.SocketCreate | None = ...,
         port_scan: _network_details_pb2.PortScan | None = ...,
@@ -426,11 +466,11 @@ class Event(_message.Message):
         sensor_health: _pipeline_details_pb2.SensorHealth | None = ...,
         assessment_change: _assessment_details_pb2.AssessmentChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "host_telemetry", b"host_telemetry", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "socket_create", b"socket_create", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_attribute_change", b"file_attribute_change", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "file_timestamp_change", b"file_timestamp_change", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "host_telemetry", b"host_telemetry", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "namespace_change", b"namespace_change", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "process_memory_write", b"process_memory_write", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "socket_create", b"socket_create", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "category", b"category", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "host_telemetry", b"host_telemetry", "id", b"id", "labels", b"labels", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "seq", b"seq", "severity", b"severity", "socket_create", b"socket_create", "summary", b"summary", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "category", b"category", "certificate_status", b"certificate_status", "detail", b"detail", "file_access", b"file_access", "file_attribute_change", b"file_attribute_change", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "file_timestamp_change", b"file_timestamp_change", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "host_telemetry", b"host_telemetry", "id", b"id", "labels", b"labels", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "namespace_change", b"namespace_change", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "process_memory_write", b"process_memory_write", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "seq", b"seq", "severity", b"severity", "socket_create", b"socket_create", "summary", b"summary", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["process_exec", "process_exit", "ptrace", "privilege_change", "memfd_create", "file_access", "permission_change", "ownership_change", "file_delete", "file_rename", "file_link", "network_connection", "socket_create", "port_scan", "transfer_volume", "memory_threat", "module_load", "bpf_program_load", "auth_event", "file_integrity", "backup_integrity", "certificate_status", "heal_action", "anomaly_score", "host_telemetry", "gap", "sensor_health", "assessment_change"]  # noqa: Y015
+    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["process_exec", "process_exit", "ptrace", "privilege_change", "memfd_create", "process_memory_write", "namespace_change", "file_access", "permission_change", "ownership_change", "file_delete", "file_rename", "file_link", "file_attribute_change", "file_timestamp_change", "network_connection", "socket_create", "port_scan", "transfer_volume", "memory_threat", "module_load", "bpf_program_load", "auth_event", "file_integrity", "backup_integrity", "certificate_status", "heal_action", "anomaly_score", "host_telemetry", "gap", "sensor_health", "assessment_change"]  # noqa: Y015
     _WhichOneofArgType_detail: _TypeAlias = _typing.Literal["detail", b"detail"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_detail) -> _WhichOneofReturnType_detail | None: ...
 

@@ -5,6 +5,7 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -301,3 +302,93 @@ class FileLink(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FileLink: _TypeAlias = FileLink  # noqa: Y015
+
+@_typing.final
+class FileAttributeChange(_message.Message):
+    """An extended attribute in the security namespace was set (setxattr, lsetxattr, fsetxattr,
+    setxattrat): `security.capability` grants file capabilities, as setcap does (T1548).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_SIZE_FIELD_NUMBER: _builtins.int
+    FLAGS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Absolute path of the file; for fsetxattr, the descriptor's path when known."""
+    name: _builtins.str
+    """The attribute, for example `security.capability`."""
+    value_size: _builtins.int
+    """Size of the value written, in bytes."""
+    flags: _builtins.int
+    """The raw flags (XATTR_CREATE, XATTR_REPLACE)."""
+    result: _builtins.int
+    """Return value: 0 on success, a negative errno on failure."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        name: _builtins.str = ...,
+        value_size: _builtins.int = ...,
+        flags: _builtins.int = ...,
+        result: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flags", b"flags", "name", b"name", "path", b"path", "result", b"result", "value_size", b"value_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileAttributeChange: _TypeAlias = FileAttributeChange  # noqa: Y015
+
+@_typing.final
+class FileTimestampChange(_message.Message):
+    """A file's timestamps were set to explicit values (utimensat, utimes, utime; `touch -d`,
+    `touch -r`), not to "now": backdating a planted file hides it (T1070.006).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    ACCESS_TIME_FIELD_NUMBER: _builtins.int
+    MODIFICATION_TIME_FIELD_NUMBER: _builtins.int
+    BACKDATED_SECONDS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Absolute path of the file, named in the kernel at the call (also for futimens, by its
+    descriptor).
+    """
+    backdated_seconds: _builtins.int
+    """How far before the event the new modification time lies, in seconds (negative: in the
+    future); 0 when the modification time was not set.
+    """
+    result: _builtins.int
+    """Return value: 0 on success, a negative errno on failure."""
+    @_builtins.property
+    def access_time(self) -> _timestamp_pb2.Timestamp:
+        """The access time set; absent when left unchanged (UTIME_OMIT) or set to the current time
+        (UTIME_NOW).
+        """
+
+    @_builtins.property
+    def modification_time(self) -> _timestamp_pb2.Timestamp:
+        """The modification time set; absent as for `access_time`."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        access_time: _timestamp_pb2.Timestamp | None = ...,
+        modification_time: _timestamp_pb2.Timestamp | None = ...,
+        backdated_seconds: _builtins.int = ...,
+        result: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_time", b"access_time", "modification_time", b"modification_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_time", b"access_time", "backdated_seconds", b"backdated_seconds", "modification_time", b"modification_time", "path", b"path", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileTimestampChange: _TypeAlias = FileTimestampChange  # noqa: Y015

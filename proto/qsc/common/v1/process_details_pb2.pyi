@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from qsc.common.v1 import network_details_pb2 as _network_details_pb2
 from qsc.common.v1 import process_pb2 as _process_pb2
@@ -151,6 +153,34 @@ PRIVILEGE_CALL_SETRESGID: PrivilegeCall.ValueType  # 7
 PRIVILEGE_CALL_SETFSGID: PrivilegeCall.ValueType  # 8
 """setfsgid(2)."""
 Global___PrivilegeCall: _TypeAlias = PrivilegeCall  # noqa: Y015
+
+class _NamespaceCall:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NamespaceCallEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NamespaceCall.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NAMESPACE_CALL_UNSPECIFIED: _NamespaceCall.ValueType  # 0
+    """Not set."""
+    NAMESPACE_CALL_UNSHARE: _NamespaceCall.ValueType  # 1
+    """unshare(2): the caller moves into new namespaces."""
+    NAMESPACE_CALL_SETNS: _NamespaceCall.ValueType  # 2
+    """setns(2): the caller enters existing namespaces (as nsenter does)."""
+    NAMESPACE_CALL_CLONE: _NamespaceCall.ValueType  # 3
+    """clone(2)/clone3(2) with CLONE_NEW* flags: a child starts in new namespaces."""
+
+class NamespaceCall(_NamespaceCall, metaclass=_NamespaceCallEnumTypeWrapper):
+    """The system call that created or entered namespaces."""
+
+NAMESPACE_CALL_UNSPECIFIED: NamespaceCall.ValueType  # 0
+"""Not set."""
+NAMESPACE_CALL_UNSHARE: NamespaceCall.ValueType  # 1
+"""unshare(2): the caller moves into new namespaces."""
+NAMESPACE_CALL_SETNS: NamespaceCall.ValueType  # 2
+"""setns(2): the caller enters existing namespaces (as nsenter does)."""
+NAMESPACE_CALL_CLONE: NamespaceCall.ValueType  # 3
+"""clone(2)/clone3(2) with CLONE_NEW* flags: a child starts in new namespaces."""
+Global___NamespaceCall: _TypeAlias = NamespaceCall  # noqa: Y015
 
 @_typing.final
 class StdioDescriptor(_message.Message):
@@ -439,3 +469,89 @@ class MemfdCreate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MemfdCreate: _TypeAlias = MemfdCreate  # noqa: Y015
+
+@_typing.final
+class ProcessMemoryWrite(_message.Message):
+    """Another process's memory written without a debugger's stop: process_vm_writev(2), the code
+    injection step of T1055 (writes through /proc/PID/mem arrive as `file_access` events).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    LOCAL_IOVECS_FIELD_NUMBER: _builtins.int
+    REMOTE_IOVECS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    local_iovecs: _builtins.int
+    """Number of local iovec entries passed."""
+    remote_iovecs: _builtins.int
+    """Number of remote iovec entries passed (the regions written in the target)."""
+    result: _builtins.int
+    """Return value: bytes written on success, a negative errno on failure."""
+    @_builtins.property
+    def target(self) -> _process_pb2.ProcessRef:
+        """The process written to."""
+
+    def __init__(
+        self,
+        *,
+        target: _process_pb2.ProcessRef | None = ...,
+        local_iovecs: _builtins.int = ...,
+        remote_iovecs: _builtins.int = ...,
+        result: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local_iovecs", b"local_iovecs", "remote_iovecs", b"remote_iovecs", "result", b"result", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProcessMemoryWrite: _TypeAlias = ProcessMemoryWrite  # noqa: Y015
+
+@_typing.final
+class NamespaceChange(_message.Message):
+    """Namespaces created or entered: container runtimes do it, and so does an escape or a
+    privilege trick with a user namespace mapped to root (T1611).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    FLAGS_FIELD_NUMBER: _builtins.int
+    FD_FIELD_NUMBER: _builtins.int
+    CHILD_PID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    call: Global___NamespaceCall.ValueType
+    """Which call."""
+    flags: _builtins.int
+    """The raw flags (unshare, clone) or nstype (setns)."""
+    fd: _builtins.int
+    """setns only: the namespace file descriptor (or pidfd) passed."""
+    child_pid: _builtins.int
+    """clone only: the child's pid."""
+    result: _builtins.int
+    """Return value: 0 on success, a negative errno on failure; the child pid for clone."""
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The namespaces concerned, by name: user, mnt, pid, net, uts, ipc, cgroup, time. Empty for a
+        setns with nstype 0 (any namespace the fd names).
+        """
+
+    def __init__(
+        self,
+        *,
+        call: Global___NamespaceCall.ValueType = ...,
+        namespaces: _abc.Iterable[_builtins.str] | None = ...,
+        flags: _builtins.int = ...,
+        fd: _builtins.int = ...,
+        child_pid: _builtins.int = ...,
+        result: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "child_pid", b"child_pid", "fd", b"fd", "flags", b"flags", "namespaces", b"namespaces", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamespaceChange: _TypeAlias = NamespaceChange  # noqa: Y015

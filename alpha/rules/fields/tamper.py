@@ -1,0 +1,75 @@
+"""`vmwrite.*`, `xattr.*`, `ns.*`, `utimes.*`: writes to another process's memory, security
+attributes (file capabilities), namespaces, and explicitly set file times."""
+
+from __future__ import annotations
+
+from alpha.rules.fields.extractors import enum_at, enum_names, int_at, sequence_at, string_at
+from alpha.rules.fields.table import ENUM, INT, STRING, Event, Value, add_field
+from qsc.common.v1 import process_details_pb2
+
+add_field(
+    "vmwrite.target.pid",
+    INT,
+    "PID of the process whose memory process_vm_writev wrote.",
+    per_kind={"process_memory_write": int_at("process_memory_write.target.pid")},
+)
+add_field(
+    "vmwrite.target.name",
+    STRING,
+    "Command name of the process written to.",
+    per_kind={"process_memory_write": string_at("process_memory_write.target.comm")},
+)
+add_field(
+    "vmwrite.target.exe",
+    STRING,
+    "Executable path of the process written to.",
+    per_kind={"process_memory_write": string_at("process_memory_write.target.exe")},
+)
+add_field(
+    "xattr.name",
+    STRING,
+    "The extended attribute set, e.g. `security.capability`.",
+    per_kind={"file_attribute_change": string_at("file_attribute_change.name")},
+)
+add_field(
+    "xattr.size",
+    INT,
+    "Bytes of the attribute's value.",
+    per_kind={"file_attribute_change": int_at("file_attribute_change.value_size")},
+)
+
+_NS_CALLS = enum_names(process_details_pb2.NamespaceCall.DESCRIPTOR, "NAMESPACE_CALL_")
+add_field(
+    "ns.call",
+    ENUM,
+    "How namespaces were created or entered: unshare, setns, clone.",
+    per_kind={"namespace_change": enum_at("namespace_change.call", _NS_CALLS)},
+    choices=tuple(_NS_CALLS.values()),
+)
+add_field(
+    "ns.types",
+    STRING,
+    "The namespaces concerned, as a list: user, mnt, pid, net, uts, ipc, cgroup, time.",
+    per_kind={"namespace_change": sequence_at("namespace_change.namespaces")},
+    is_list=True,
+)
+add_field(
+    "ns.flags",
+    INT,
+    "The raw CLONE_NEW* flags (unshare, clone) or nstype (setns).",
+    per_kind={"namespace_change": int_at("namespace_change.flags")},
+)
+
+
+def _backdated(ev: Event) -> Value:
+    msg = ev.file_timestamp_change
+    return msg.backdated_seconds if msg.HasField("modification_time") else None
+
+
+add_field(
+    "utimes.backdated",
+    INT,
+    "How many seconds before the event the new modification time lies (negative: in the "
+    "future); missing when the modification time was left alone or set to now.",
+    per_kind={"file_timestamp_change": _backdated},
+)
