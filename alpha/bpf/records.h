@@ -210,6 +210,8 @@ struct rec_sock {
     u32 addrlen;
     u64 uaddr; /* accept: user pointers kept from entry to exit; meaningless to userspace */
     u64 ulen;
+    u32 protocol; /* connect: the socket's sk_protocol read in the kernel (6 TCP, 17 UDP); 0 unknown */
+    u32 _pad;
     u8 addr[SOCKADDR_LEN];
 };
 

@@ -296,6 +296,19 @@ static __always_inline u64 fd_file(int fd) {
         return 0;
     return kptr(kptr(fdt, OFF_FDT_FD), (u32)fd * 8);
 }
+
+/* The struct sock behind a socket fd, 0 if the fd is no socket. */
+static __always_inline u64 fd_sock(int fd) {
+    u64 file = fd_file(fd);
+    u64 inode = kptr(file, OFF_FILE_INODE);
+    u16 mode = 0;
+    if (!inode)
+        return 0;
+    bpf_probe_read_kernel(&mode, sizeof(mode), (void *)(inode + OFF_INODE_MODE));
+    if ((mode & 0170000) != 0140000) /* S_IFSOCK */
+        return 0;
+    return kptr(kptr(file, OFF_FILE_PRIVATE), OFF_SOCKET_SK);
+}
 #endif
 
 /* ---- process lifecycle: exec, fork, exit ------------------------------------------------ */
@@ -787,8 +800,6 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ptrace) { return finish(args->ret, KIND_PTRA
 #define QSC_TCP_CLOSE 7
 #define QSC_TCP_LISTEN 10
 #define QSC_IPPROTO_TCP 6
-#define QSC_S_IFMT 0170000
-#define QSC_S_IFSOCK 0140000
 
 struct tcp_owner {
     u64 cgroup_id;
@@ -807,15 +818,7 @@ BPF_TABLE("lru_hash", u64, struct tcp_owner, tcp_owners, TCP_OWNERS);
 /* Remember the caller as the owner of the TCP socket behind `fd` (also the sensor's own, so
  * that their closes are left out). */
 static __always_inline void tcp_own_fd(int fd) {
-    u64 file = fd_file(fd);
-    u16 mode = 0;
-    u64 inode = kptr(file, OFF_FILE_INODE);
-    if (!inode)
-        return;
-    bpf_probe_read_kernel(&mode, sizeof(mode), (void *)(inode + OFF_INODE_MODE));
-    if ((mode & QSC_S_IFMT) != QSC_S_IFSOCK)
-        return;
-    u64 sk = kptr(kptr(file, OFF_FILE_PRIVATE), OFF_SOCKET_SK);
+    u64 sk = fd_sock(fd);
     u16 protocol = 0;
     if (!sk)
         return;
@@ -892,6 +895,20 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 static __always_inline void tcp_own_fd(int fd) {}
 #endif /* PROBE_TCP */
 
+/* A socket's protocol as the kernel knows it, read at the call: /proc is too late for a
+ * socket closed at once. 0 when unknown. */
+static __always_inline u32 sock_protocol(int fd) {
+#if defined(KERNEL_LAYOUT) && defined(OFF_SK_PROTOCOL)
+    u64 sk = fd_sock(fd);
+    u16 protocol = 0;
+    if (sk)
+        bpf_probe_read_kernel(&protocol, sizeof(protocol), (void *)(sk + OFF_SK_PROTOCOL));
+    return protocol;
+#else
+    return 0;
+#endif
+}
+
 /* ---- network: connect, accept ----------------------------------------------------------- */
 #ifdef PROBE_NET
 static __always_inline int family_wanted(u16 family) {
@@ -920,6 +937,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     r->sock.addrlen = n;
     r->sock.uaddr = 0;
     r->sock.ulen = 0;
+    r->sock.protocol = sock_protocol(args->fd);
+    r->sock._pad = 0;
     return stash(r, KIND_CONNECT, SC_CONNECT, 1);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_connect) { return finish(args->ret, KIND_CONNECT); }
@@ -936,6 +955,8 @@ static __always_inline int accept_enter(u32 sc, int fd, void *uaddr, void *ulen)
     r->sock.addrlen = 0;
     r->sock.uaddr = (u64)uaddr;
     r->sock.ulen = (u64)ulen;
+    r->sock.protocol = 6; /* accept(2) only works on stream sockets */
+    r->sock._pad = 0;
     return stash(r, KIND_ACCEPT, sc, 1);
 }
 

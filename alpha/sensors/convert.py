@@ -459,8 +459,9 @@ def _net(event: Event, obs: Observation, d: NetDetail, lookups: Lookups) -> str:
     msg.family = _FAMILY.get(d.family, network_details_pb2.ADDRESS_FAMILY_OTHER)
     inet = d.family in ("inet", "inet6")
     if inet:
-        # accept(2) only works on stream sockets: TCP. A connect may be UDP: ask.
-        proto = "tcp" if not connect else lookups.protocol(obs.pid, d.fd)
+        # accept(2) only works on stream sockets: TCP. A connect may be UDP: the kernel said
+        # which at the call; /proc (asked only without it) is too late for a closed socket.
+        proto = "tcp" if not connect else d.protocol or lookups.protocol(obs.pid, d.fd)
         msg.protocol = _PROTOCOL.get(proto, network_details_pb2.TRANSPORT_PROTOCOL_UNSPECIFIED)
     msg.remote.address = d.address
     msg.remote.port = d.port

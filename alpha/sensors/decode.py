@@ -221,6 +221,8 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("addrlen", "I"),
         ("uaddr", "Q"),
         ("ulen", "Q"),
+        ("protocol", "I"),
+        ("_pad", "I"),
         ("addr", f"{SOCKADDR_LEN}s"),
     ),
     "rec_module": (
@@ -423,6 +425,7 @@ class RawSock:
     family: str
     address: str
     port: int
+    protocol: int  # IPPROTO_*, read in the kernel at the call; 0 unknown
 
 
 @dataclass(slots=True)
@@ -733,9 +736,9 @@ def _ptrace(h: Header, buf: bytes) -> RawPtrace:
 
 
 def _sock(h: Header, buf: bytes) -> RawSock:
-    fd, addrlen, _, _, addr = _need(buf, "rec_sock").unpack_from(buf, HEADER_SIZE)
+    fd, addrlen, _, _, protocol, _, addr = _need(buf, "rec_sock").unpack_from(buf, HEADER_SIZE)
     family, address, port = decode_sockaddr(addr[: min(addrlen, SOCKADDR_LEN)])
-    return RawSock(h, fd, family, address, port)
+    return RawSock(h, fd, family, address, port, protocol)
 
 
 def _module(h: Header, buf: bytes) -> RawModule:

@@ -505,6 +505,7 @@ _KIND_OF: Final[dict[int, Kind]] = {
     d.KIND_CONNECT: Kind.CONNECT,
     d.KIND_ACCEPT: Kind.ACCEPT,
 }
+_IPPROTO: Final = {6: "tcp", 17: "udp", 132: "sctp", 262: "mptcp"}
 _WRITE_FLAGS: Final = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000
 
 
@@ -694,7 +695,8 @@ class Enricher:
             name = PTRACE_REQUESTS.get(rec.request, f"request {rec.request}")
             return Kind.PTRACE, PtraceDetail(rec.request, name, rec.target, rec.addr, rec.data)
         if isinstance(rec, d.RawSock):
-            return _KIND_OF[h.kind], NetDetail(rec.fd, rec.family, rec.address, rec.port)
+            proto = _IPPROTO.get(rec.protocol, "") if rec.family in ("inet", "inet6") else ""
+            return _KIND_OF[h.kind], NetDetail(rec.fd, rec.family, rec.address, rec.port, proto)
         if isinstance(rec, d.RawModule):
             file = ""
             if rec.fd >= 0:

@@ -203,6 +203,7 @@ class NetDetail:
     family: str  # inet, inet6, unix, or af<N>
     address: str  # IP text, or a unix path ("@name" for abstract)
     port: int  # 0 for unix
+    protocol: str = ""  # tcp, udp, or "" when the kernel did not say (ask /proc)
 
 
 @dataclass(slots=True)

@@ -543,6 +543,39 @@ def test_tcp_close_carries_final_counters_and_owner(env: Env) -> None:
     assert refused.detail.bytes_acked == 0
 
 
+CONNECT_AND_CLOSE_CODE = """
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(("127.0.0.1", 53535)); u.close()
+t = socket.socket()
+t.setblocking(False)
+try:
+    t.connect(("127.0.0.1", 53536))
+except BlockingIOError:
+    pass
+t.close()
+"""
+
+
+def test_connect_protocol_is_read_in_the_kernel(env: Env) -> None:
+    """Sockets closed at once: /proc has nothing left to say whether they were UDP or TCP."""
+    child = py(CONNECT_AND_CLOSE_CODE)
+    finish(child)
+    seen = {}
+    for port in (53535, 53536):
+        obs = env.seen.wait_for(
+            lambda o, p=port: (
+                of(Kind.CONNECT, child.pid)(o)
+                and isinstance(o.detail, NetDetail)
+                and o.detail.port == p
+            ),
+            what=f"connect to {port}",
+        )
+        assert isinstance(obs.detail, NetDetail)
+        seen[port] = obs.detail.protocol
+    assert seen == {53535: "udp", 53536: "tcp"}
+
+
 def test_packet_socket_and_other_families_filtered_in_the_kernel(env: Env) -> None:
     child = py(PACKET_SOCKET_CODE)
     fd = int(finish(child))

@@ -241,9 +241,10 @@ def test_sockaddr(raw: bytes, expected: tuple[str, str, int]) -> None:
 @pytest.mark.parametrize("kind", [d.KIND_CONNECT, d.KIND_ACCEPT])
 def test_sock_records(kind: int) -> None:
     addr = sockaddr_in("10.1.2.3", 4444)
-    buf = hdr(kind, 21, ret=-115) + payload("rec_sock", 3, len(addr), 0, 0, addr)
+    buf = hdr(kind, 21, ret=-115) + payload("rec_sock", 3, len(addr), 0, 0, 17, 0, addr)
     rec = d.decode_record(buf)
     assert isinstance(rec, d.RawSock)
+    assert rec.protocol == 17
     assert (rec.fd, rec.family, rec.address, rec.port, rec.hdr.ret) == (
         3,
         "inet",
