@@ -92,9 +92,12 @@ class Alpha:
 
     def reload_rules_in_background(self) -> threading.Thread:
         """SIGHUP: reload on a thread; events keep flowing on the old rules until the swap."""
-        thread = threading.Thread(
-            target=self.pipeline.reload_rules, name="qsc-alpha-rules-reload", daemon=True
-        )
+
+        def reload() -> None:
+            if self.pipeline.reload_rules():
+                self.syscalls.arm()  # a rule's action: kill may have come or gone
+
+        thread = threading.Thread(target=reload, name="qsc-alpha-rules-reload", daemon=True)
         thread.start()
         return thread
 

@@ -32,7 +32,8 @@
 #define KIND_XATTR 21
 #define KIND_NAMESPACE 22
 #define KIND_UTIMES 23
-#define KIND_MAX 24
+#define KIND_ENFORCE 24
+#define KIND_MAX 25
 
 /* Which syscall produced a record (rec_hdr.syscall): our own numbering, so that userspace does
  * not depend on the architecture's syscall table. */
@@ -308,6 +309,23 @@ struct rec_utimes {
     u32 path_len;
     char path[PATH_LEN];
     char base[EXE_LEN + NAME_LEN]; /* NUL-separated names, leaf first */
+};
+
+/* Enforcement: the kernel checks a rule with `action: kill` may name (enforce_cfg.checks). */
+#define CHECK_MEMFD_EXEC 1 /* exec of a memfd */
+#define CHECK_SOCKET_STDIO_EXEC 2 /* a shell or interpreter exec'd with stdio on an inet socket */
+#define CHECK_VM_WRITE 4 /* process_vm_writev into another process */
+#define ENFORCE_OFF 0
+#define ENFORCE_DRY_RUN 1
+#define ENFORCE_KILL 2
+
+/* A process the kernel killed (or, in dry run, would have), at the tracepoint itself. */
+struct rec_enforce {
+    struct rec_hdr hdr;
+    u32 check; /* CHECK_* */
+    u32 mode; /* ENFORCE_DRY_RUN or ENFORCE_KILL */
+    s32 signal; /* 9 */
+    s32 result; /* bpf_send_signal's return: 0 sent; 0 in dry run */
 };
 
 #define TCPC_F_OWNER 1 /* hdr names the socket's owner, seen in its own syscall context */

@@ -309,6 +309,71 @@ static __always_inline u64 fd_sock(int fd) {
         return 0;
     return kptr(kptr(file, OFF_FILE_PRIVATE), OFF_SOCKET_SK);
 }
+
+/* ---- enforcement: kill at the tracepoint ----------------------------------------------- */
+struct enforce_cfg {
+    u32 mode; /* ENFORCE_* */
+    u32 checks; /* CHECK_* armed by rules with action: kill */
+};
+struct exe_key {
+    u64 ino;
+    u64 dev; /* the kernel's dev_t (MKDEV: major << 20 | minor) */
+};
+BPF_ARRAY(enforce_cfg, struct enforce_cfg, 1);
+BPF_HASH(enforce_allow_exe, struct exe_key, u8, 1024);
+BPF_HASH(enforce_allow_cgroup, u64, u8, 1024);
+
+/* Kill the current process for `check`, unless enforcement is off for it, the process is
+ * allowed (its exe or cgroup), or it is one never killed: the sensor itself, PID 1, a kernel
+ * thread. SIGKILL sent here is pending before the task returns to user space: after an exec
+ * the new image runs no instruction. Every decision is a record. */
+static __always_inline void enforce(u32 check) {
+    u32 zero = 0;
+    struct enforce_cfg *cfg = enforce_cfg.lookup(&zero);
+    if (!cfg || cfg->mode == ENFORCE_OFF || !(cfg->checks & check))
+        return;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (tgid == SELF_TGID || tgid <= 1)
+        return;
+    u64 task = bpf_get_current_task();
+    u64 mm = kptr(task, OFF_TASK_MM);
+    if (!mm) /* a kernel thread */
+        return;
+    u64 cgroup = bpf_get_current_cgroup_id();
+    if (enforce_allow_cgroup.lookup(&cgroup))
+        return;
+    u64 inode = kptr(kptr(mm, OFF_MM_EXE_FILE), OFF_FILE_INODE);
+    struct exe_key key = {};
+    key.ino = kptr(inode, OFF_INODE_INO);
+    key.dev = ku32(kptr(inode, OFF_INODE_SB), OFF_SB_DEV);
+    if (enforce_allow_exe.lookup(&key))
+        return;
+    int result = 0;
+    u32 mode = cfg->mode;
+    if (mode == ENFORCE_KILL)
+        result = bpf_send_signal(9);
+    struct rec_enforce *r = events.ringbuf_reserve(sizeof(struct rec_enforce));
+    if (!r) {
+        count_lost(KIND_ENFORCE);
+        return;
+    }
+    fill_hdr(&r->hdr, KIND_ENFORCE, SC_NONE);
+    r->check = check;
+    r->mode = mode;
+    r->signal = 9;
+    r->result = result;
+    events.ringbuf_submit(r, 0);
+}
+
+/* Is fd an inet (v4 or v6) socket? */
+static __always_inline int fd_is_inet(int fd) {
+    u64 sk = fd_sock(fd);
+    u16 family = 0;
+    if (!sk)
+        return 0;
+    bpf_probe_read_kernel(&family, sizeof(family), (void *)(sk + OFF_SK_FAMILY));
+    return family == QSC_AF_INET || family == QSC_AF_INET6;
+}
 #endif
 
 /* ---- process lifecycle: exec, fork, exit ------------------------------------------------ */
@@ -437,6 +502,13 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     unsigned short loc = args->data_loc_filename & 0xFFFF;
     bpf_probe_read_kernel_str(e->filename, PATH_LEN, (void *)args + loc);
     exec_identity(e);
+#ifdef KERNEL_LAYOUT
+    if ((e->id_flags & ID_F_EXE_PSEUDO) && e->exe[0] == 'm' && e->exe[1] == 'e' &&
+        e->exe[2] == 'm' && e->exe[3] == 'f' && e->exe[4] == 'd' && e->exe[5] == ':')
+        enforce(CHECK_MEMFD_EXEC);
+    else if (ENFORCE_SHELL(e->hdr.comm) && (fd_is_inet(0) || fd_is_inet(1) || fd_is_inet(2)))
+        enforce(CHECK_SOCKET_STDIO_EXEC);
+#endif
     u32 n = e->args_len;
     if (n > ARGS_LEN + ARG_LEN)
         n = ARGS_LEN + ARG_LEN;
@@ -1023,6 +1095,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket) { return finish(args->ret, KIND_SOCK
 TRACEPOINT_PROBE(syscalls, sys_enter_process_vm_writev) {
     if (is_self())
         return 0;
+#ifdef KERNEL_LAYOUT
+    if ((u32)args->pid != (bpf_get_current_pid_tgid() >> 32))
+        enforce(CHECK_VM_WRITE); /* the writer dies; this call's write may still land */
+#endif
     struct inflight *r = scratch_get();
     if (!r)
         return 0;

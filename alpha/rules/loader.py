@@ -5,7 +5,8 @@ A file is a YAML sequence of items, each a mapping with one of these keys:
     - list: NAME            items: [...]                     (append: true | override: {items: ...})
     - macro: NAME           condition: TEXT                  (append | override: {condition: ...})
     - rule: NAME            id, desc, condition, output, priority, tags, enabled, exceptions,
-                            allow, category             (append | override: {KEY: append|replace})
+                            allow, category, action, enforce
+                                                        (append | override: {KEY: append|replace})
     - required_engine_version: N
 
 Files load in order and later files tune earlier ones, as in Falco: a list or macro defined again
@@ -18,6 +19,13 @@ Everything that can be wrong is found at load time and reported as a `RuleError`
 the reason: YAML syntax, unknown or missing keys, bad priority, malformed MITRE ids, condition
 syntax, unknown fields, macros and lists, operator/type mismatches, circular macros and lists,
 duplicate names and ids, unknown output fields.
+
+`action: kill` (default `alert`) asks the sensor to kill the matching process in the kernel, at
+the tracepoint: it needs `enforce`, the kernel check that carries it out (memfd_exec,
+socket_stdio_exec, process_memory_write), because the condition itself runs in user space after
+the fact. The kernel check is coarser than the condition (no exceptions): its allow list is the
+sensor's `enforce_allow_exes`/`enforce_allow_cgroups`. Nothing is killed unless the sensor's
+`enforcement` is `enforce` (`dry_run` reports what would have been).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from alpha.rules.errors import ConditionError, RuleError
 from alpha.rules.fields import DETAIL_KINDS
 from alpha.rules.lang import Compare, Literal, Node, SourceText, parse
 from alpha.rules.output import OutputTemplate, parse_output
+from alpha.sensors.model import ENFORCE_CHECKS
 from mesh import mitre
 from mesh.yamldoc import YamlDoc, read_texts
 from qsc.common.v1 import classification_pb2
@@ -112,6 +121,8 @@ RULE_KEYS = frozenset(
         "exceptions",
         "allow",
         "category",
+        "action",
+        "enforce",
         "append",
         "override",
     }
@@ -126,7 +137,12 @@ _RULE_OVERRIDABLE = {
     "exceptions": {"append", "replace"},
     "allow": {"append", "replace"},
     "category": {"replace"},
+    "action": {"replace"},
+    "enforce": {"replace"},
 }
+# What a rule does when it matches: alert (an event), or kill the process in the kernel at the
+# tracepoint, through the kernel check named by `enforce` (the sensor's ENFORCE_CHECKS).
+ACTIONS = ("alert", "kill")
 _REQUIRED_RULE_KEYS = ("condition", "desc", "output", "priority")
 
 
@@ -168,6 +184,8 @@ class Rule:
     kinds: frozenset[str]
     location: Location
     exception_count: int = 0  # allowlist entries: exception rows and `allow` conditions
+    action: str = "alert"  # or "kill": enforced in the kernel through `enforce`
+    enforce: str | None = None  # the kernel check that can carry out `action: kill`
 
 
 @dataclass(frozen=True)
@@ -231,6 +249,9 @@ class _RuleDraft:
     allows: list[tuple[SourceText, Node]]
     category: int | None
     location: Location
+    action: str = "alert"
+    enforce: str | None = None
+    action_location: Location | None = None
 
 
 class _File(YamlDoc):
@@ -485,8 +506,28 @@ class _Builder:
             category=self._category(f, keys["category"][1]) if "category" in keys else None,
             location=f.loc(node),
         )
+        if "action" in keys:
+            draft.action, draft.action_location = self._action(f, keys["action"][1])
+        if "enforce" in keys:
+            draft.enforce = self._enforce(f, keys["enforce"][1])
         self._check_unique_exceptions(draft.exceptions)
         self.rules[name] = draft
+
+    @staticmethod
+    def _action(f: _File, node: yaml.Node) -> tuple[str, Location]:
+        action = f.string(node, "action")
+        if action not in ACTIONS:
+            raise f.fail(node, f"action {action!r} is not one of {', '.join(ACTIONS)}")
+        return action, f.loc(node)
+
+    @staticmethod
+    def _enforce(f: _File, node: yaml.Node) -> str:
+        check = f.string(node, "enforce")
+        if check not in ENFORCE_CHECKS:
+            raise f.fail(
+                node, f"enforce {check!r} is no kernel check; known: {', '.join(ENFORCE_CHECKS)}"
+            )
+        return check
 
     def _modify_rule(
         self,
@@ -514,6 +555,10 @@ class _Builder:
                 rule.enabled = f.boolean(value, "enabled")
             elif key == "category":
                 rule.category = self._category(f, value)
+            elif key == "action":
+                rule.action, rule.action_location = self._action(f, value)
+            elif key == "enforce":
+                rule.enforce = self._enforce(f, value)
             elif key == "allow":
                 allows = self._allows(f, value)
                 rule.allows = rule.allows + allows if mode == "append" else allows
@@ -773,6 +818,13 @@ class _Builder:
             self.warnings.append(
                 f"{d.location}: rule {d.name!r} is tried on every event kind; add an evt.kind test"
             )
+        if d.action == "kill" and d.enforce is None:
+            where = d.action_location or d.location
+            raise RuleError(
+                f"{where}: rule {d.name!r} has action kill but no kernel check to carry it out "
+                f"(enforce: one of {', '.join(ENFORCE_CHECKS)}); its condition alone is "
+                "evaluated in user space, after the fact"
+            )
         tag_names = tuple(t for t, _ in d.tags)
         tactics = tuple(
             dict.fromkeys(t for t in (mitre.tactic_of(tag) for tag in tag_names) if t is not None)
@@ -802,6 +854,8 @@ class _Builder:
             kinds=kinds,
             location=d.location,
             exception_count=len(excluded),
+            action=d.action,
+            enforce=d.enforce,
         )
 
     @staticmethod

@@ -16,7 +16,7 @@ Pure: facts the observation lacks (the ptrace target, a connect's transport) com
 from __future__ import annotations
 
 import os.path
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -24,6 +24,7 @@ from alpha.sensors.model import (
     BpfDetail,
     ChmodDetail,
     ChownDetail,
+    EnforceDetail,
     ExecDetail,
     ExitDetail,
     ForkDetail,
@@ -591,6 +592,25 @@ def _utimes(event: Event, obs: Observation, d: UtimesDetail) -> str:
     return f"{event.process.comm or '?'} set the times of {msg.path}"
 
 
+def enforcement_event(obs: Observation, boot_epoch_ns: int, rule_ids: Sequence[str]) -> Event:
+    """The event of a kernel enforcement: always emitted, whatever the rules say."""
+    d = obs.detail
+    assert isinstance(d, EnforceDetail)
+    event = Event()
+    event.time.FromNanoseconds(obs.time_ns)
+    event.process.CopyFrom(process_to_proto(obs, boot_epoch_ns))
+    msg = event.enforcement
+    msg.action = _P.ENFORCEMENT_ACTION_KILL
+    msg.check = d.check
+    msg.dry_run = d.dry_run
+    msg.rule_ids.extend(rule_ids)
+    msg.signal = d.signal
+    msg.result = d.result
+    verb = "would have killed" if d.dry_run else "killed"
+    event.summary = f"{verb} {event.process.comm or '?'} (pid {obs.pid}): {d.check}"
+    return event
+
+
 def observation_to_event(
     obs: Observation, boot_epoch_ns: int, lookups: Lookups = NO_LOOKUPS
 ) -> Event | None:
@@ -598,7 +618,7 @@ def observation_to_event(
     own (fork; memprot, which the memory scanner reports). `boot_epoch_ns` is the wall clock of
     the boot (process start times count from it)."""
     d = obs.detail
-    if isinstance(d, TcpCloseDetail):  # accounting for the network detectors, not an event
+    if isinstance(d, TcpCloseDetail | EnforceDetail):  # not candidates: see enforcement_event
         return None
     event = Event()
     event.time.FromNanoseconds(obs.time_ns)

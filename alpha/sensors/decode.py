@@ -43,7 +43,8 @@ KIND_VM_WRITE: Final = 20
 KIND_XATTR: Final = 21
 KIND_NAMESPACE: Final = 22
 KIND_UTIMES: Final = 23
-KIND_MAX: Final = 24
+KIND_ENFORCE: Final = 24
+KIND_MAX: Final = 25
 
 KIND_NAMES: Final[dict[int, str]] = {
     KIND_EXEC: "exec",
@@ -69,6 +70,7 @@ KIND_NAMES: Final[dict[int, str]] = {
     KIND_XATTR: "xattr",
     KIND_NAMESPACE: "namespace",
     KIND_UTIMES: "utimes",
+    KIND_ENFORCE: "enforce",
 }
 
 # records.h SC_*: index = our syscall number.
@@ -269,6 +271,7 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("path", f"{PATH_LEN}s"),
         ("base", f"{EXE_LEN + NAME_LEN}s"),
     ),
+    "rec_enforce": (("check", "I"), ("mode", "I"), ("signal", "i"), ("result", "i")),
     "rec_tcp_close": (
         ("cookie", "Q"),
         ("bytes_acked", "Q"),
@@ -547,6 +550,20 @@ class RawUtimes:
     base_complete: bool
 
 
+CHECK_NAMES: Final = {1: "memfd_exec", 2: "socket_stdio_exec", 4: "process_memory_write"}
+ENFORCE_DRY_RUN: Final = 1
+ENFORCE_KILL: Final = 2
+
+
+@dataclass(slots=True)
+class RawEnforce:
+    hdr: Header  # the process killed (or that would have been)
+    check: str
+    dry_run: bool
+    signal: int
+    result: int
+
+
 RawRecord = (
     RawExec
     | RawFork
@@ -566,6 +583,7 @@ RawRecord = (
     | RawXattr
     | RawNamespace
     | RawUtimes
+    | RawEnforce
 )
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -861,6 +879,12 @@ def _utimes(h: Header, buf: bytes) -> RawUtimes:
     )
 
 
+def _enforce(h: Header, buf: bytes) -> RawEnforce:
+    check, mode, signal, result = _need(buf, "rec_enforce").unpack_from(buf, HEADER_SIZE)
+    name = CHECK_NAMES.get(check, f"check{check}")
+    return RawEnforce(h, name, mode != ENFORCE_KILL, signal, result)
+
+
 _DECODERS: Final[dict[int, Callable[[Header, bytes], RawRecord]]] = {
     KIND_EXEC: _exec,
     KIND_FORK: _fork,
@@ -885,6 +909,7 @@ _DECODERS: Final[dict[int, Callable[[Header, bytes], RawRecord]]] = {
     KIND_XATTR: _xattr,
     KIND_NAMESPACE: _namespace,
     KIND_UTIMES: _utimes,
+    KIND_ENFORCE: _enforce,
 }
 
 

@@ -33,12 +33,14 @@ from alpha.sensors.btf import VMLINUX
 from alpha.sensors.health import LossWindow
 from alpha.sensors.kernel_layout import KernelLayout, LayoutError
 from alpha.sensors.model import (
+    ENFORCE_CHECKS,
     UNKNOWN_STDIO,
     BpfDetail,
     ChmodDetail,
     ChownDetail,
     Delivery,
     Detail,
+    EnforceDetail,
     ExecDetail,
     ExitDetail,
     ForkDetail,
@@ -69,7 +71,13 @@ from alpha.sensors.model import (
     VmWriteDetail,
     XattrDetail,
 )
-from alpha.sensors.proctable import PROC, CgroupResolver, ProcessTable, read_boot_id
+from alpha.sensors.proctable import (
+    PROC,
+    CgroupResolver,
+    ProcessTable,
+    find_cgroup2_mount,
+    read_boot_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +240,7 @@ class ProgramConfig:
     module_nrs: tuple[int, int] | None = (175, 313)  # raw syscall numbers, None: unknown arch
     syscall_regs: tuple[str, str, str, str] = SYSCALL_REGS["x86_64"]
     layout: KernelLayout | None = None  # None: no task field is read (identity from /proc)
+    enforce_shells: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -290,6 +299,7 @@ class ProgramConfig:
             module_nrs=module_nrs,
             syscall_regs=SYSCALL_REGS.get(arch, SYSCALL_REGS["x86_64"]),
             layout=layout,
+            enforce_shells=cfg.enforce_shells,
         )
         return program, tuple(missing)
 
@@ -361,6 +371,8 @@ def render_program(config: ProgramConfig) -> str:
         + _any([c_prefix_test("p", x) for x in config.ignore_prefixes]),
         "#define IGNORE_COMM(c) "
         + _any([c_equals_test("c", x, d.COMM_LEN) for x in config.ignore_comms]),
+        "#define ENFORCE_SHELL(c) "
+        + _any([c_equals_test("c", x, d.COMM_LEN) for x in config.enforce_shells]),
         "#define PTRACE_WANTED(r) " + _any([f"(r) == {n}" for n in config.ptrace_requests]),
         "#define BPF_CMD_WANTED(c) " + _any([f"(c) == {n}" for n in config.bpf_commands]),
         "#define SOCKET_FAMILY_WANTED(f) " + _any([f"(f) == {n}" for n in config.socket_families]),
@@ -505,6 +517,7 @@ _KIND_OF: Final[dict[int, Kind]] = {
     d.KIND_CONNECT: Kind.CONNECT,
     d.KIND_ACCEPT: Kind.ACCEPT,
 }
+_ENFORCE_MODES: Final = {"off": 0, "dry_run": 1, "enforce": 2}
 _IPPROTO: Final = {6: "tcp", 17: "udp", 132: "sctp", 262: "mptcp"}
 _WRITE_FLAGS: Final = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000
 
@@ -608,6 +621,11 @@ class Enricher:
             )
             ret = None
             kind = Kind.TCP_CLOSE
+        elif isinstance(rec, d.RawEnforce):
+            info = table.known(h.tgid)
+            detail = EnforceDetail(rec.check, rec.dry_run, rec.signal, rec.result)
+            ret = None
+            kind = Kind.ENFORCE
         elif isinstance(rec, d.RawExit):
             info = table.exit(h.tgid)
             if info is not None:
@@ -822,6 +840,7 @@ class EbpfSensor:
         self._self_test_deadline = 0
         self._self_test_pid = -1  # records of the child are the sensor's own: never delivered
         self.self_test_result: str | None = None  # "ok", or what differed
+        self.enforcing: tuple[str, ...] = ()  # kernel checks armed (set_enforcement)
 
     # --- lifecycle
 
@@ -882,6 +901,14 @@ class EbpfSensor:
             for tp in getattr(self._bpf, "raw_tracepoint_fds", {})
         ]
         self._probes = tuple(sorted(names))
+        if self.config.enforcement != "off":
+            if program.layout is None:
+                self._reasons.append(
+                    f"enforcement {self.config.enforcement} is unavailable without the kernel's"
+                    " layout: nothing is killed"
+                )
+            else:
+                self._load_allow_lists()
         self.table.seed()
         self._bpf[b"events"].open_ring_buffer(self._on_record)
         self._started_ns = time.time_ns()
@@ -971,6 +998,53 @@ class EbpfSensor:
             if obs is not None:
                 out.append(obs)
         self._delivery.deliver(out)
+
+    def set_enforcement(self, checks: Iterable[str]) -> tuple[str, ...]:
+        """Arm the kernel checks that rules with `action: kill` name, in the configured mode
+        (off: nothing is armed). Returns the checks armed."""
+        armed = tuple(sorted(set(checks))) if self.config.enforcement != "off" else ()
+        unknown = [c for c in armed if c not in ENFORCE_CHECKS]
+        if unknown:
+            raise ValueError(f"unknown enforcement checks {unknown}")
+        with self._bpf_lock:
+            if self._bpf is None or self.program is None or self.program.layout is None:
+                return ()
+            table = self._bpf[b"enforce_cfg"]
+            value = table.Leaf()
+            value.mode = _ENFORCE_MODES[self.config.enforcement]
+            value.checks = sum(ENFORCE_CHECKS[c] for c in armed)
+            table[table.Key(0)] = value
+        self.enforcing = armed
+        return armed
+
+    def _load_allow_lists(self) -> None:
+        """The enforcement allow list as the kernel checks it: executables by (device, inode),
+        cgroups by id (the inode of the cgroup's directory)."""
+        exes = self._bpf[b"enforce_allow_exe"]
+        for path in self.config.enforce_allow_exes:
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                self._reasons.append(f"enforcement allow list: {path}: {exc.strerror}")
+                continue
+            key = exes.Key()
+            key.ino = st.st_ino
+            key.dev = os.major(st.st_dev) << 20 | os.minor(st.st_dev)  # the kernel's MKDEV
+            exes[key] = ctypes.c_uint8(1)
+        cgroups = self._bpf[b"enforce_allow_cgroup"]
+        try:
+            root = find_cgroup2_mount((self._proc / "self/mountinfo").read_text())
+        except OSError:
+            root = None
+        for cg in self.config.enforce_allow_cgroups:
+            try:
+                if root is None:
+                    raise FileNotFoundError(2, "no cgroup2 mount")
+                ino = os.stat(os.path.join(root, cg.lstrip("/"))).st_ino
+            except OSError as exc:
+                self._reasons.append(f"enforcement allow list: cgroup {cg}: {exc.strerror}")
+                continue
+            cgroups[cgroups.Key(ino)] = ctypes.c_uint8(1)
 
     def _probe_record(self, rec: d.RawRecord) -> None:
         """A record of the self-test child: check its exec against /proc, then end it."""

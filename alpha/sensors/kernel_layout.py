@@ -38,14 +38,21 @@ _POINTERS = (
     ("OFF_SOCKET_SK", "socket", "sk"),
     ("OFF_FS_PWD_MNT", "fs_struct", "pwd.mnt"),
     ("OFF_FS_PWD_DENTRY", "fs_struct", "pwd.dentry"),
+    # an executable's identity for the enforcement allow list: (s_dev, i_ino)
+    ("OFF_INODE_INO", "inode", "i_ino"),
+    ("OFF_INODE_SB", "inode", "i_sb"),
 )
 _U32 = (
     ("OFF_TASK_TGID", "task_struct", "tgid"),
     ("OFF_CRED_EUID", "cred", "euid"),
     ("OFF_CRED_EGID", "cred", "egid"),
     ("OFF_FDT_MAX_FDS", "fdtable", "max_fds"),
+    ("OFF_SB_DEV", "super_block", "s_dev"),
 )
-_U16 = (("OFF_INODE_MODE", "inode", "i_mode"),)
+_U16 = (
+    ("OFF_INODE_MODE", "inode", "i_mode"),
+    ("OFF_SK_FAMILY", "sock_common", "skc_family"),
+)
 # Present only with CONFIG_AUDIT (loginuid).
 _LOGIN = (
     ("OFF_TASK_LOGINUID", "task_struct", "loginuid"),

@@ -48,6 +48,7 @@ class Kind(enum.StrEnum):
     XATTR = "xattr"
     NAMESPACE = "namespace"
     UTIMES = "utimes"
+    ENFORCE = "enforce"
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +304,18 @@ class UtimesDetail:
     mtime_ns: int | None
 
 
+# The kernel checks a rule with `action: kill` may name (records.h CHECK_*).
+ENFORCE_CHECKS: Final = {"memfd_exec": 1, "socket_stdio_exec": 2, "process_memory_write": 4}
+
+
+@dataclass(slots=True)
+class EnforceDetail:
+    check: str  # memfd_exec, socket_stdio_exec, process_memory_write
+    dry_run: bool  # True: reported, not killed
+    signal: int
+    result: int  # bpf_send_signal's return: 0 when the signal was sent
+
+
 Detail = (
     ExecDetail
     | ForkDetail
@@ -326,6 +339,7 @@ Detail = (
     | XattrDetail
     | NamespaceDetail
     | UtimesDetail
+    | EnforceDetail
 )
 
 
@@ -468,8 +482,22 @@ class SensorConfig:
     coalesce_ms: int = 5
     ancestry_depth: int = 8
     proc_poll_interval_ms: int = 250
+    # Kernel enforcement of rules with `action: kill` (alpha.sensors.enforcement): off, dry_run
+    # (report what would have been killed), enforce. Allowed processes are never killed, by
+    # executable (matched by device and inode, so a copy elsewhere is not allowed) or cgroup.
+    enforcement: Literal["off", "dry_run", "enforce"] = "off"
+    enforce_allow_exes: tuple[str, ...] = ()
+    enforce_allow_cgroups: tuple[str, ...] = ()  # cgroup v2 paths, e.g. /system.slice/x.service
+    # Command names the socket_stdio_exec check treats as shells and interpreters.
+    enforce_shells: tuple[str, ...] = (
+        "ash", "bash", "csh", "dash", "fish", "ksh", "mksh", "sh", "tcsh", "zsh", "python",
+        "python2", "python3", "perl", "ruby", "php", "lua", "node", "nodejs", "tclsh",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
+        for comm in self.enforce_shells:
+            if not comm or len(comm.encode()) > 15:
+                raise ConfigError("enforce_shells", f"{comm!r}: a command name of 1 to 15 bytes")
         unknown = sorted(set(self.probes) - set(PROBES))
         if unknown:
             raise ConfigError("probes", f"unknown probes {unknown}; known: {list(PROBES)}")

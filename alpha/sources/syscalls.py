@@ -12,12 +12,16 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from alpha.pipeline import Pipeline
+from alpha.pipeline import Event, Pipeline, boot_epoch_ns
+from alpha.rules import Ruleset
 from alpha.sensors import Sensor, start_sensor
+from alpha.sensors.convert import enforcement_event
 from alpha.sensors.ebpf import EbpfSensor
 from alpha.sensors.fallback import FallbackSensor
 from alpha.sensors.model import (
+    Kind,
     LossCounters,
+    Observation,
     SensorConfig,
     SensorMode,
     SensorUnavailable,
@@ -58,6 +62,15 @@ class _LossSync:
         self.last = now
 
 
+def kill_checks(ruleset: Ruleset) -> dict[str, tuple[str, ...]]:
+    """The kernel checks that enabled rules with `action: kill` name, with those rules' ids."""
+    out: dict[str, list[str]] = {}
+    for rule in ruleset.enabled_rules:
+        if rule.action == "kill" and rule.enforce is not None:
+            out.setdefault(rule.enforce, []).append(rule.id)
+    return {check: tuple(ids) for check, ids in out.items()}
+
+
 class SyscallSource:
     """The eBPF sensor (or the fallback) feeding the pipeline; see the module docstring."""
 
@@ -81,6 +94,7 @@ class SyscallSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_monitor = 0.0
+        self._kill_rules: dict[str, tuple[str, ...]] = {}  # kernel check -> rule ids
 
     @property
     def name(self) -> str:
@@ -128,8 +142,41 @@ class SyscallSource:
             reasons=status.reasons,
         )
         self.pipeline.set_losses(self.handle.count_loss)
+        if isinstance(sensor, EbpfSensor):
+            self.pipeline.add_source(self._enforcements)
+            self.arm()
         self._thread = threading.Thread(target=self._run, name="qsc-alpha-pipeline", daemon=True)
         self._thread.start()
+
+    def arm(self) -> tuple[str, ...]:
+        """Arm the kernel checks of the rules with `action: kill` (at start and after each
+        rules reload); the sensor's `enforcement` mode decides whether they kill or report."""
+        sensor = self.sensor
+        if not isinstance(sensor, EbpfSensor):
+            return ()
+        wanted = kill_checks(self.pipeline.engine.ruleset)
+        armed = sensor.set_enforcement(wanted)
+        if wanted:
+            log_event(
+                log,
+                "enforcement armed",
+                mode=self.config.enforcement,
+                checks=list(armed),
+                rules=sorted(r for c in wanted.values() for r in c),
+            )
+        self._kill_rules = wanted
+        return armed
+
+    def _enforcements(self, batch: list[Observation]) -> list[Event]:
+        """Every kernel enforcement as an event, with the rules that armed its check."""
+        out = []
+        epoch = 0
+        for obs in batch:
+            if obs.kind is Kind.ENFORCE:
+                epoch = epoch or boot_epoch_ns()
+                check = getattr(obs.detail, "check", "")
+                out.append(enforcement_event(obs, epoch, self._kill_rules.get(check, ())))
+        return out
 
     def _run(self) -> None:
         sensor, handle = self.sensor, self.handle

@@ -562,15 +562,16 @@ def test_connect_protocol_is_read_in_the_kernel(env: Env) -> None:
     child = py(CONNECT_AND_CLOSE_CODE)
     finish(child)
     seen = {}
-    for port in (53535, 53536):
-        obs = env.seen.wait_for(
-            lambda o, p=port: (
-                of(Kind.CONNECT, child.pid)(o)
-                and isinstance(o.detail, NetDetail)
-                and o.detail.port == p
-            ),
-            what=f"connect to {port}",
+
+    def to(port: int) -> Callable[[Observation], bool]:
+        return lambda o: (
+            of(Kind.CONNECT, child.pid)(o)
+            and isinstance(o.detail, NetDetail)
+            and o.detail.port == port
         )
+
+    for port in (53535, 53536):
+        obs = env.seen.wait_for(to(port), what=f"connect to {port}")
         assert isinstance(obs.detail, NetDetail)
         seen[port] = obs.detail.protocol
     assert seen == {53535: "udp", 53536: "tcp"}

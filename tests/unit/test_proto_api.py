@@ -92,6 +92,7 @@ EXPECTED_DETAIL_KINDS = {
     "memfd_create",
     "process_memory_write",
     "namespace_change",
+    "enforcement",
     "file_access",
     "permission_change",
     "ownership_change",

@@ -618,3 +618,48 @@ def test_a_broken_macro_is_reported_where_it_is_defined_not_where_used() -> None
     with pytest.raises(RuleError) as err:
         load_texts([("f0.yaml", text)])
     assert (err.value.file, err.value.line) == ("f0.yaml", 9)
+
+
+# --- action: kill ----------------------------------------------------------------------------
+
+_KILLABLE = """
+- rule: Memfd
+  id: site.memfd
+  desc: d
+  condition: evt.kind = process_exec and exec.memfd
+  output: o
+  priority: CRITICAL
+  enforce: memfd_exec
+"""
+
+
+def test_action_kill_needs_a_kernel_check() -> None:
+    rules = load_texts([("a.yaml", _KILLABLE + "  action: kill\n")]).rules
+    assert [(r.action, r.enforce) for r in rules] == [("kill", "memfd_exec")]
+    no_check = _KILLABLE.replace("  enforce: memfd_exec\n", "  action: kill\n")
+    with pytest.raises(RuleError, match=r"a\.yaml:8: rule 'Memfd' has action kill but no kernel"):
+        load_texts([("a.yaml", no_check)])
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("  action: explode\n", "action 'explode' is not one of alert, kill"),
+        ("  enforce: everything\n", "enforce 'everything' is no kernel check; known: memfd_exec"),
+    ],
+)
+def test_bad_action_or_check(line: str, message: str) -> None:
+    text = _KILLABLE.replace("  enforce: memfd_exec\n", line)
+    with pytest.raises(RuleError, match=message):
+        load_texts([("a.yaml", text)])
+
+
+def test_a_site_file_turns_a_default_rule_into_kill() -> None:
+    override = "- rule: Memfd\n  override:\n    action: replace\n  action: kill\n"
+    rules = load_texts([("a.yaml", _KILLABLE), ("site.yaml", override)]).rules
+    assert rules[0].action == "kill"
+    from alpha.sources.syscalls import kill_checks
+
+    ruleset = load_texts([("a.yaml", _KILLABLE), ("site.yaml", override)])
+    assert kill_checks(ruleset) == {"memfd_exec": ("site.memfd",)}
+    assert kill_checks(load_texts([("a.yaml", _KILLABLE)])) == {}

@@ -1,10 +1,11 @@
-"""`vmwrite.*`, `xattr.*`, `ns.*`, `utimes.*`: writes to another process's memory, security
-attributes (file capabilities), namespaces, and explicitly set file times."""
+"""`vmwrite.*`, `xattr.*`, `ns.*`, `utimes.*`, `enforce.*`: writes to another process's memory,
+security attributes (file capabilities), namespaces, explicitly set file times, and the
+kernel's enforcement."""
 
 from __future__ import annotations
 
 from alpha.rules.fields.extractors import enum_at, enum_names, int_at, sequence_at, string_at
-from alpha.rules.fields.table import ENUM, INT, STRING, Event, Value, add_field
+from alpha.rules.fields.table import BOOL, ENUM, INT, STRING, Event, Value, add_field
 from qsc.common.v1 import process_details_pb2
 
 add_field(
@@ -72,4 +73,24 @@ add_field(
     "How many seconds before the event the new modification time lies (negative: in the "
     "future); missing when the modification time was left alone or set to now.",
     per_kind={"file_timestamp_change": _backdated},
+)
+
+add_field(
+    "enforce.check",
+    STRING,
+    "The kernel check that killed (or would have killed) the process.",
+    per_kind={"enforcement": string_at("enforcement.check")},
+)
+add_field(
+    "enforce.dry_run",
+    BOOL,
+    "True when enforcement only reported (dry run).",
+    per_kind={"enforcement": lambda ev: ev.enforcement.dry_run},
+)
+add_field(
+    "enforce.rules",
+    STRING,
+    "The rules with action kill that armed the check, as a list.",
+    per_kind={"enforcement": sequence_at("enforcement.rule_ids")},
+    is_list=True,
 )

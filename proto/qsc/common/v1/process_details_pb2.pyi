@@ -182,6 +182,30 @@ NAMESPACE_CALL_CLONE: NamespaceCall.ValueType  # 3
 """clone(2)/clone3(2) with CLONE_NEW* flags: a child starts in new namespaces."""
 Global___NamespaceCall: _TypeAlias = NamespaceCall  # noqa: Y015
 
+class _EnforcementAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EnforcementActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EnforcementAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENFORCEMENT_ACTION_UNSPECIFIED: _EnforcementAction.ValueType  # 0
+    """Not set."""
+    ENFORCEMENT_ACTION_KILL: _EnforcementAction.ValueType  # 1
+    """Killed with SIGKILL from the kernel, at the tracepoint: after an exec, before the new image
+    ran an instruction.
+    """
+
+class EnforcementAction(_EnforcementAction, metaclass=_EnforcementActionEnumTypeWrapper):
+    """What the sensor did to a process."""
+
+ENFORCEMENT_ACTION_UNSPECIFIED: EnforcementAction.ValueType  # 0
+"""Not set."""
+ENFORCEMENT_ACTION_KILL: EnforcementAction.ValueType  # 1
+"""Killed with SIGKILL from the kernel, at the tracepoint: after an exec, before the new image
+ran an instruction.
+"""
+Global___EnforcementAction: _TypeAlias = EnforcementAction  # noqa: Y015
+
 @_typing.final
 class StdioDescriptor(_message.Message):
     """What one of the standard descriptors (stdin, stdout, stderr) of a new program refers to. A shell
@@ -555,3 +579,49 @@ class NamespaceChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NamespaceChange: _TypeAlias = NamespaceChange  # noqa: Y015
+
+@_typing.final
+class Enforcement(_message.Message):
+    """A process killed by a rule with `action: kill` (or, in dry run, one that would have been).
+    `process` is the process concerned.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    RULE_IDS_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    action: Global___EnforcementAction.ValueType
+    """What was done."""
+    check: _builtins.str
+    """The kernel check that decided: memfd_exec, socket_stdio_exec, process_memory_write."""
+    dry_run: _builtins.bool
+    """True in dry-run mode: reported, not killed."""
+    signal: _builtins.int
+    """The signal sent (9, SIGKILL)."""
+    result: _builtins.int
+    """bpf_send_signal's return: 0 when the signal was sent (always 0 in dry run)."""
+    @_builtins.property
+    def rule_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The rules with `action: kill` that armed this check."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___EnforcementAction.ValueType = ...,
+        check: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+        rule_ids: _abc.Iterable[_builtins.str] | None = ...,
+        signal: _builtins.int = ...,
+        result: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "check", b"check", "dry_run", b"dry_run", "result", b"result", "rule_ids", b"rule_ids", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Enforcement: _TypeAlias = Enforcement  # noqa: Y015
