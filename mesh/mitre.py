@@ -35,10 +35,12 @@ _X = classification_pb2.MITRE_TACTIC_EXFILTRATION
 _I = classification_pb2.MITRE_TACTIC_IMPACT
 _IA = classification_pb2.MITRE_TACTIC_INITIAL_ACCESS
 _R = classification_pb2.MITRE_TACTIC_RECONNAISSANCE
+_COL = classification_pb2.MITRE_TACTIC_COLLECTION
 
 # Techniques the default ruleset uses (and a few neighbours): name and the tactics they serve.
 TECHNIQUES: dict[str, tuple[str, tuple[int, ...]]] = {
     "T1003.008": ("/etc/passwd and /etc/shadow", (_CA,)),
+    "T1005": ("Data from Local System", (_COL,)),
     "T1014": ("Rootkit", (_DE,)),
     "T1021.004": ("SSH", (_LM,)),
     "T1036.005": ("Match Legitimate Name or Location", (_DE,)),
@@ -79,12 +81,14 @@ TECHNIQUES: dict[str, tuple[str, tuple[int, ...]]] = {
     "T1548.003": ("Sudo and Sudo Caching", (_PE, _DE)),
     "T1552.001": ("Credentials In Files", (_CA,)),
     "T1552.004": ("Private Keys", (_CA,)),
+    "T1552.005": ("Cloud Instance Metadata API", (_CA,)),
     "T1554": ("Compromise Host Software Binary", (_P,)),
     "T1561.001": ("Disk Content Wipe", (_I,)),
     "T1571": ("Non-Standard Port", (_C2,)),
     "T1574.006": ("Dynamic Linker Hijacking", (_P, _PE, _DE)),
     "T1595": ("Active Scanning", (_R,)),
     "T1609": ("Container Administration Command", (_E,)),
+    "T1610": ("Deploy Container", (_DE, _E)),
     "T1611": ("Escape to Host", (_PE,)),
     "T1620": ("Reflective Code Loading", (_DE,)),
     "T1622": ("Debugger Evasion", (_DE, _D)),

@@ -116,6 +116,17 @@
 #define ID_F_EXE_TRUNCATED 16 /* more path components than fit */
 #define ID_F_NO_EXE 32 /* the task has no mm or exe_file */
 #define ID_F_LOGINUID 64 /* auid and sessionid were read (the kernel has audit) */
+
+/* What fds 0-2 were at exec (rec_exec.stdio[].kind), read from the task's fd table. */
+#define FD_UNKNOWN 0
+#define FD_CLOSED 1
+#define FD_FILE 2
+#define FD_TTY 3
+#define FD_PIPE 4
+#define FD_INET 5
+#define FD_INET6 6
+#define FD_UNIX 7
+#define FD_OTHER_SOCKET 8
 #define EXE_LEN 512 /* exe component bytes kept; one more name of up to NAME_LEN may spill */
 #define NAME_LEN 256
 #define EXE_DEPTH 32
@@ -155,6 +166,15 @@ struct rec_exec {
     u32 exe_len; /* bytes used in exe */
     u32 exe_depth; /* path components in exe */
     char tty[TTY_LEN]; /* the controlling terminal's tty->name, e.g. pts0; empty: none */
+    u64 cap_effective; /* the new image's capability sets */
+    u64 cap_permitted;
+    struct {
+        u8 kind; /* FD_* */
+        u8 _pad;
+        u16 port; /* inet: the peer's port, network byte order */
+        u32 _pad2;
+        u8 addr[16]; /* inet: the peer's address (4 bytes for FD_INET) */
+    } stdio[3];
     char exe[EXE_LEN + NAME_LEN]; /* mm->exe_file's path, NUL-separated names, leaf first */
     char args[ARGS_LEN + ARG_LEN];
 }; /* variable length on the wire: ends after args_len bytes of args */

@@ -179,32 +179,68 @@ static __always_inline u32 read_user_path(char *dst, const char *src) {
     return n;
 }
 
-/* /proc/<pid>/mem, uid_map and gid_map opened for writing: memory injection and user
- * namespace mappings, worth an event although /proc is otherwise ignored. */
-static __always_inline int proc_write_wanted(const char *p) {
-    if (!(p[0] == '/' && p[1] == 'p' && p[2] == 'r' && p[3] == 'o' && p[4] == 'c' && p[5] == '/'))
-        return 0;
-    int i = 6;
+/* The index just after the component that follows `start` in p (its '/'), or 0. Names of a
+ * pid, a user or a cgroup are short: 32 bytes at most. */
+static __always_inline int skip_component(const char *p, int start) {
+    int i = start;
 #pragma unroll
-    for (int k = 0; k < 20; k++) {
+    for (int k = 0; k < 32; k++) {
         if (p[i] == '/' || p[i] == 0)
             break;
         i++;
     }
-    if (p[i] != '/')
+    return p[i] == '/' ? i + 1 : 0;
+}
+
+#define IS4(p, a, b, c, d) ((p)[0] == (a) && (p)[1] == (b) && (p)[2] == (c) && (p)[3] == (d))
+
+/* Paths below the ignored /proc and /sys, or of no fixed prefix, that attacks use: written,
+ * /proc/<pid>/mem (injection), uid_map and gid_map (user namespace mappings), the kernel's
+ * usermode hooks (core_pattern, modprobe, uevent_helper: container escapes); read,
+ * /proc/<pid>/environ (secrets in another process's environment) and /home/<user>/.ssh/. */
+static __always_inline int special_path_wanted(const char *p, int write) {
+    if (IS4(p, '/', 'p', 'r', 'o') && p[4] == 'c' && p[5] == '/') {
+        if (write && IS4(p + 6, 's', 'y', 's', '/') &&
+            ((IS4(p + 10, 'k', 'e', 'r', 'n') && IS4(p + 14, 'e', 'l', '/', 'c') &&
+              IS4(p + 18, 'o', 'r', 'e', '_')) || /* /proc/sys/kernel/core_pattern */
+             (IS4(p + 10, 'k', 'e', 'r', 'n') && IS4(p + 14, 'e', 'l', '/', 'm') &&
+              IS4(p + 18, 'o', 'd', 'p', 'r')))) /* /proc/sys/kernel/modprobe */
+            return 1;
+        int i = skip_component(p, 6);
+        if (!i)
+            return 0;
+        const char *n = p + (i & 127);
+        if (write)
+            return (IS4(n, 'm', 'e', 'm', 0)) ||
+                   ((n[0] == 'u' || n[0] == 'g') && IS4(n + 1, 'i', 'd', '_', 'm') &&
+                    n[5] == 'a' && n[6] == 'p' && n[7] == 0);
+        return IS4(n, 'e', 'n', 'v', 'i') && IS4(n + 4, 'r', 'o', 'n', 0);
+    }
+    if (write && IS4(p, '/', 's', 'y', 's') && IS4(p + 4, '/', 'k', 'e', 'r') &&
+        IS4(p + 8, 'n', 'e', 'l', '/') && IS4(p + 12, 'u', 'e', 'v', 'e'))
+        return 1; /* /sys/kernel/uevent_helper */
+    if (!write && IS4(p, '/', 'h', 'o', 'm') && p[4] == 'e' && p[5] == '/') {
+        int i = skip_component(p, 6);
+        const char *n = p + (i & 127);
+        return i && IS4(n, '.', 's', 's', 'h') && (n[4] == '/' || n[4] == 0);
+    }
+    return 0;
+}
+
+/* A path whose last component is release_agent (a cgroup v1 hierarchy mounted anywhere). */
+static __always_inline int is_release_agent(const char *p, u32 len) {
+    if (len < 15) /* "/release_agent" and its NUL */
         return 0;
-    const char *n = p + i + 1;
-    if (n[0] == 'm' && n[1] == 'e' && n[2] == 'm' && n[3] == 0)
-        return 1;
-    return (n[0] == 'u' || n[0] == 'g') && n[1] == 'i' && n[2] == 'd' && n[3] == '_' &&
-           n[4] == 'm' && n[5] == 'a' && n[6] == 'p' && n[7] == 0;
+    const char *t = p + ((len - 15) & (PATH_LEN - 1));
+    return IS4(t, '/', 'r', 'e', 'l') && IS4(t + 4, 'e', 'a', 's', 'e') &&
+           IS4(t + 8, '_', 'a', 'g', 'e') && t[12] == 'n' && t[13] == 't' && t[14] == 0;
 }
 
 /* Is an access to this path worth an event? Relative paths cannot be resolved here. */
 static __always_inline int path_wanted(const char *p, int write) {
     if (p[0] != '/')
         return write ? RELATIVE_WRITES : RELATIVE_READS;
-    if (write && proc_write_wanted(p))
+    if (special_path_wanted(p, write))
         return 1;
     if (MATCH_IGNORE_PREFIX(p))
         return 0;
@@ -365,15 +401,48 @@ static __always_inline void enforce(u32 check) {
     events.ringbuf_submit(r, 0);
 }
 
-/* Is fd an inet (v4 or v6) socket? */
-static __always_inline int fd_is_inet(int fd) {
-    u64 sk = fd_sock(fd);
-    u16 family = 0;
-    if (!sk)
-        return 0;
-    bpf_probe_read_kernel(&family, sizeof(family), (void *)(sk + OFF_SK_FAMILY));
-    return family == QSC_AF_INET || family == QSC_AF_INET6;
+/* What fd n of the current task is (FD_*), with an inet socket's peer: the stdio a reverse
+ * shell is made of, read at exec so that a shell that exits at once is still described. */
+static __always_inline void fd_kind(int fd, u8 *kind, u16 *port, u8 *addr) {
+    *port = 0;
+    __builtin_memset(addr, 0, 16);
+    u64 file = fd_file(fd);
+    if (!file) {
+        *kind = FD_CLOSED;
+        return;
+    }
+    u64 inode = kptr(file, OFF_FILE_INODE);
+    u16 mode = 0;
+    bpf_probe_read_kernel(&mode, sizeof(mode), (void *)(inode + OFF_INODE_MODE));
+    u16 fmt = mode & 0170000;
+    if (fmt == 0010000) {
+        *kind = FD_PIPE;
+    } else if (fmt == 0020000) {
+        /* A character device: a terminal when its major is a pty (136-143), tty (4) or the
+         * console (5); /dev/null and friends are files. */
+        u32 major = ku32(inode, OFF_INODE_RDEV) >> 20;
+        *kind = (major >= 136 && major <= 143) || major == 4 || major == 5 ? FD_TTY : FD_FILE;
+    } else if (fmt == 0140000) {
+        u64 sk = kptr(kptr(file, OFF_FILE_PRIVATE), OFF_SOCKET_SK);
+        u16 family = 0;
+        bpf_probe_read_kernel(&family, sizeof(family), (void *)(sk + OFF_SK_FAMILY));
+        if (family == QSC_AF_INET) {
+            *kind = FD_INET;
+            bpf_probe_read_kernel(addr, 4, (void *)(sk + OFF_SK_DADDR));
+            bpf_probe_read_kernel(port, 2, (void *)(sk + OFF_SK_DPORT));
+        } else if (family == QSC_AF_INET6) {
+            *kind = FD_INET6;
+            bpf_probe_read_kernel(addr, 16, (void *)(sk + OFF_SK_V6_DADDR));
+            bpf_probe_read_kernel(port, 2, (void *)(sk + OFF_SK_DPORT));
+        } else {
+            *kind = family == QSC_AF_UNIX ? FD_UNIX : FD_OTHER_SOCKET;
+        }
+    } else {
+        *kind = FD_FILE;
+    }
 }
+
+static __always_inline int stdio_inet(u8 kind) { return kind == FD_INET || kind == FD_INET6; }
 #endif
 
 /* ---- process lifecycle: exec, fork, exit ------------------------------------------------ */
@@ -456,6 +525,11 @@ static __always_inline void exec_identity(struct rec_exec *e) {
     e->id_flags = ID_F_KERNEL;
     e->euid = ku32(cred, OFF_CRED_EUID);
     e->egid = ku32(cred, OFF_CRED_EGID);
+    e->cap_effective = kptr(cred, OFF_CRED_CAP_EFFECTIVE);
+    e->cap_permitted = kptr(cred, OFF_CRED_CAP_PERMITTED);
+    fd_kind(0, &e->stdio[0].kind, &e->stdio[0].port, e->stdio[0].addr);
+    fd_kind(1, &e->stdio[1].kind, &e->stdio[1].port, e->stdio[1].addr);
+    fd_kind(2, &e->stdio[2].kind, &e->stdio[2].port, e->stdio[2].addr);
 #ifdef OFF_TASK_LOGINUID
     e->auid = ku32(task, OFF_TASK_LOGINUID);
     e->sessionid = ku32(task, OFF_TASK_SESSIONID);
@@ -473,6 +547,7 @@ static __always_inline void exec_identity(struct rec_exec *e) {
 }
 #else
 static __always_inline void exec_identity(struct rec_exec *e) {
+    e->stdio[0].kind = e->stdio[1].kind = e->stdio[2].kind = FD_UNKNOWN;
     e->id_flags = 0;
     e->exe_len = 0;
     e->exe_depth = 0;
@@ -506,7 +581,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     if ((e->id_flags & ID_F_EXE_PSEUDO) && e->exe[0] == 'm' && e->exe[1] == 'e' &&
         e->exe[2] == 'm' && e->exe[3] == 'f' && e->exe[4] == 'd' && e->exe[5] == ':')
         enforce(CHECK_MEMFD_EXEC);
-    else if (ENFORCE_SHELL(e->hdr.comm) && (fd_is_inet(0) || fd_is_inet(1) || fd_is_inet(2)))
+    else if (ENFORCE_SHELL(e->hdr.comm) && (stdio_inet(e->stdio[0].kind) ||
+                                             stdio_inet(e->stdio[1].kind) ||
+                                             stdio_inet(e->stdio[2].kind)))
         enforce(CHECK_SOCKET_STDIO_EXEC);
 #endif
     u32 n = e->args_len;
@@ -586,7 +663,9 @@ static __always_inline int open_enter(u32 sc, int dfd, const char *filename, u64
     if (!r)
         return 0;
     r->path.path_len = read_user_path(r->path.path, filename);
-    if (!path_wanted(r->path.path, (flags & QSC_WRITE_FLAGS) != 0)) {
+    int write = (flags & QSC_WRITE_FLAGS) != 0;
+    if (!path_wanted(r->path.path, write) &&
+        !(write && is_release_agent(r->path.path, r->path.path_len))) {
         count(CNT_FILTERED);
         return 0;
     }

@@ -13,10 +13,12 @@ sock_diag gives the socket's inode, not its process: owners are found by reading
 cached for its life), stopping as soon as all are found.
 
 What polling cannot see: a socket that opens and closes between two polls (a refused connect,
-a quick transfer), and sockets of other network namespaces. Connection attempts are the eBPF
-sensor's job (its connect/accept observations feed the same detectors); the sock_diag destroy
-broadcast is no help here, since it reports a TCP socket after it was disconnected, with its
-addresses and counters already cleared (checked on this kernel).
+a quick transfer), and sockets of other network namespaces. Those are the eBPF sensor's: its
+connect/accept observations feed the same detectors, and its record of every TCP socket's end
+(the move to TCP_CLOSE, with the kernel's final byte counters) gives the transfer detector
+what no poll saw (`TransferDetector.on_close`). The sock_diag destroy broadcast is no help,
+since it reports a TCP socket after it was disconnected, with its addresses and counters
+already cleared (checked on this kernel).
 """
 
 from __future__ import annotations

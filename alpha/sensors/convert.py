@@ -266,6 +266,11 @@ def _exec(event: Event, obs: Observation, d: ExecDetail) -> str:
     _stdio(msg.stdin, d.stdio[0])
     _stdio(msg.stdout, d.stdio[1])
     _stdio(msg.stderr, d.stdio[2])
+    if d.cap_effective is not None:
+        msg.effective_capabilities.extend(capability_names(d.cap_effective))
+        msg.all_capabilities = d.cap_effective & ALL_CAPS == ALL_CAPS
+    if d.cap_permitted is not None:
+        msg.permitted_capabilities.extend(capability_names(d.cap_permitted))
     # The exec's own view of the new image wins over a table entry read a moment later.
     proc = event.process
     if d.exe:
@@ -519,6 +524,27 @@ def _memfd(event: Event, obs: Observation, d: MemfdDetail) -> str:
 
 
 # --- the converter -------------------------------------------------------------------------------
+
+
+# Capabilities by number (include/uapi/linux/capability.h), through CAP_CHECKPOINT_RESTORE.
+CAPABILITIES: Final = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+)  # fmt: skip
+ALL_CAPS: Final = (1 << len(CAPABILITIES)) - 1
+
+
+def capability_names(mask: int) -> list[str]:
+    return [
+        CAPABILITIES[i] if i < len(CAPABILITIES) else f"CAP_{i}" for i in range(64) if mask >> i & 1
+    ]
 
 
 # CLONE_NEW* flags, by the names /proc/PID/ns uses.

@@ -195,6 +195,19 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("exe_len", "I"),
         ("exe_depth", "I"),
         ("tty", f"{TTY_LEN}s"),
+        ("cap_effective", "Q"),
+        ("cap_permitted", "Q"),
+        *(
+            (f"stdio[{n}].{name}", code)
+            for n in range(3)
+            for name, code in (
+                ("kind", "B"),
+                ("_pad", "B"),
+                ("port", "H"),
+                ("_pad2", "I"),
+                ("addr", "16s"),
+            )
+        ),
         ("exe", f"{EXE_LEN + NAME_LEN}s"),
     ),
     "rec_fork": (("child_pid", "I"), ("_pad", "I"), ("clone_flags", "Q")),
@@ -374,6 +387,11 @@ class KernelIdentity:
     sessionid: int | None
     ppid: int
     tty: str  # e.g. "pts/0"; "" when the process has no controlling terminal
+    cap_effective: int = 0
+    cap_permitted: int = 0
+    # fds 0-2 at exec: (kind, peer address, peer port); kind as alpha.sensors.model.Stdio
+    # names it, "unknown" when the kernel could not tell.
+    stdio: tuple[tuple[str, str, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -671,7 +689,8 @@ def _need(buf: bytes, name: str) -> struct.Struct:
 def _exec(h: Header, buf: bytes) -> RawExec:
     s = _need(buf, "rec_exec")
     (old_pid, argc, args_len, flags, dirfd, at_flags, filename, euid, egid, auid, session, ppid,
-     id_flags, exe_len, exe_depth, tty, exe) = s.unpack_from(buf, HEADER_SIZE)  # fmt: skip
+     id_flags, exe_len, exe_depth, tty, cap_eff, cap_prm, *fds, exe) = s.unpack_from(
+        buf, HEADER_SIZE)  # fmt: skip
     start = HEADER_SIZE + s.size
     args = split_args(buf[start : start + args_len], argc)
     identity = None
@@ -687,6 +706,9 @@ def _exec(h: Header, buf: bytes) -> RawExec:
             _id(session) if login else None,
             ppid,
             tty_path(cstr(tty)),
+            cap_eff,
+            cap_prm,
+            tuple(_fd(fds[i], fds[i + 2], fds[i + 4]) for i in (0, 5, 10)),
         )
     return RawExec(
         h,
@@ -716,6 +738,27 @@ def exe_path(raw: bytes, depth: int, flags: int) -> tuple[str, bool]:
         path += " (deleted)"
     complete = bool(flags & ID_F_EXE_COMPLETE) and not flags & ID_F_EXE_TRUNCATED
     return path, complete
+
+
+_FD_KINDS: Final = (
+    "unknown", "closed", "file", "tty", "pipe", "inet_socket", "inet_socket", "unix_socket",
+    "other",
+)  # fmt: skip
+
+
+def _fd(kind: int, port: int, addr: bytes) -> tuple[str, str, int]:
+    """One of fds 0-2 as the kernel saw it at exec: (kind, peer address, peer port)."""
+    name = _FD_KINDS[kind] if kind < len(_FD_KINDS) else "unknown"
+    if kind == 5:
+        return (
+            name,
+            str(ipaddress.IPv4Address(addr[:4])),
+            int.from_bytes(port.to_bytes(2, "little"), "big"),
+        )
+    if kind == 6:
+        v6 = ipaddress.IPv6Address(addr)
+        return name, str(v6.ipv4_mapped or v6), int.from_bytes(port.to_bytes(2, "little"), "big")
+    return name, "", 0
 
 
 def tty_path(name: str) -> str:

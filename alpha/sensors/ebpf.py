@@ -65,6 +65,7 @@ from alpha.sensors.model import (
     SensorUnavailable,
     SetIdDetail,
     SocketDetail,
+    Stdio,
     TcpCloseDetail,
     UnlinkDetail,
     UtimesDetail,
@@ -522,6 +523,24 @@ _IPPROTO: Final = {6: "tcp", 17: "udp", 132: "sctp", 262: "mptcp"}
 _WRITE_FLAGS: Final = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000
 
 
+def _stdio(
+    ident: d.KernelIdentity | None, procfs: tuple[Stdio, Stdio, Stdio]
+) -> tuple[Stdio, Stdio, Stdio]:
+    """fds 0-2 at exec: the kernel's kinds and socket peers (true for a process already gone),
+    with the paths /proc adds while the process lives."""
+    if ident is None or len(ident.stdio) != 3:
+        return procfs
+    out = []
+    for (kind, address, port), seen in zip(ident.stdio, procfs, strict=True):
+        if kind == "unknown":
+            out.append(seen)
+        elif kind == "inet_socket":
+            out.append(Stdio(kind, "", address, port))
+        else:
+            out.append(Stdio(kind, seen.path if seen.kind == kind else ""))
+    return out[0], out[1], out[2]
+
+
 def _readlink(path: Path) -> str | None:
     try:
         return os.readlink(path)
@@ -561,6 +580,7 @@ class Enricher:
         detail: Detail
         info: ProcessInfo | None
         if isinstance(rec, d.RawExec):
+            ident = rec.identity if self.kernel_identity else None
             info, snap = table.exec(
                 h.tgid,
                 h.ts_ns,
@@ -570,7 +590,7 @@ class Enricher:
                 gid=h.gid,
                 comm=h.comm,
                 cgroup_id=h.cgroup_id,
-                identity=rec.identity if self.kernel_identity else None,
+                identity=ident,
             )
             exe = info.exe
             detail = ExecDetail(
@@ -588,8 +608,10 @@ class Enricher:
                     if info.identity == "kernel" and info.euid is not None
                     else bool(snap and snap.euid != snap.uid)
                 ),
-                stdio=snap.stdio if snap else UNKNOWN_STDIO,
+                stdio=_stdio(ident, snap.stdio if snap else UNKNOWN_STDIO),
                 old_pid=rec.old_pid,
+                cap_effective=ident.cap_effective if ident else None,
+                cap_permitted=ident.cap_permitted if ident else None,
             )
             ret = None
             kind = Kind.EXEC

@@ -48,10 +48,17 @@ _U32 = (
     ("OFF_CRED_EGID", "cred", "egid"),
     ("OFF_FDT_MAX_FDS", "fdtable", "max_fds"),
     ("OFF_SB_DEV", "super_block", "s_dev"),
+    ("OFF_INODE_RDEV", "inode", "i_rdev"),
+    ("OFF_SK_DADDR", "sock_common", "skc_daddr"),
+)
+_U64 = (
+    ("OFF_CRED_CAP_EFFECTIVE", "cred", "cap_effective"),
+    ("OFF_CRED_CAP_PERMITTED", "cred", "cap_permitted"),
 )
 _U16 = (
     ("OFF_INODE_MODE", "inode", "i_mode"),
     ("OFF_SK_FAMILY", "sock_common", "skc_family"),
+    ("OFF_SK_DPORT", "sock_common", "skc_dport"),
 )
 # Present only with CONFIG_AUDIT (loginuid).
 _LOGIN = (
@@ -109,7 +116,10 @@ def _get(btf: Btf, table: tuple[tuple[str, str, str], ...], size: int) -> list[t
 
 def from_btf(btf: Btf) -> KernelLayout:
     try:
-        offsets = _get(btf, _POINTERS, 8) + _get(btf, _U32, 4) + _get(btf, _U16, 2)
+        offsets = (
+            _get(btf, _POINTERS, 8) + _get(btf, _U32, 4) + _get(btf, _U16, 2) + _get(btf, _U64, 8)
+        )
+        offsets.append(("OFF_SK_V6_DADDR", btf.offsetof("sock_common", "skc_v6_daddr")))
         mount_mnt = btf.offsetof("mount", "mnt")
         offsets.append(("OFF_TTY_NAME", btf.offsetof("tty_struct", "name")))  # char[64]
     except BtfError as exc:

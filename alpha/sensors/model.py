@@ -114,8 +114,10 @@ class ExecDetail:
     from_memfd: bool
     exe_deleted: bool
     setuid_exec: bool  # the new image runs with euid != uid (a setuid binary), from /proc
-    stdio: tuple[Stdio, Stdio, Stdio]  # read from /proc/PID/fd at exec: "unknown" if gone
+    stdio: tuple[Stdio, Stdio, Stdio]  # the kernel's fd table at exec (paths from /proc)
     old_pid: int  # the tid that called exec (a non-leader thread's id)
+    cap_effective: int | None = None  # the new image's capability sets (kernel-side identity)
+    cap_permitted: int | None = None
 
 
 @dataclass(slots=True)
@@ -436,6 +438,7 @@ class SensorConfig:
         "/etc/sudoers",
         "/etc/ssh/",
         "/etc/pam.d/",
+        "/etc/pam.conf",
         "/etc/security/",
         "/etc/krb5.keytab",
         "/root/.ssh/",
@@ -458,9 +461,19 @@ class SensorConfig:
         "/home/",
         "/var/spool/cron/",
         "/var/log/",
-        "/dev/shm/",  # noqa: S108 - watched for writes, not used as a temp dir
+        "/dev/",  # files created below /dev (a device node or a hidden file among them)
     )
-    ignore_prefixes: tuple[str, ...] = ("/proc/", "/sys/", "/dev/null")
+    # A few paths below /proc and /sys pass all the same (the kernel's special_path_wanted):
+    # /proc/PID/mem, uid_map, gid_map and the kernel hooks written, /proc/PID/environ and
+    # /home/USER/.ssh/ read, a release_agent written anywhere.
+    ignore_prefixes: tuple[str, ...] = (
+        "/proc/",
+        "/sys/",
+        "/dev/null",
+        "/dev/pts/",
+        "/dev/tty",
+        "/dev/console",
+    )
     relative_writes: bool = True
     relative_reads: bool = False
     ignore_comms: tuple[str, ...] = ()

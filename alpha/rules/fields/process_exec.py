@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from operator import attrgetter
 
-from alpha.rules.fields.extractors import enum_at, enum_names, int_at, string_at
+from alpha.rules.fields.extractors import enum_at, enum_names, int_at, sequence_at, string_at
 from alpha.rules.fields.table import ADDR, BOOL, ENUM, INT, STRING, Event, Value, add_field
 from qsc.common.v1 import process_details_pb2
 
@@ -88,4 +88,28 @@ add_field(
     is_list=True,
     choices=tuple(_DESCRIPTOR_KINDS.values()),
     cost=1,
+)
+
+add_field(
+    "exec.cap_effective",
+    STRING,
+    "The new image's effective capabilities as a list of names (CAP_SYS_ADMIN...), read in the "
+    "kernel at exec; Falco's thread.cap_effective.",
+    per_kind={"process_exec": sequence_at("process_exec.effective_capabilities")},
+    is_list=True,
+    aliases=("thread.cap_effective",),
+)
+add_field(
+    "exec.cap_permitted",
+    STRING,
+    "The new image's permitted capabilities, as a list of names.",
+    per_kind={"process_exec": sequence_at("process_exec.permitted_capabilities")},
+    is_list=True,
+    aliases=("thread.cap_permitted",),
+)
+add_field(
+    "exec.all_capabilities",
+    BOOL,
+    "True when the effective set holds every capability (a privileged container's init).",
+    per_kind={"process_exec": lambda ev: ev.process_exec.all_capabilities},
 )

@@ -256,6 +256,9 @@ class ProcessExec(_message.Message):
     STDIN_FIELD_NUMBER: _builtins.int
     STDOUT_FIELD_NUMBER: _builtins.int
     STDERR_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_CAPABILITIES_FIELD_NUMBER: _builtins.int
+    PERMITTED_CAPABILITIES_FIELD_NUMBER: _builtins.int
+    ALL_CAPABILITIES_FIELD_NUMBER: _builtins.int
     filename: _builtins.str
     """The path passed to the system call, before symlinks were resolved (the resolved path is
     `process.exe`). For execveat with an empty path, `fd:<n>`.
@@ -270,6 +273,10 @@ class ProcessExec(_message.Message):
     """
     setuid_exec: _builtins.bool
     """True when the exec changed the effective user or group through a setuid or setgid bit."""
+    all_capabilities: _builtins.bool
+    """True when the effective set holds every capability the kernel has (a privileged
+    container's init, a root process).
+    """
     @_builtins.property
     def stdin(self) -> Global___StdioDescriptor:
         """What stdin refers to in the new program."""
@@ -282,6 +289,16 @@ class ProcessExec(_message.Message):
     def stderr(self) -> Global___StdioDescriptor:
         """What stderr refers to in the new program."""
 
+    @_builtins.property
+    def effective_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The new image's effective capabilities, by name (CAP_SYS_ADMIN...), read from the task at
+        exec; empty when not known.
+        """
+
+    @_builtins.property
+    def permitted_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The new image's permitted capabilities, by name."""
+
     def __init__(
         self,
         *,
@@ -293,10 +310,13 @@ class ProcessExec(_message.Message):
         stdin: Global___StdioDescriptor | None = ...,
         stdout: Global___StdioDescriptor | None = ...,
         stderr: Global___StdioDescriptor | None = ...,
+        effective_capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        permitted_capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        all_capabilities: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["stderr", b"stderr", "stdin", b"stdin", "stdout", b"stdout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exe_deleted", b"exe_deleted", "exe_memfd", b"exe_memfd", "exe_upper_layer", b"exe_upper_layer", "filename", b"filename", "setuid_exec", b"setuid_exec", "stderr", b"stderr", "stdin", b"stdin", "stdout", b"stdout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_capabilities", b"all_capabilities", "effective_capabilities", b"effective_capabilities", "exe_deleted", b"exe_deleted", "exe_memfd", b"exe_memfd", "exe_upper_layer", b"exe_upper_layer", "filename", b"filename", "permitted_capabilities", b"permitted_capabilities", "setuid_exec", b"setuid_exec", "stderr", b"stderr", "stdin", b"stdin", "stdout", b"stdout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
