@@ -79,7 +79,7 @@ def test_render_carries_own_tgid_sizes_and_probes() -> None:
     text = render_program(program)
     defs = defines(text)
     assert defs["SELF_TGID"] == "4242"
-    assert defs["RINGBUF_PAGES"] == "4096"
+    assert defs["RINGBUF_PAGES"] == "2048"
     assert defs["INFLIGHT_ENTRIES"] == "16384"
     for probe in ("EXEC", "OPEN", "CHMOD", "CHOWN", "UNLINK", "RENAME", "PTRACE", "NET"):
         assert defs[f"PROBE_{probe}"] == "1"
