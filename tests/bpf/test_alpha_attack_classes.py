@@ -28,8 +28,7 @@ from tests.bpf.test_alpha_e2e import (
     Event,
     SealedStream,
     pki,  # noqa: F401  (the module's PKI fixture)
-    start_alpha,
-    stop_alpha,
+    running_alpha,
     techniques,
 )
 
@@ -38,17 +37,8 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def alpha(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SealedStream]:  # noqa: F811
-    base = tmp_path_factory.mktemp("alpha-attacks")
-    proc = start_alpha(pki, base)
-    stream: SealedStream | None = None
-    try:
-        stream = SealedStream(pki, proc.port)
+    with running_alpha(pki, tmp_path_factory.mktemp("alpha-attacks")) as (_, stream):
         yield stream
-    finally:
-        if stream is not None:
-            stream.close()
-        stop_alpha(proc.proc)
-    assert proc.proc.returncode == 0, proc.output()
 
 
 def alert(stream: SealedStream, rule: str, pid: int | None = None, what: str = "") -> Event:

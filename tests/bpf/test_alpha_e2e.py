@@ -10,6 +10,7 @@ written below /etc are removed in `finally`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -163,6 +164,23 @@ def stop_alpha(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_alpha(
+    pki: Path, base: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[AlphaProc, SealedStream]]:
+    """A real qsc-alpha and a sealed stream from it; stopped, and its exit checked, after."""
+    proc = start_alpha(pki, base, env)
+    stream: SealedStream | None = None
+    try:
+        stream = SealedStream(pki, proc.port)
+        yield proc, stream
+    finally:
+        if stream is not None:
+            stream.close()
+        stop_alpha(proc.proc)
+    assert proc.proc.returncode == 0, proc.output()
 
 
 def channel(pki: Path, port: int, stem: str) -> grpc.Channel:

@@ -26,8 +26,7 @@ from tests.bpf.test_alpha_e2e import (
     Event,
     SealedStream,
     pki,  # noqa: F401  (the module's PKI fixture)
-    start_alpha,
-    stop_alpha,
+    running_alpha,
 )
 
 pytestmark = pytest.mark.root
@@ -78,21 +77,12 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def alpha(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SealedStream]:  # noqa: F811
-    base = tmp_path_factory.mktemp("alpha-transfers")
     env = {
         "QSC_ALPHA_NETWORK__POLL_INTERVAL": "10m",
         "QSC_ALPHA_NETWORK__TRANSFER_IGNORE_NETWORKS": "[]",
     }
-    proc = start_alpha(pki, base, env)
-    stream: SealedStream | None = None
-    try:
-        stream = SealedStream(pki, proc.port)
+    with running_alpha(pki, tmp_path_factory.mktemp("alpha-transfers"), env) as (_, stream):
         yield stream
-    finally:
-        if stream is not None:
-            stream.close()
-        stop_alpha(proc.proc)
-    assert proc.proc.returncode == 0, proc.output()
 
 
 @pytest.fixture

@@ -581,6 +581,31 @@ t.close()
 """
 
 
+def test_release_agent_written_anywhere_passes_the_kernel_filter(env: Env, tmp_path: Path) -> None:
+    """A cgroup v1 hierarchy can be mounted anywhere (a container escape mounts it in /tmp):
+    a write to any release_agent is reported, a write to its neighbour is not."""
+    agent, other = tmp_path / "release_agent", tmp_path / "notify_on_release"
+    child = py(f"open({str(agent)!r}, 'w').write('x'); open({str(other)!r}, 'w').write('1')")
+    finish(child)
+    obs = env.seen.wait_for(
+        lambda o: (
+            of(Kind.OPEN, child.pid)(o)
+            and isinstance(o.detail, OpenDetail)
+            and o.detail.path == str(agent)
+        ),
+        what="release_agent write",
+    )
+    assert isinstance(obs.detail, OpenDetail)
+    assert obs.detail.write
+    assert not env.seen.all(
+        lambda o: (
+            of(Kind.OPEN, child.pid)(o)
+            and isinstance(o.detail, OpenDetail)
+            and o.detail.path == str(other)
+        )
+    )
+
+
 def test_connect_protocol_is_read_in_the_kernel(env: Env) -> None:
     """Sockets closed at once: /proc has nothing left to say whether they were UDP or TCP."""
     child = py(CONNECT_AND_CLOSE_CODE)
