@@ -33,7 +33,8 @@
 #define KIND_NAMESPACE 22
 #define KIND_UTIMES 23
 #define KIND_ENFORCE 24
-#define KIND_MAX 25
+#define KIND_OPEN_RESOLVED 25
+#define KIND_MAX 26
 
 /* Which syscall produced a record (rec_hdr.syscall): our own numbering, so that userspace does
  * not depend on the architecture's syscall table. */
@@ -133,6 +134,19 @@
 #define TTY_LEN 32
 #define XATTR_NAME_LEN 64
 #define EXIT_F_CODE_KNOWN 1
+/* The environment at exec: entries whose name the env_names map holds are kept. */
+#define ENV_LEN 512 /* kept entry bytes; one more entry of up to ENV_ENTRY_LEN may spill */
+#define ENV_ENTRY_LEN 192
+#define ENV_SCAN_LEN 4096 /* an entry longer than this ends the scan (ENV_F_INCOMPLETE) */
+#define MAX_ENV 128
+#define ENV_KEY_LEN 16
+#define ENV_F_SCANNED 1 /* the environment was read from the new image */
+#define ENV_F_INCOMPLETE 2 /* more entries than MAX_ENV, one too long, or unreadable */
+#define ENV_F_TRUNCATED 4 /* kept entries did not all fit in env */
+/* rec_path.resolve: the raw path was relative or not canonical: the opened file is named from
+ * its fd at exit. KEEP: report it even if the resolved path passes no filter (relative_*). */
+#define PATH_R_PENDING 1
+#define PATH_R_KEEP 2
 
 struct rec_hdr {
     u64 ts_ns; /* bpf_ktime_get_boot_ns(): CLOCK_BOOTTIME, the clock of /proc/PID/stat */
@@ -168,6 +182,11 @@ struct rec_exec {
     char tty[TTY_LEN]; /* the controlling terminal's tty->name, e.g. pts0; empty: none */
     u64 cap_effective; /* the new image's capability sets */
     u64 cap_permitted;
+    u32 env_count; /* entries scanned */
+    u32 env_flags; /* ENV_F_* */
+    u32 env_len; /* bytes used in env: NUL-separated NAME=value entries */
+    u32 env_kept;
+    char env[ENV_LEN + ENV_ENTRY_LEN];
     struct {
         u8 kind; /* FD_* */
         u8 _pad;
@@ -201,9 +220,22 @@ struct rec_path {
     u32 uid; /* chown */
     u32 gid;
     u32 path_len; /* bytes of path including its NUL, 0 if unreadable */
-    u32 _pad;
+    u32 resolve; /* PATH_R_*: in the kernel only, between entry and exit */
     char path[PATH_LEN];
 }; /* variable length on the wire: ends after path_len bytes of path */
+
+/* An open whose raw path was relative or not canonical (//, /./, /../): the file it opened,
+ * named by walking its dentry at exit, is what the filters judged. */
+struct rec_resolved {
+    struct rec_hdr hdr;
+    s32 dfd;
+    u32 mode;
+    u64 flags; /* open flags */
+    u32 path_flags; /* ID_F_EXE_* of the dentry walk (COMPLETE, PSEUDO, DELETED, TRUNCATED) */
+    u32 depth; /* components in path */
+    char raw[PATH_LEN]; /* the path as the caller gave it */
+    char path[PATH_LEN]; /* the file's absolute path */
+};
 
 /* rename, renameat, renameat2; link, linkat, symlink, symlinkat: two paths each. */
 struct rec_two_paths {

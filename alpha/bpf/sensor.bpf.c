@@ -275,7 +275,7 @@ static __always_inline u32 ku32(u64 base, u32 off) {
  * unknown to the verifier, so the states of different iterations compare equal and are pruned
  * (with the counts in registers, 32 iterations of two ways each do not verify). */
 static __always_inline void walk_path(u64 dentry, u64 vfsmnt, char *buf, u32 *len, u32 *depth,
-                                      u32 *flags) {
+                                      u32 *flags, u32 *offs) {
     *len = 0;
     *depth = 0;
     if (!dentry || !vfsmnt) {
@@ -311,6 +311,8 @@ static __always_inline void walk_path(u64 dentry, u64 vfsmnt, char *buf, u32 *le
         int n = bpf_probe_read_kernel_str(&buf[at], NAME_LEN, (void *)kptr(dentry, OFF_DENTRY_NAME));
         if (n <= 0)
             return;
+        if (offs)
+            offs[*depth & (EXE_DEPTH - 1)] = at;
         *len += n;
         *depth += 1;
         if (parent == dentry || !parent) {
@@ -516,7 +518,76 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat) { return exec_failed(args->ret); }
 static __always_inline void exe_path(struct rec_exec *e, u64 task) {
     u64 file = kptr(kptr(task, OFF_TASK_MM), OFF_MM_EXE_FILE);
     walk_path(kptr(file, OFF_FILE_DENTRY), kptr(file, OFF_FILE_MNT), e->exe, &e->exe_len,
-              &e->exe_depth, &e->id_flags);
+              &e->exe_depth, &e->id_flags, 0);
+}
+
+/* The environment entries whose names the env_names map holds (keys: the first
+ * ENV_KEY_LEN bytes of "NAME=", zero-padded), read from the new image's own copy of its
+ * environment, so what was set is what the program got, with nothing to race. The scan state
+ * lives in map memory so that the verifier prunes the iterations (see walk_path). */
+struct env_key {
+    char name[ENV_KEY_LEN];
+};
+struct env_scan {
+    u64 pos;
+    u64 end;
+    char buf[ENV_SCAN_LEN];
+};
+BPF_HASH(env_names, struct env_key, u8, 256);
+BPF_PERCPU_ARRAY(env_scratch, struct env_scan, 1);
+
+static __always_inline void exec_env(struct rec_exec *e, u64 task) {
+    e->env_count = 0;
+    e->env_len = 0;
+    e->env_kept = 0;
+    e->env_flags = 0;
+    u32 zero = 0;
+    struct env_scan *s = env_scratch.lookup(&zero);
+    u64 mm = kptr(task, OFF_TASK_MM);
+    if (!s || !mm)
+        return;
+    s->pos = kptr(mm, OFF_MM_ENV_START);
+    s->end = kptr(mm, OFF_MM_ENV_END);
+    e->env_flags = ENV_F_SCANNED;
+    for (int i = 0; i < MAX_ENV; i++) {
+        u64 pos = s->pos;
+        if (pos >= s->end)
+            return;
+        int n = bpf_probe_read_user_str(s->buf, ENV_SCAN_LEN, (void *)pos);
+        if (n <= 0 || n >= ENV_SCAN_LEN) {
+            e->env_flags |= ENV_F_INCOMPLETE;
+            return;
+        }
+        s->pos = pos + n;
+        e->env_count += 1;
+        struct env_key key = {};
+        int cut = 0;
+#pragma unroll
+        for (int j = 0; j < ENV_KEY_LEN; j++) {
+            char c = s->buf[j];
+            if (cut)
+                c = 0;
+            if (c == '=' || c == 0)
+                cut = 1;
+            key.name[j] = c;
+        }
+        if (!env_names.lookup(&key))
+            continue;
+        u32 at = e->env_len;
+        if (at >= ENV_LEN) {
+            e->env_flags |= ENV_F_TRUNCATED;
+            continue;
+        }
+        asm volatile("" : "+r"(at));
+        at &= ENV_LEN - 1;
+        int k = bpf_probe_read_kernel_str(&e->env[at], ENV_ENTRY_LEN, s->buf);
+        if (k > 0) {
+            e->env_len += k;
+            e->env_kept += 1;
+        }
+    }
+    if (s->pos < s->end)
+        e->env_flags |= ENV_F_INCOMPLETE;
 }
 
 static __always_inline void exec_identity(struct rec_exec *e) {
@@ -544,6 +615,7 @@ static __always_inline void exec_identity(struct rec_exec *e) {
     if (tty)
         bpf_probe_read_kernel_str(e->tty, TTY_LEN, (void *)(tty + OFF_TTY_NAME));
     exe_path(e, task);
+    exec_env(e, task);
 }
 #else
 static __always_inline void exec_identity(struct rec_exec *e) {
@@ -551,6 +623,7 @@ static __always_inline void exec_identity(struct rec_exec *e) {
     e->id_flags = 0;
     e->exe_len = 0;
     e->exe_depth = 0;
+    e->env_count = e->env_len = e->env_kept = e->env_flags = 0;
 }
 #endif
 
@@ -656,6 +729,113 @@ TRACEPOINT_PROBE(task, task_newtask) {
 
 /* ---- files: open, chmod, chown, unlink, rename ------------------------------------------ */
 #ifdef PROBE_OPEN
+#ifdef KERNEL_LAYOUT
+/* A path the prefix filters cannot judge as written: relative, or with "//", "/./", "/../"
+ * (or any component starting with a dot: cheaper to resolve than to parse). */
+static __always_inline int not_canonical(const char *p, u32 len) {
+    if (!len)
+        return 0;
+    if (p[0] != '/')
+        return 1;
+    for (int i = 0; i < PATH_LEN - 1; i++) {
+        char c = p[i];
+        if (c == 0)
+            return 0;
+        if (c == '/' && (p[i + 1] == '/' || p[i + 1] == '.'))
+            return 1;
+    }
+    return 0;
+}
+
+/* The opened file named from its fd: a dentry walk (leaf first), then the names in root-first
+ * order into out.path. `spill` takes the last name's overflow past PATH_LEN. */
+struct resolve_scratch {
+    u32 offs[EXE_DEPTH];
+    u32 len;
+    u32 depth;
+    u32 flags;
+    u32 pos;
+    char names[EXE_LEN + NAME_LEN];
+    struct rec_resolved out;
+    char spill[NAME_LEN];
+};
+BPF_PERCPU_ARRAY(resolve_scratch, struct resolve_scratch, 1);
+
+static __always_inline void resolve_open(struct inflight *r, s64 ret) {
+    u32 zero = 0;
+    struct resolve_scratch *s = resolve_scratch.lookup(&zero);
+    if (!s)
+        return;
+    u64 file = fd_file((int)ret);
+    s->flags = 0;
+    walk_path(kptr(file, OFF_FILE_DENTRY), kptr(file, OFF_FILE_MNT), s->names, &s->len,
+              &s->depth, &s->flags, s->offs);
+    if (!s->depth)
+        return;
+    s->pos = 0;
+    for (int k = 0; k < EXE_DEPTH; k++) {
+        if (k >= s->depth)
+            break;
+        u32 d = (s->depth - 1 - k) & (EXE_DEPTH - 1);
+        u32 at = s->pos;
+        if (at >= PATH_LEN - 1) {
+            s->flags |= ID_F_EXE_TRUNCATED;
+            break;
+        }
+        asm volatile("" : "+r"(at));
+        at &= PATH_LEN - 1;
+        s->out.path[at] = '/';
+        u32 o = s->offs[d];
+        asm volatile("" : "+r"(o));
+        o &= EXE_LEN - 1;
+        int n = bpf_probe_read_kernel_str(&s->out.path[(at + 1) & (PATH_LEN - 1)], NAME_LEN,
+                                          &s->names[o]);
+        if (n <= 0)
+            break;
+        s->pos = at + n;
+    }
+    s->out.path[PATH_LEN - 1] = 0;
+    int write = (r->path.flags & QSC_WRITE_FLAGS) != 0;
+    if (!(r->path.resolve & PATH_R_KEEP) && !path_wanted(s->out.path, write)) {
+        count(CNT_FILTERED);
+        return;
+    }
+    __builtin_memcpy(&s->out.hdr, &r->hdr, sizeof(struct rec_hdr));
+    s->out.hdr.kind = KIND_OPEN_RESOLVED;
+    s->out.hdr.ret = ret;
+    s->out.dfd = r->path.dfd;
+    s->out.mode = r->path.mode;
+    s->out.flags = r->path.flags;
+    s->out.path_flags = s->flags;
+    s->out.depth = s->depth;
+    __builtin_memcpy(s->out.raw, r->path.path, PATH_LEN);
+    if (events.ringbuf_output(&s->out, sizeof(struct rec_resolved), 0) != 0)
+        count_lost(KIND_OPEN_RESOLVED);
+}
+#endif
+
+/* Open's exit: a pending path is judged by the file it opened; a failed open of one has no
+ * file, and is reported as written only when the relative_* setting keeps it. */
+static __always_inline int finish_open(s64 ret) {
+#ifdef KERNEL_LAYOUT
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inflight *r = inflight.lookup(&tid);
+    if (!r)
+        return 0;
+    if (r->hdr.kind == KIND_OPEN && (r->path.resolve & PATH_R_PENDING)) {
+        if (ret >= 0)
+            resolve_open(r, ret);
+        else if (r->path.resolve & PATH_R_KEEP) {
+            r->hdr.ret = ret;
+            output(r, KIND_OPEN);
+        }
+        inflight.delete(&tid);
+        return 0;
+    }
+#endif
+    return finish(ret, KIND_OPEN);
+}
+
 static __always_inline int open_enter(u32 sc, int dfd, const char *filename, u64 flags, u32 mode) {
     if (is_self())
         return 0;
@@ -664,8 +844,14 @@ static __always_inline int open_enter(u32 sc, int dfd, const char *filename, u64
         return 0;
     r->path.path_len = read_user_path(r->path.path, filename);
     int write = (flags & QSC_WRITE_FLAGS) != 0;
-    if (!path_wanted(r->path.path, write) &&
-        !(write && is_release_agent(r->path.path, r->path.path_len))) {
+    int wanted = path_wanted(r->path.path, write) ||
+                 (write && is_release_agent(r->path.path, r->path.path_len));
+    r->path.resolve = 0;
+#ifdef KERNEL_LAYOUT
+    if (not_canonical(r->path.path, r->path.path_len))
+        r->path.resolve = PATH_R_PENDING | (wanted ? PATH_R_KEEP : 0);
+#endif
+    if (!wanted && !r->path.resolve) {
         count(CNT_FILTERED);
         return 0;
     }
@@ -680,13 +866,13 @@ static __always_inline int open_enter(u32 sc, int dfd, const char *filename, u64
 TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
     return open_enter(SC_OPENAT, args->dfd, args->filename, (u32)args->flags, args->mode);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return finish(args->ret, KIND_OPEN); }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return finish_open(args->ret); }
 
 #ifdef HAVE_sys_enter_open
 TRACEPOINT_PROBE(syscalls, sys_enter_open) {
     return open_enter(SC_OPEN, -100, args->filename, (u32)args->flags, args->mode);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_open) { return finish(args->ret, KIND_OPEN); }
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { return finish_open(args->ret); }
 #endif
 
 #ifdef HAVE_sys_enter_creat
@@ -694,7 +880,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_creat) {
     return open_enter(SC_CREAT, -100, args->pathname, QSC_O_CREAT | QSC_O_WRONLY | QSC_O_TRUNC,
                       args->mode);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return finish(args->ret, KIND_OPEN); }
+TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return finish_open(args->ret); }
 #endif
 
 #ifdef HAVE_sys_enter_openat2
@@ -706,7 +892,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_openat2) {
     bpf_probe_read_user(&how, sizeof(how), args->how);
     return open_enter(SC_OPENAT2, args->dfd, args->filename, how.flags, (u32)how.mode);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return finish(args->ret, KIND_OPEN); }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return finish_open(args->ret); }
 #endif
 #endif /* PROBE_OPEN */
 
@@ -845,6 +1031,18 @@ TRACEPOINT_PROBE(syscalls, sys_exit_unlink) { return finish(args->ret, KIND_UNLI
 
 #if defined(PROBE_RENAME) || defined(PROBE_LINK)
 /* rename and link: reported when either path passes the write filter. */
+/* A link to the root, /etc or /root themselves (no trailing slash: the write prefixes take
+ * those): a symlink in /tmp that opens the whole tree to whoever follows it. */
+static __always_inline int top_dir_target(const char *p) {
+    if (p[0] != '/')
+        return 0;
+    if (p[1] == 0)
+        return 1;
+    if (IS4(p, '/', 'e', 't', 'c') && p[4] == 0)
+        return 1;
+    return IS4(p, '/', 'r', 'o', 'o') && p[4] == 't' && p[5] == 0;
+}
+
 static __always_inline int two_paths_enter(u32 kind, u32 sc, int olddfd, const char *oldname,
                                            int newdfd, const char *newname, u32 flags) {
     if (is_self())
@@ -854,7 +1052,8 @@ static __always_inline int two_paths_enter(u32 kind, u32 sc, int olddfd, const c
         return 0;
     read_user_path(r->two.oldpath, oldname);
     read_user_path(r->two.newpath, newname);
-    if (!path_wanted(r->two.oldpath, 1) && !path_wanted(r->two.newpath, 1)) {
+    if (!path_wanted(r->two.oldpath, 1) && !path_wanted(r->two.newpath, 1) &&
+        !(kind == KIND_LINK && top_dir_target(r->two.oldpath))) {
         count(CNT_FILTERED);
         return 0;
     }
@@ -892,8 +1091,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return finish(args->ret, KIND_RENA
 #endif /* PROBE_RENAME */
 
 #ifdef PROBE_LINK
-/* Reported when the new link or its target passes the write filter: a symlink to /etc/shadow
- * planted in /tmp and a link to /dev/null over a log both do. A relative target (a symlink's is
+/* Reported when the new link or its target passes the write filter, or the target is /, /etc
+ * or /root: a symlink to /etc/shadow planted in /tmp and a link to /dev/null over a log do. A relative target (a symlink's is
  * relative to the link's directory) passes only with RELATIVE_WRITES, as relative writes do. */
 static __always_inline int link_enter(u32 sc, int olddfd, const char *oldname, int newdfd,
                                       const char *newname, u32 flags) {
@@ -1331,7 +1530,8 @@ static __always_inline int utimes_enter(u32 sc, int dfd, const char *filename, s
             mnt = kptr(file, OFF_FILE_MNT);
         }
         u->base_flags = ID_F_KERNEL;
-        walk_path(dentry, mnt, u->base, &u->base_len, &u->base_depth, &u->base_flags);
+        walk_path(dentry, mnt, u->base, &u->base_len, &u->base_depth, &u->base_flags,
+                  0);
     }
 #endif
     u32 tid = u->hdr.tid;

@@ -26,7 +26,13 @@ Modules: `config`, `model` (what a scan finds), `scanner`, `dedup`, `scheduler`,
 
 from __future__ import annotations
 
-from alpha.memscan.config import DEFAULT_JIT_ALLOWLIST, JitAllowlist, MemScanConfig
+from alpha.memscan.config import (
+    DEFAULT_BACKDOORED_LIBRARIES,
+    DEFAULT_JIT_ALLOWLIST,
+    BackdooredLibraries,
+    JitAllowlist,
+    MemScanConfig,
+)
 from alpha.memscan.dedup import Deduper
 from alpha.memscan.model import (
     Finding,
@@ -43,7 +49,9 @@ from alpha.memscan.scheduler import ScanScheduler, SchedulerStats
 from alpha.memscan.service import ScanMemoryCore
 
 __all__ = [
+    "DEFAULT_BACKDOORED_LIBRARIES",
     "DEFAULT_JIT_ALLOWLIST",
+    "BackdooredLibraries",
     "Deduper",
     "Finding",
     "JitAllowlist",

@@ -32,6 +32,16 @@ DEFAULT_JIT_ALLOWLIST: Final = (
     # time; with it, add the interpreter's path here.
 )
 
+# File names of libraries known to be backdoored: a process mapping one is reported as
+# backdoored_library. Exact file names as the package installs them (the kernel shows the real
+# file in maps, so a library loaded by its soname appears under its versioned name).
+DEFAULT_BACKDOORED_LIBRARIES: Final = (
+    # CVE-2024-3094: xz-utils 5.6.0 and 5.6.1 carry a backdoor in liblzma that hooks sshd's RSA
+    # key verification (sshd loads liblzma through libsystemd on distributions that patch it).
+    "liblzma.so.5.6.0",
+    "liblzma.so.5.6.1",
+)
+
 
 # --- configuration ----------------------------------------------------------------------------
 
@@ -61,6 +71,7 @@ class MemScanConfig:
     exec_max_per_second: float = 100.0
     exec_max_pending: int = 1024
     jit_allowlist: tuple[str, ...] = DEFAULT_JIT_ALLOWLIST
+    backdoored_libraries: tuple[str, ...] = DEFAULT_BACKDOORED_LIBRARIES  # file names, no "/"
     max_regions: int = 16  # offending mappings carried per finding (the rest: regions_truncated)
     environ_max_bytes: int = 256 * 1024
     maps_max_bytes: int = 64 * 1024 * 1024
@@ -96,6 +107,9 @@ class MemScanConfig:
         for entry in self.jit_allowlist:
             if not entry.startswith("/") or entry == "/":
                 raise ConfigError("jit_allowlist", f"{entry!r}: an absolute path, not /")
+        for name in self.backdoored_libraries:
+            if not name or "/" in name or name in (".", "..") or name != name.strip():
+                raise ConfigError("backdoored_libraries", f"{name!r}: a file name, without a /")
 
 
 class JitAllowlist:
@@ -117,3 +131,39 @@ class JitAllowlist:
         if not exe or exe.endswith(procfs.DELETED_SUFFIX) or exe.startswith(procfs.MEMFD_PREFIX):
             return False
         return exe in self._exact or exe.startswith(self._prefixes)
+
+
+class BackdooredLibraries:
+    """File names of known-backdoored libraries (`MemScanConfig.backdoored_libraries`).
+
+    `match` takes a mapped path as maps shows it (a " (deleted)" suffix is ignored: a process
+    started before the upgrade still runs the backdoored code) and gives the known-bad name it
+    carries, or "". `generic` tells whether a path is a less specific name of one of them
+    (`liblzma.so.5`, `liblzma.so` for `liblzma.so.5.6.1`): only those are worth resolving as a
+    symlink. `watched` holds both sets, as bytes, for the maps parser's filter."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(names)
+        generic: set[str] = set()
+        for name in self.names:
+            stem = name
+            # liblzma.so.5.6.1 -> liblzma.so.5.6 -> liblzma.so.5 -> liblzma.so
+            while ".so." in stem:
+                stem = stem.rsplit(".", 1)[0]
+                generic.add(stem)
+        self.generic_names = frozenset(generic - self.names)
+        self.watched = frozenset(
+            n.encode("utf-8", "surrogateescape") for n in self.names | self.generic_names
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def match(self, path: str) -> str:
+        name = os.path.basename(path.removesuffix(procfs.DELETED_SUFFIX))
+        return name if name in self.names else ""
+
+    def generic(self, path: str) -> bool:
+        return not path.endswith(procfs.DELETED_SUFFIX) and (
+            os.path.basename(path) in self.generic_names
+        )

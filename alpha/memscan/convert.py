@@ -29,6 +29,7 @@ KIND_TO_PROTO: Final[Mapping[ThreatKind, memory_details_pb2.MemoryThreatKind.Val
     ThreatKind.DELETED_EXECUTABLE: memory_details_pb2.MEMORY_THREAT_KIND_DELETED_EXECUTABLE,
     ThreatKind.TRACED: memory_details_pb2.MEMORY_THREAT_KIND_TRACED,
     ThreatKind.LD_PRELOAD: memory_details_pb2.MEMORY_THREAT_KIND_LD_PRELOAD,
+    ThreatKind.BACKDOORED_LIBRARY: memory_details_pb2.MEMORY_THREAT_KIND_BACKDOORED_LIBRARY,
 }
 TRIGGER_TO_PROTO: Final[Mapping[Trigger, memory_details_pb2.MemoryScanTrigger.ValueType]] = {
     Trigger.PERIODIC: memory_details_pb2.MEMORY_SCAN_TRIGGER_PERIODIC,
@@ -44,6 +45,7 @@ SEVERITY: Final[Mapping[ThreatKind, classification_pb2.Severity.ValueType]] = {
     ThreatKind.DELETED_EXECUTABLE: Severity.SEVERITY_MEDIUM,
     ThreatKind.TRACED: Severity.SEVERITY_HIGH,
     ThreatKind.LD_PRELOAD: Severity.SEVERITY_HIGH,
+    ThreatKind.BACKDOORED_LIBRARY: Severity.SEVERITY_HIGH,
 }
 _WHAT: Final[Mapping[ThreatKind, str]] = {
     ThreatKind.WRITABLE_EXECUTABLE: "writable+executable memory",
@@ -52,6 +54,7 @@ _WHAT: Final[Mapping[ThreatKind, str]] = {
     ThreatKind.DELETED_EXECUTABLE: "deleted executable code",
     ThreatKind.TRACED: "process traced",
     ThreatKind.LD_PRELOAD: "preloaded libraries",
+    ThreatKind.BACKDOORED_LIBRARY: "known backdoored library",
 }
 
 
@@ -151,6 +154,8 @@ def summary(finding: Finding) -> str:
         text += f" by {tracer.comm or '?'} (pid {tracer.pid}, exe {tracer.exe or '?'})"
     elif finding.preloaded:
         text += f": {', '.join(finding.preloaded)}"
+    elif finding.libraries:
+        text += f": {', '.join(finding.libraries)}"
     elif finding.regions:
         more = "+" if finding.regions_truncated else ""
         text += f": {len(finding.regions)}{more} region(s), first {finding.regions[0].perms}"

@@ -26,6 +26,7 @@ class ThreatKind(enum.StrEnum):
     DELETED_EXECUTABLE = "deleted_executable"
     TRACED = "traced"
     LD_PRELOAD = "ld_preload"
+    BACKDOORED_LIBRARY = "backdoored_library"
 
 
 JIT_KINDS: Final = frozenset({ThreatKind.WRITABLE_EXECUTABLE, ThreatKind.ANONYMOUS_EXECUTABLE})
@@ -73,6 +74,9 @@ class Finding:
     tracer: TracerInfo | None = None
     preloaded: tuple[str, ...] = ()
     preload_sources: tuple[str, ...] = ()  # "environ" and/or the ld.so.preload path
+    # backdoored_library: the known-bad files mapped, as maps names them or, for a generic name
+    # (liblzma.so.5) that is a symlink, the file it leads to.
+    libraries: tuple[str, ...] = ()
     allowlisted: bool = False
     # What makes this finding "the same" for dedup: every offending item, before truncation.
     identity: frozenset[Hashable] = field(default=frozenset(), compare=False)

@@ -10,6 +10,7 @@ silently mixing two processes. A process that is gone is `ProcessGone`, /proc re
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -139,9 +140,20 @@ def _interesting(perms: bytes, inode: bytes, path: bytes) -> bool:
     )
 
 
-def parse_executable_maps(data: bytes, every: bool = False) -> list[MapEntry]:
+@functools.lru_cache(maxsize=8)
+def _shortest(names: frozenset[bytes]) -> tuple[bytes, ...]:
+    """The names no other one is a part of: liblzma.so stands for liblzma.so.5.6.1 in a search."""
+    return tuple(n for n in names if not any(m != n and m in n for m in names))
+
+
+def parse_executable_maps(
+    data: bytes, every: bool = False, names: frozenset[bytes] = frozenset()
+) -> list[MapEntry]:
     """The executable mappings of a maps text (whole lines only) that could be findings, or,
-    with `every`, all of them (to match mapped libraries against /etc/ld.so.preload)."""
+    with `every`, all of them (to match mapped libraries against /etc/ld.so.preload). Mappings of
+    a file whose name is in `names` (known-backdoored libraries) are always kept."""
+    if names and not any(name in data for name in _shortest(names)):
+        names = frozenset()  # a substring search at C speed spares the per-line check
     out = []
     last = -1
     for hint in _EXEC_HINT.finditer(data):
@@ -154,7 +166,11 @@ def parse_executable_maps(data: bytes, every: bool = False) -> list[MapEntry]:
         if m is None:
             continue  # the hit was inside a path
         start, end_addr, perms, offset, dev, inode, path = m.groups()
-        if not every and not _interesting(perms, inode, path):
+        if (
+            not every
+            and not _interesting(perms, inode, path)
+            and not (names and path[path.rfind(b"/") + 1 :] in names)
+        ):
             continue
         out.append(
             MapEntry(
@@ -362,7 +378,9 @@ def readlink_at(dirfd: int, name: str) -> str:
         raise
 
 
-def read_executable_maps(dirfd: int, max_bytes: int, every: bool = False) -> list[MapEntry]:
+def read_executable_maps(
+    dirfd: int, max_bytes: int, every: bool = False, names: frozenset[bytes] = frozenset()
+) -> list[MapEntry]:
     """`parse_executable_maps` of the process's maps, read in 64 KiB chunks (a JVM's maps run to
     thousands of lines; only whole lines are parsed, the rest carried over), at most
     `max_bytes` in all."""
@@ -386,13 +404,31 @@ def read_executable_maps(dirfd: int, max_bytes: int, every: bool = False) -> lis
             total += len(chunk)
             data = rest + chunk
             cut = data.rfind(b"\n") + 1
-            out.extend(parse_executable_maps(data[:cut], every))
+            out.extend(parse_executable_maps(data[:cut], every, names))
             rest = data[cut:]
         if rest:
-            out.extend(parse_executable_maps(rest, every))
+            out.extend(parse_executable_maps(rest, every, names))
         return out
     finally:
         os.close(fd)
+
+
+def resolve_link_at(dirfd: int, path: str, hops: int = 8) -> str:
+    """Where a path of the process (as maps names it, from its root) leads when its last
+    component is a symlink, followed up to `hops` links: the path itself when it is none, "" when
+    it cannot be read. Read through `root` of the `/proc/PID` descriptor, so a container's path is
+    looked up in the container's filesystem."""
+    for _ in range(hops):
+        try:
+            target = os.readlink("root" + path, dir_fd=dirfd)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return path  # not a symlink
+            if exc.errno == errno.ESRCH:
+                raise ProcessGone(str(exc)) from None
+            return ""
+        path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    return path
 
 
 def list_pids(proc: Path) -> list[int]:

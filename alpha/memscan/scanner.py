@@ -18,7 +18,12 @@ Each offending mapping is reported under exactly one kind, so a shellcode stager
   deleted (after a package upgrade, as well as a dropper covering its tracks);
 - traced: TracerPid is not 0 for the process or one of its threads, naming the tracer;
 - ld_preload: LD_PRELOAD in the environment the program was started with, or a library listed in
-  /etc/ld.so.preload that the process has mapped.
+  /etc/ld.so.preload that the process has mapped;
+- backdoored_library: an executable mapping of a library known to be backdoored, by file name
+  (`MemScanConfig.backdoored_libraries`: liblzma 5.6.0/5.6.1, CVE-2024-3094). maps names the
+  real file, so a library loaded by its soname shows its versioned name; a mapping under a
+  generic name (liblzma.so.5) whose path is a symlink is resolved. Also when deleted (a daemon
+  started before the upgrade still runs that code): then reported here, not as deleted.
 
 JIT runtimes map writable+executable and anonymous executable memory by design: the allowlist
 names them by executable path (as the kernel reports it in the exe link, so a copy of `node` in
@@ -37,7 +42,7 @@ from pathlib import Path
 from typing import Final
 
 from alpha.memscan import procfs
-from alpha.memscan.config import JitAllowlist, MemScanConfig
+from alpha.memscan.config import BackdooredLibraries, JitAllowlist, MemScanConfig
 from alpha.memscan.model import (
     JIT_KINDS,
     Finding,
@@ -95,6 +100,7 @@ class _Raw:
     identity: frozenset[Hashable]
     libs: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
+    libraries: tuple[str, ...] = ()
 
 
 class MemoryScanner:
@@ -114,6 +120,7 @@ class MemoryScanner:
         self._lookup = process_lookup
         self._boot_id = boot_id if boot_id is not None else read_boot_id(proc)
         self.allowlist = JitAllowlist(self.config.jit_allowlist)
+        self.backdoored = BackdooredLibraries(self.config.backdoored_libraries)
         self._preload = _NO_PRELOAD_FILE
         self._preload_lock = threading.Lock()
 
@@ -233,7 +240,9 @@ class MemoryScanner:
         if status.zombie or not status.has_mm:
             return PidScan(pid, Outcome.GONE)  # exited, or exiting (its memory already released)
         exe = ExeLink(procfs.readlink_at(dirfd, "exe"))
-        entries = procfs.read_executable_maps(dirfd, cfg.maps_max_bytes, every=bool(preload.libs))
+        entries = procfs.read_executable_maps(
+            dirfd, cfg.maps_max_bytes, every=bool(preload.libs), names=self.backdoored.watched
+        )
         try:
             env_libs = procfs.preload_from_environ(
                 procfs.read_small(dirfd, "environ", cfg.environ_max_bytes)
@@ -268,6 +277,7 @@ class MemoryScanner:
                 else None,
                 preloaded=r.libs,
                 preload_sources=r.sources,
+                libraries=r.libraries,
                 allowlisted=allowed and r.kind in JIT_KINDS,
                 identity=r.identity,
             )
@@ -305,7 +315,14 @@ class MemoryScanner:
         if memfd:
             mine = [e for e in entries if e.path == exe.text]
             add(ThreatKind.MEMFD_EXECUTABLE, mine, [("exe", exe.text)])
-        gone = [e for e in entries if e.deleted and not e.anonymous]
+        bad, libraries = self._backdoored(dirfd, entries)
+        if bad:
+            marks: set[Hashable] = {(r.start, r.perms, r.path) for r in bad}
+            marks.update(("lib", x) for x in libraries)
+            out.append(
+                _Raw(ThreatKind.BACKDOORED_LIBRARY, tuple(bad), frozenset(marks), (), (), libraries)
+            )
+        gone = [e for e in entries if e.deleted and not e.anonymous and e not in bad]
         if deleted or gone:
             gone.sort(key=lambda e: e.path != exe.text)  # the executable's own mappings first
             add(ThreatKind.DELETED_EXECUTABLE, gone, [("exe", exe.text)] if deleted else [])
@@ -323,6 +340,28 @@ class MemoryScanner:
             ident = frozenset(("lib", lib) for lib in libs)
             out.append(_Raw(ThreatKind.LD_PRELOAD, (), ident, tuple(libs), tuple(sources)))
         return out
+
+    def _backdoored(
+        self, dirfd: int, entries: list[MapEntry]
+    ) -> tuple[list[MapEntry], tuple[str, ...]]:
+        """The mappings of known-backdoored libraries, and those files (distinct, in order)."""
+        known = self.backdoored
+        if not known:
+            return [], ()
+        bad: list[MapEntry] = []
+        files: dict[str, None] = {}
+        resolved: dict[str, str] = {}
+        for e in entries:
+            if known.match(e.path):
+                bad.append(e)
+                files[e.path] = None
+            elif e.path.startswith("/") and known.generic(e.path):
+                if e.path not in resolved:
+                    resolved[e.path] = procfs.resolve_link_at(dirfd, e.path)
+                if known.match(resolved[e.path]):
+                    bad.append(e)
+                    files[resolved[e.path]] = None
+        return bad, tuple(files)
 
     def _unlinked(self, dirfd: int) -> bool:
         try:

@@ -271,6 +271,8 @@ def _exec(event: Event, obs: Observation, d: ExecDetail) -> str:
         msg.all_capabilities = d.cap_effective & ALL_CAPS == ALL_CAPS
     if d.cap_permitted is not None:
         msg.permitted_capabilities.extend(capability_names(d.cap_permitted))
+    msg.environment.extend(d.environment)
+    msg.environment_complete = d.environment_complete
     # The exec's own view of the new image wins over a table entry read a moment later.
     proc = event.process
     if d.exe:
@@ -384,6 +386,8 @@ def _open(event: Event, obs: Observation, d: OpenDetail) -> str:
     msg.created = ok and d.flags & (_O_CREAT | _O_EXCL) == _O_CREAT | _O_EXCL
     msg.truncated = ok and mode != 0 and bool(d.flags & _O_TRUNC)
     msg.result = obs.ret if obs.ret is not None else 0
+    if d.kernel_path and d.path != msg.path:
+        msg.requested_path = d.path
     verb = "read" if mode == 0 else "wrote"
     return f"{event.process.comm or '?'} opened {msg.path} ({verb})"
 

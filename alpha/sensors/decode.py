@@ -44,7 +44,8 @@ KIND_XATTR: Final = 21
 KIND_NAMESPACE: Final = 22
 KIND_UTIMES: Final = 23
 KIND_ENFORCE: Final = 24
-KIND_MAX: Final = 25
+KIND_OPEN_RESOLVED: Final = 25
+KIND_MAX: Final = 26
 
 KIND_NAMES: Final[dict[int, str]] = {
     KIND_EXEC: "exec",
@@ -71,6 +72,7 @@ KIND_NAMES: Final[dict[int, str]] = {
     KIND_NAMESPACE: "namespace",
     KIND_UTIMES: "utimes",
     KIND_ENFORCE: "enforce",
+    KIND_OPEN_RESOLVED: "open_resolved",
 }
 
 # records.h SC_*: index = our syscall number.
@@ -159,6 +161,16 @@ EXE_DEPTH: Final = 32
 TTY_LEN: Final = 32
 XATTR_NAME_LEN: Final = 64
 EXIT_F_CODE_KNOWN: Final = 1
+ENV_LEN: Final = 512
+ENV_ENTRY_LEN: Final = 192
+ENV_SCAN_LEN: Final = 4096
+MAX_ENV: Final = 128
+ENV_KEY_LEN: Final = 16
+ENV_F_SCANNED: Final = 1
+ENV_F_INCOMPLETE: Final = 2
+ENV_F_TRUNCATED: Final = 4
+PATH_R_PENDING: Final = 1
+PATH_R_KEEP: Final = 2
 TCPC_F_OWNER: Final = 1
 
 # --- layouts: (field, struct format) in C order; payloads follow the 64-byte header -----------
@@ -197,6 +209,11 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("tty", f"{TTY_LEN}s"),
         ("cap_effective", "Q"),
         ("cap_permitted", "Q"),
+        ("env_count", "I"),
+        ("env_flags", "I"),
+        ("env_len", "I"),
+        ("env_kept", "I"),
+        ("env", f"{ENV_LEN + ENV_ENTRY_LEN}s"),
         *(
             (f"stdio[{n}].{name}", code)
             for n in range(3)
@@ -220,7 +237,16 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("uid", "I"),
         ("gid", "I"),
         ("path_len", "I"),
-        ("_pad", "I"),
+        ("resolve", "I"),
+    ),
+    "rec_resolved": (
+        ("dfd", "i"),
+        ("mode", "I"),
+        ("flags", "Q"),
+        ("path_flags", "I"),
+        ("depth", "I"),
+        ("raw", f"{PATH_LEN}s"),
+        ("path", f"{PATH_LEN}s"),
     ),
     "rec_two_paths": (
         ("olddfd", "i"),
@@ -392,6 +418,10 @@ class KernelIdentity:
     # fds 0-2 at exec: (kind, peer address, peer port); kind as alpha.sensors.model.Stdio
     # names it, "unknown" when the kernel could not tell.
     stdio: tuple[tuple[str, str, int], ...] = ()
+    # The watched environment entries ("NAME=value"), and whether the whole environment was
+    # scanned (False: too many entries, one too long, or more kept than fit).
+    env: tuple[str, ...] = ()
+    env_complete: bool = True
 
 
 @dataclass(slots=True)
@@ -418,6 +448,9 @@ class RawPath:
     uid: int
     gid: int
     path: str
+    # open only: the path as the caller wrote it when it was relative or not canonical; `path`
+    # is then the kernel's name of the file opened (KIND_OPEN_RESOLVED).
+    raw_path: str = ""
 
 
 @dataclass(slots=True)
@@ -689,8 +722,8 @@ def _need(buf: bytes, name: str) -> struct.Struct:
 def _exec(h: Header, buf: bytes) -> RawExec:
     s = _need(buf, "rec_exec")
     (old_pid, argc, args_len, flags, dirfd, at_flags, filename, euid, egid, auid, session, ppid,
-     id_flags, exe_len, exe_depth, tty, cap_eff, cap_prm, *fds, exe) = s.unpack_from(
-        buf, HEADER_SIZE)  # fmt: skip
+     id_flags, exe_len, exe_depth, tty, cap_eff, cap_prm, _env_count, env_flags, env_len,
+     env_kept, env, *fds, exe) = s.unpack_from(buf, HEADER_SIZE)  # fmt: skip
     start = HEADER_SIZE + s.size
     args = split_args(buf[start : start + args_len], argc)
     identity = None
@@ -709,6 +742,9 @@ def _exec(h: Header, buf: bytes) -> RawExec:
             cap_eff,
             cap_prm,
             tuple(_fd(fds[i], fds[i + 2], fds[i + 4]) for i in (0, 5, 10)),
+            split_args(env[: min(env_len, ENV_LEN + ENV_ENTRY_LEN)], env_kept),
+            bool(env_flags & ENV_F_SCANNED)
+            and not env_flags & (ENV_F_INCOMPLETE | ENV_F_TRUNCATED),
         )
     return RawExec(
         h,
@@ -784,6 +820,12 @@ def _path(h: Header, buf: bytes) -> RawPath:
     start = HEADER_SIZE + s.size
     path = cstr(buf[start : start + min(path_len, PATH_LEN)])
     return RawPath(h, dfd, mode, flags, uid, gid, path)
+
+
+def _resolved(h: Header, buf: bytes) -> RawPath:
+    dfd, mode, flags, _, _, raw, path = _need(buf, "rec_resolved").unpack_from(buf, HEADER_SIZE)
+    h.kind = KIND_OPEN  # an open like any other, named by the kernel
+    return RawPath(h, dfd, mode, flags, 0, 0, cstr(path), cstr(raw))
 
 
 def _rename(h: Header, buf: bytes) -> RawRename:
@@ -953,6 +995,7 @@ _DECODERS: Final[dict[int, Callable[[Header, bytes], RawRecord]]] = {
     KIND_NAMESPACE: _namespace,
     KIND_UTIMES: _utimes,
     KIND_ENFORCE: _enforce,
+    KIND_OPEN_RESOLVED: _resolved,
 }
 
 

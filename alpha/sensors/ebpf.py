@@ -612,6 +612,8 @@ class Enricher:
                 old_pid=rec.old_pid,
                 cap_effective=ident.cap_effective if ident else None,
                 cap_permitted=ident.cap_permitted if ident else None,
+                environment=ident.env if ident else (),
+                environment_complete=ident.env_complete if ident else False,
             )
             ret = None
             kind = Kind.EXEC
@@ -684,6 +686,16 @@ class Enricher:
         if isinstance(rec, d.RawPath):
             kind = _KIND_OF[h.kind]
             if kind is Kind.OPEN:
+                if rec.raw_path:  # named by the kernel from the file opened
+                    return kind, OpenDetail(
+                        rec.raw_path,
+                        rec.path,
+                        rec.flags,
+                        rec.mode,
+                        rec.dfd,
+                        bool(rec.flags & _WRITE_FLAGS),
+                        kernel_path=True,
+                    )
                 return kind, OpenDetail(
                     rec.path,
                     self._abs(h.tgid, rec.dfd, rec.path, info),
@@ -958,6 +970,8 @@ class EbpfSensor:
                 )
             else:
                 self._load_allow_lists()
+        if program.layout is not None and "exec" in program.probes:
+            self._load_env_names()
         self.table.seed()
         self._bpf[b"events"].open_ring_buffer(self._on_record)
         self._started_ns = time.time_ns()
@@ -1065,6 +1079,16 @@ class EbpfSensor:
             table[table.Key(0)] = value
         self.enforcing = armed
         return armed
+
+    def _load_env_names(self) -> None:
+        """The environment names the kernel keeps at exec: keys of "NAME=" cut or zero-padded
+        to ENV_KEY_LEN bytes, as exec_env builds them from each entry."""
+        table = self._bpf[b"env_names"]
+        for name in self.config.exec_env:
+            key = table.Key()
+            raw = (name.encode() + b"=")[: d.ENV_KEY_LEN]
+            ctypes.memmove(ctypes.addressof(key), raw, len(raw))
+            table[key] = ctypes.c_uint8(1)
 
     def _load_allow_lists(self) -> None:
         """The enforcement allow list as the kernel checks it: executables by (device, inode),

@@ -54,6 +54,9 @@ _U32 = (
 _U64 = (
     ("OFF_CRED_CAP_EFFECTIVE", "cred", "cap_effective"),
     ("OFF_CRED_CAP_PERMITTED", "cred", "cap_permitted"),
+    # the new image's environment block, read at exec
+    ("OFF_MM_ENV_START", "mm_struct", "env_start"),
+    ("OFF_MM_ENV_END", "mm_struct", "env_end"),
 )
 _U16 = (
     ("OFF_INODE_MODE", "inode", "i_mode"),

@@ -118,6 +118,10 @@ class ExecDetail:
     old_pid: int  # the tid that called exec (a non-leader thread's id)
     cap_effective: int | None = None  # the new image's capability sets (kernel-side identity)
     cap_permitted: int | None = None
+    # The watched environment entries ("NAME=value", `exec_env`), read by the kernel at exec;
+    # complete: the whole environment was scanned (False without kernel-side identity).
+    environment: tuple[str, ...] = ()
+    environment_complete: bool = False
 
 
 @dataclass(slots=True)
@@ -141,6 +145,7 @@ class OpenDetail:
     mode: int
     dirfd: int
     write: bool  # O_WRONLY, O_RDWR, O_CREAT, O_TRUNC or O_APPEND
+    kernel_path: bool = False  # abs_path is the kernel's name of the file opened, from its fd
 
 
 @dataclass(slots=True)
@@ -423,10 +428,12 @@ class SensorConfig:
     `read_prefixes`, or, opened for writing, with one of `write_prefixes`; unlink, rename,
     link, chmod and chown use the write prefixes too (chmod to setuid/setgid/world-writable
     modes and chown to root are reported anywhere; a rename or link when either of its paths
-    passes, so a link to /etc/shadow from /tmp is seen). `ignore_prefixes` wins. Relative paths
-    cannot be resolved in the kernel: `relative_writes`/`relative_reads` say whether to report
-    them. `ignore_comms` drops the file, network and memory events of processes by exact
-    command name (never exec, ptrace, module, bpf or setid events).
+    passes, so a link to /etc/shadow from /tmp is seen). `ignore_prefixes` wins. An open whose
+    path is relative or not canonical is judged by the file it opened, named from the new fd at
+    the syscall's exit (with the kernel layout); `relative_writes`/`relative_reads` report such
+    opens (and relative paths of the other calls) whatever the filters say. `ignore_comms`
+    drops the file, network and memory events of processes by exact command name (never exec,
+    ptrace, module, bpf or setid events).
     """
 
     disable_ebpf: bool = False
@@ -503,6 +510,13 @@ class SensorConfig:
     enforcement: Literal["off", "dry_run", "enforce"] = "off"
     enforce_allow_exes: tuple[str, ...] = ()
     enforce_allow_cgroups: tuple[str, ...] = ()  # cgroup v2 paths, e.g. /system.slice/x.service
+    # Environment variables read from the new image at exec (exec.env): the kernel scans up to
+    # 128 entries and keeps these. A name is matched on its first 16 bytes with its "=".
+    exec_env: tuple[str, ...] = (
+        "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "GLIBC_TUNABLES", "http_proxy",
+        "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "HISTFILE",
+        "BASH_ENV",
+    )  # fmt: skip
     # Command names the socket_stdio_exec check treats as shells and interpreters.
     enforce_shells: tuple[str, ...] = (
         "ash", "bash", "csh", "dash", "fish", "ksh", "mksh", "sh", "tcsh", "zsh", "python",
@@ -510,6 +524,11 @@ class SensorConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        for name in self.exec_env:
+            if not name or "=" in name or not name.isascii() or not name.isprintable():
+                raise ConfigError("exec_env", f"{name!r}: a variable name (printable ASCII, no =)")
+        if len(self.exec_env) > 256:
+            raise ConfigError("exec_env", f"{len(self.exec_env)} names; at most 256")
         for comm in self.enforce_shells:
             if not comm or len(comm.encode()) > 15:
                 raise ConfigError("enforce_shells", f"{comm!r}: a command name of 1 to 15 bytes")

@@ -437,6 +437,30 @@ def read_snapshot(
     )
 
 
+def read_exec_extras(pid: int, proc: Path = PROC, *, exe: bool = False) -> ProcSnapshot | None:
+    """The little /proc adds to the kernel's identity at exec: the working directory and what
+    fds 0-2 name (the kernel gave their kinds), and the exe only when the kernel's walk was
+    cut. A third of read_snapshot's cost (measured 17 us against 55 us). None: already gone."""
+    base = f"{proc}/{pid}/"
+    cwd = _readlink(base + "cwd")
+    if cwd is None:
+        return None
+    return ProcSnapshot(
+        pid=pid,
+        ppid=0,
+        comm="",
+        exe=(_readlink(base + "exe") or "") if exe else "",
+        args=(),
+        cwd=cwd,
+        uid=0,
+        gid=0,
+        euid=0,
+        start_ticks=0,
+        cgroup_lines=(),
+        stdio=resolve_stdio(base, [_readlink(f"{base}fd/{n}") for n in range(3)]),
+    )
+
+
 # --- the table ----------------------------------------------------------------------------------
 
 
@@ -628,7 +652,9 @@ class ProcessTable:
 
         `identity` is what the kernel read from the task at exec: it wins over /proc, which a
         process that already exited no longer has, and which may already show a later exec."""
-        if snapshot is None:
+        if snapshot is None and identity is not None and args is not None:
+            snapshot = read_exec_extras(pid, self._proc, exe=not identity.exe_complete)
+        elif snapshot is None:
             snapshot = read_snapshot(pid, self._proc, args=args is None, start=False)
         snap = snapshot
         with self._lock:

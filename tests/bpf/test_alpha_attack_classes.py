@@ -335,3 +335,18 @@ def test_ssh_keys_read_by_a_non_ssh_program(alpha: SealedStream) -> None:
         quiet(alpha, "alpha.ssh_information_read", keygen.pid)
     finally:
         shutil.rmtree(home)
+
+
+@pytest.mark.parametrize("target", ["/", "/etc", "/root"])
+def test_symlink_in_tmp_to_a_top_directory(
+    alpha: SealedStream, tmp_path: Path, target: str
+) -> None:
+    """Outside the write prefixes, a link to /, /etc or /root still passes the kernel filter;
+    a link to an ordinary directory does not reach the rules."""
+    benign = subprocess.Popen(["ln", "-s", "/usr/share/doc", str(tmp_path / "doc")])
+    assert benign.wait(timeout=30) == 0
+    p = subprocess.Popen(["ln", "-s", target, str(tmp_path / "top")])
+    assert p.wait(timeout=30) == 0
+    event = alert(alpha, "alpha.sensitive_file_link", p.pid)
+    assert event.file_link.target == target
+    assert not [e for e in list(alpha.events) if e.process.pid == benign.pid]

@@ -438,6 +438,75 @@ def test_read_etc_shadow(env: Env) -> None:
     assert o.process.exe == "/usr/bin/cat"
 
 
+@pytest.mark.parametrize(
+    ("cwd", "path"),
+    [
+        ("/etc", "shadow"),  # relative
+        ("/var/www" if Path("/var/www").is_dir() else "/var", "../../etc/shadow"),
+        ("/", "/tmp/../etc/shadow"),
+        ("/", "//etc//shadow"),
+        ("/", "/etc/./shadow"),
+    ],
+)
+def test_read_etc_shadow_by_any_name(env: Env, cwd: str, path: str) -> None:
+    """The filter judges the file opened, not the name written: a relative or non-canonical
+    path is named by the kernel from the new fd, the name as written is kept."""
+    cat = subprocess.Popen(["cat", path], cwd=cwd, stdout=subprocess.DEVNULL)
+    cat.wait(timeout=10)
+    o = env.seen.wait_for(of(Kind.OPEN, cat.pid), what=f"open {path} from {cwd}")
+    assert isinstance(o.detail, OpenDetail)
+    assert (o.detail.path, o.detail.abs_path) == (path, "/etc/shadow")
+    assert o.detail.kernel_path
+    assert o.ret is not None
+    assert o.ret >= 0
+
+
+def test_relative_reads_of_unwatched_files_stay_in_the_kernel(env: Env, tmp_path: Path) -> None:
+    (tmp_path / "plain.txt").write_text("x")
+    cat = subprocess.Popen(["cat", "plain.txt", "./plain.txt"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+    cat.wait(timeout=10)
+    marker = subprocess.Popen(["cat", "/etc/shadow"], stdout=subprocess.DEVNULL)
+    marker.wait(timeout=10)
+    env.seen.wait_for(of(Kind.OPEN, marker.pid), what="the marker read")
+    assert not [
+        o for o in env.seen.all(of(Kind.OPEN, cat.pid))
+        if isinstance(o.detail, OpenDetail) and o.detail.abs_path.endswith("plain.txt")
+    ]  # fmt: skip
+
+
+def test_watched_environment_of_a_1ms_process(env: Env) -> None:
+    """LD_PRELOAD, GLIBC_TUNABLES and proxy variables are read from the new image at exec."""
+    child = subprocess.Popen(
+        ["/bin/true", "qsc-env"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "GLIBC_TUNABLES": "glibc.malloc.mxfast=glibc.malloc.mxfast=A",
+            "https_proxy": "http://127.0.0.1:3128",
+            "QSC_NOT_WATCHED": "1",
+        },
+    )
+    assert child.wait(timeout=10) == 0
+    obs = env.seen.wait_for(of(Kind.EXEC, child.pid), what="exec with env")
+    assert isinstance(obs.detail, ExecDetail)
+    assert sorted(obs.detail.environment) == [
+        "GLIBC_TUNABLES=glibc.malloc.mxfast=glibc.malloc.mxfast=A",
+        "https_proxy=http://127.0.0.1:3128",
+    ]
+    assert obs.detail.environment_complete
+
+
+def test_an_environment_too_long_to_scan_says_so(env: Env) -> None:
+    """A variable hidden behind 200 others is past the scan: the exec says it was incomplete."""
+    padded = {f"PAD{i}": "x" for i in range(200)}
+    child = subprocess.Popen(["/bin/true"], env={**padded, "LD_PRELOAD": "/nonexistent.so"},
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    child.wait(timeout=10)
+    obs = env.seen.wait_for(of(Kind.EXEC, child.pid), what="exec with a long env")
+    assert isinstance(obs.detail, ExecDetail)
+    assert not obs.detail.environment_complete
+
+
 OPENAT2_CODE = """
 import ctypes, os, struct
 libc = ctypes.CDLL(None, use_errno=True)

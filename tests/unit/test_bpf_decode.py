@@ -51,7 +51,7 @@ def hdr(kind: int, sc: int = 0, *, ret: int = 0, tgid: int = 100, tid: int = 101
 
 
 # The identity fields of an exec record the kernel could not fill (no ID_F_KERNEL).
-NO_IDENTITY = (0, 0, 0, 0, 0, 0, 0, 0, b"", 0, 0, *(0, 0, 0, 0, b"") * 3, b"")
+NO_IDENTITY = (0, 0, 0, 0, 0, 0, 0, 0, b"", 0, 0, 0, 0, 0, 0, b"", *(0, 0, 0, 0, b"") * 3, b"")
 
 
 def payload(name: str, *values: object) -> bytes:
@@ -431,6 +431,25 @@ def path_rec(kind: int, sc: int, path: str, *, dfd: int = -100, mode: int = 0, f
     )
 
 
+def test_observe_open_named_by_the_kernel(enricher: Enricher) -> None:
+    """A relative or non-canonical open the kernel resolved from its fd: the kernel's path
+    wins over the cwd (which could have changed), the raw path is kept."""
+    rec = d.decode_record(
+        hdr(d.KIND_OPEN_RESOLVED, 4, tgid=100, ret=3)
+        + payload("rec_resolved", -100, 0, 0, d.ID_F_EXE_COMPLETE, 2, b"../../etc/shadow",
+                  b"/etc/shadow")
+    )  # fmt: skip
+    assert isinstance(rec, d.RawPath)
+    assert rec.hdr.kind == d.KIND_OPEN
+    assert (rec.path, rec.raw_path) == ("/etc/shadow", "../../etc/shadow")
+    obs = enricher.observe(rec, wall_offset_ns=0)
+    assert obs is not None
+    assert isinstance(obs.detail, OpenDetail)
+    assert (obs.detail.path, obs.detail.abs_path) == ("../../etc/shadow", "/etc/shadow")
+    assert obs.detail.kernel_path
+    assert not obs.detail.write
+
+
 def test_observe_open_resolves_relative_paths(enricher: Enricher) -> None:
     obs = enricher.observe(path_rec(d.KIND_OPEN, 4, "conf/x", flags=0o1), wall_offset_ns=10)
     assert obs is not None
@@ -583,10 +602,12 @@ def test_exec_record_with_kernel_identity() -> None:
         1, 0, 0, 0, b"",
     )  # fmt: skip
     exe = b"payload\0"
+    env = b"LD_PRELOAD=/tmp/x.so\0http_proxy=http://10.0.0.9:3128\0junk"
     flags = d.ID_F_KERNEL | d.ID_F_EXE_PSEUDO | d.ID_F_LOGINUID
     buf = hdr(d.KIND_EXEC) + payload(
         "rec_exec", 1, 0, 0, 0, 0, 0, b"/proc/self/fd/3",
-        0, 0, 4242, 7, 1, flags, len(exe), 1, b"pts3", 1 << 21, (1 << 21) | 1, *stdio, exe,
+        0, 0, 4242, 7, 1, flags, len(exe), 1, b"pts3", 1 << 21, (1 << 21) | 1,
+        30, d.ENV_F_SCANNED, len(env), 2, env, *stdio, exe,
     )  # fmt: skip
     rec = d.decode_record(buf)
     assert isinstance(rec, d.RawExec)
@@ -597,3 +618,5 @@ def test_exec_record_with_kernel_identity() -> None:
     )  # fmt: skip
     assert (ident.cap_effective, ident.cap_permitted) == (1 << 21, (1 << 21) | 1)
     assert ident.stdio == (("inet_socket", "10.0.0.9", 4444), ("tty", "", 0), ("closed", "", 0))
+    assert ident.env == ("LD_PRELOAD=/tmp/x.so", "http_proxy=http://10.0.0.9:3128")
+    assert ident.env_complete

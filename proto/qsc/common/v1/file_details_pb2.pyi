@@ -60,9 +60,10 @@ class FileAccess(_message.Message):
     CREATED_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    REQUESTED_PATH_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """Absolute path opened, resolved against the directory descriptor or working directory when the
-    call used a relative path. Symlinks are not resolved.
+    """Absolute path opened. A relative or non-canonical path is named by the kernel from the file it
+    opened (see `requested_path`); otherwise it is the path as written, symlinks not resolved.
     """
     access: Global___AccessMode.ValueType
     """Whether the file was opened for reading, writing or both."""
@@ -76,6 +77,10 @@ class FileAccess(_message.Message):
     """Return value: the new file descriptor on success, a negative errno on failure (a failed read of
     /etc/shadow is still worth reporting).
     """
+    requested_path: _builtins.str
+    """The path as the caller wrote it, when it differs from `path`: relative, or with "//", "/./"
+    or "/../". Such an open is named by the kernel from the file it opened (symlinks resolved).
+    """
     def __init__(
         self,
         *,
@@ -85,10 +90,11 @@ class FileAccess(_message.Message):
         created: _builtins.bool = ...,
         truncated: _builtins.bool = ...,
         result: _builtins.int = ...,
+        requested_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "created", b"created", "flags", b"flags", "path", b"path", "result", b"result", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "created", b"created", "flags", b"flags", "path", b"path", "requested_path", b"requested_path", "result", b"result", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from qsc.common.v1 import process_pb2 as qsc_dot_common_dot_v1_dot_process__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"qsc/common/v1/memory_details.proto\x12\rqsc.common.v1\x1a\x1bqsc/common/v1/process.proto\"l\n\x0cMemoryRegion\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\x12\x13\n\x0bpermissions\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\r\n\x05inode\x18\x06 \x01(\x04\"\x81\x02\n\x0cMemoryThreat\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.qsc.common.v1.MemoryThreatKind\x12\x31\n\x07trigger\x18\x02 \x01(\x0e\x32 .qsc.common.v1.MemoryScanTrigger\x12,\n\x07regions\x18\x03 \x03(\x0b\x32\x1b.qsc.common.v1.MemoryRegion\x12\x19\n\x11regions_truncated\x18\x04 \x01(\x08\x12)\n\x06tracer\x18\x05 \x01(\x0b\x32\x19.qsc.common.v1.ProcessRef\x12\x1b\n\x13preloaded_libraries\x18\x06 \x03(\t*\xa5\x02\n\x10MemoryThreatKind\x12\"\n\x1eMEMORY_THREAT_KIND_UNSPECIFIED\x10\x00\x12*\n&MEMORY_THREAT_KIND_WRITABLE_EXECUTABLE\x10\x01\x12+\n\'MEMORY_THREAT_KIND_ANONYMOUS_EXECUTABLE\x10\x02\x12\'\n#MEMORY_THREAT_KIND_MEMFD_EXECUTABLE\x10\x03\x12)\n%MEMORY_THREAT_KIND_DELETED_EXECUTABLE\x10\x04\x12\x1d\n\x19MEMORY_THREAT_KIND_TRACED\x10\x05\x12!\n\x1dMEMORY_THREAT_KIND_LD_PRELOAD\x10\x06*\xbc\x01\n\x11MemoryScanTrigger\x12#\n\x1fMEMORY_SCAN_TRIGGER_UNSPECIFIED\x10\x00\x12 \n\x1cMEMORY_SCAN_TRIGGER_PERIODIC\x10\x01\x12\x1c\n\x18MEMORY_SCAN_TRIGGER_EXEC\x10\x02\x12!\n\x1dMEMORY_SCAN_TRIGGER_ON_DEMAND\x10\x03\x12\x1f\n\x1bMEMORY_SCAN_TRIGGER_SYSCALL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"qsc/common/v1/memory_details.proto\x12\rqsc.common.v1\x1a\x1bqsc/common/v1/process.proto\"l\n\x0cMemoryRegion\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\x12\x13\n\x0bpermissions\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\r\n\x05inode\x18\x06 \x01(\x04\"\x81\x02\n\x0cMemoryThreat\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.qsc.common.v1.MemoryThreatKind\x12\x31\n\x07trigger\x18\x02 \x01(\x0e\x32 .qsc.common.v1.MemoryScanTrigger\x12,\n\x07regions\x18\x03 \x03(\x0b\x32\x1b.qsc.common.v1.MemoryRegion\x12\x19\n\x11regions_truncated\x18\x04 \x01(\x08\x12)\n\x06tracer\x18\x05 \x01(\x0b\x32\x19.qsc.common.v1.ProcessRef\x12\x1b\n\x13preloaded_libraries\x18\x06 \x03(\t*\xd0\x02\n\x10MemoryThreatKind\x12\"\n\x1eMEMORY_THREAT_KIND_UNSPECIFIED\x10\x00\x12*\n&MEMORY_THREAT_KIND_WRITABLE_EXECUTABLE\x10\x01\x12+\n\'MEMORY_THREAT_KIND_ANONYMOUS_EXECUTABLE\x10\x02\x12\'\n#MEMORY_THREAT_KIND_MEMFD_EXECUTABLE\x10\x03\x12)\n%MEMORY_THREAT_KIND_DELETED_EXECUTABLE\x10\x04\x12\x1d\n\x19MEMORY_THREAT_KIND_TRACED\x10\x05\x12!\n\x1dMEMORY_THREAT_KIND_LD_PRELOAD\x10\x06\x12)\n%MEMORY_THREAT_KIND_BACKDOORED_LIBRARY\x10\x07*\xbc\x01\n\x11MemoryScanTrigger\x12#\n\x1fMEMORY_SCAN_TRIGGER_UNSPECIFIED\x10\x00\x12 \n\x1cMEMORY_SCAN_TRIGGER_PERIODIC\x10\x01\x12\x1c\n\x18MEMORY_SCAN_TRIGGER_EXEC\x10\x02\x12!\n\x1dMEMORY_SCAN_TRIGGER_ON_DEMAND\x10\x03\x12\x1f\n\x1bMEMORY_SCAN_TRIGGER_SYSCALL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qsc.common.v1.memory_detail
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MEMORYTHREATKIND']._serialized_start=453
-  _globals['_MEMORYTHREATKIND']._serialized_end=746
-  _globals['_MEMORYSCANTRIGGER']._serialized_start=749
-  _globals['_MEMORYSCANTRIGGER']._serialized_end=937
+  _globals['_MEMORYTHREATKIND']._serialized_end=789
+  _globals['_MEMORYSCANTRIGGER']._serialized_start=792
+  _globals['_MEMORYSCANTRIGGER']._serialized_end=980
   _globals['_MEMORYREGION']._serialized_start=82
   _globals['_MEMORYREGION']._serialized_end=190
   _globals['_MEMORYTHREAT']._serialized_start=193

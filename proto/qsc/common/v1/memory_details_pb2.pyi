@@ -40,6 +40,10 @@ class _MemoryThreatKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Memo
     """The process is being traced (`TracerPid` is not 0)."""
     MEMORY_THREAT_KIND_LD_PRELOAD: _MemoryThreatKind.ValueType  # 6
     """The process was started with `LD_PRELOAD` (or has /etc/ld.so.preload libraries mapped)."""
+    MEMORY_THREAT_KIND_BACKDOORED_LIBRARY: _MemoryThreatKind.ValueType  # 7
+    """The process maps a library known to be backdoored (by file name, for example liblzma
+    5.6.0/5.6.1 of CVE-2024-3094); `regions` holds its executable mappings.
+    """
 
 class MemoryThreatKind(_MemoryThreatKind, metaclass=_MemoryThreatKindEnumTypeWrapper):
     """The kind of in-memory threat found."""
@@ -58,6 +62,10 @@ MEMORY_THREAT_KIND_TRACED: MemoryThreatKind.ValueType  # 5
 """The process is being traced (`TracerPid` is not 0)."""
 MEMORY_THREAT_KIND_LD_PRELOAD: MemoryThreatKind.ValueType  # 6
 """The process was started with `LD_PRELOAD` (or has /etc/ld.so.preload libraries mapped)."""
+MEMORY_THREAT_KIND_BACKDOORED_LIBRARY: MemoryThreatKind.ValueType  # 7
+"""The process maps a library known to be backdoored (by file name, for example liblzma
+5.6.0/5.6.1 of CVE-2024-3094); `regions` holds its executable mappings.
+"""
 Global___MemoryThreatKind: _TypeAlias = MemoryThreatKind  # noqa: Y015
 
 class _MemoryScanTrigger:

@@ -27,41 +27,41 @@ from qsc.common.v1 import network_details_pb2 as qsc_dot_common_dot_v1_dot_netwo
 from qsc.common.v1 import process_pb2 as qsc_dot_common_dot_v1_dot_process__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#qsc/common/v1/process_details.proto\x12\rqsc.common.v1\x1a\x1egoogle/protobuf/duration.proto\x1a#qsc/common/v1/network_details.proto\x1a\x1bqsc/common/v1/process.proto\"s\n\x0fStdioDescriptor\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.qsc.common.v1.DescriptorKind\x12\x0c\n\x04path\x18\x02 \x01(\t\x12%\n\x04peer\x18\x03 \x01(\x0b\x32\x17.qsc.common.v1.Endpoint\"\xde\x02\n\x0bProcessExec\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x13\n\x0b\x65xe_deleted\x18\x02 \x01(\x08\x12\x11\n\texe_memfd\x18\x03 \x01(\x08\x12\x17\n\x0f\x65xe_upper_layer\x18\x04 \x01(\x08\x12\x13\n\x0bsetuid_exec\x18\x05 \x01(\x08\x12-\n\x05stdin\x18\x06 \x01(\x0b\x32\x1e.qsc.common.v1.StdioDescriptor\x12.\n\x06stdout\x18\x07 \x01(\x0b\x32\x1e.qsc.common.v1.StdioDescriptor\x12.\n\x06stderr\x18\x08 \x01(\x0b\x32\x1e.qsc.common.v1.StdioDescriptor\x12\x1e\n\x16\x65\x66\x66\x65\x63tive_capabilities\x18\t \x03(\t\x12\x1e\n\x16permitted_capabilities\x18\n \x03(\t\x12\x18\n\x10\x61ll_capabilities\x18\x0b \x01(\x08\"r\n\x0bProcessExit\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x13\n\x0b\x63ore_dumped\x18\x03 \x01(\x08\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x87\x01\n\x06Ptrace\x12-\n\x07request\x18\x01 \x01(\x0e\x32\x1c.qsc.common.v1.PtraceRequest\x12\x13\n\x0braw_request\x18\x02 \x01(\r\x12)\n\x06target\x18\x03 \x01(\x0b\x32\x19.qsc.common.v1.ProcessRef\x12\x0e\n\x06result\x18\x04 \x01(\x03\"}\n\x0b\x43redentials\x12\x0b\n\x03uid\x18\x01 \x01(\r\x12\x0c\n\x04\x65uid\x18\x02 \x01(\r\x12\x0c\n\x04suid\x18\x03 \x01(\r\x12\r\n\x05\x66suid\x18\x04 \x01(\r\x12\x0b\n\x03gid\x18\x05 \x01(\r\x12\x0c\n\x04\x65gid\x18\x06 \x01(\r\x12\x0c\n\x04sgid\x18\x07 \x01(\r\x12\r\n\x05\x66sgid\x18\x08 \x01(\r\"\xb7\x01\n\x0fPrivilegeChange\x12*\n\x04\x63\x61ll\x18\x01 \x01(\x0e\x32\x1c.qsc.common.v1.PrivilegeCall\x12\x33\n\x0fold_credentials\x18\x02 \x01(\x0b\x32\x1a.qsc.common.v1.Credentials\x12\x33\n\x0fnew_credentials\x18\x03 \x01(\x0b\x32\x1a.qsc.common.v1.Credentials\x12\x0e\n\x06result\x18\x04 \x01(\x03\":\n\x0bMemfdCreate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66lags\x18\x02 \x01(\r\x12\x0e\n\x06result\x18\x03 \x01(\x03\"|\n\x12ProcessMemoryWrite\x12)\n\x06target\x18\x01 \x01(\x0b\x32\x19.qsc.common.v1.ProcessRef\x12\x14\n\x0clocal_iovecs\x18\x02 \x01(\x04\x12\x15\n\rremote_iovecs\x18\x03 \x01(\x04\x12\x0e\n\x06result\x18\x04 \x01(\x03\"\x8f\x01\n\x0fNamespaceChange\x12*\n\x04\x63\x61ll\x18\x01 \x01(\x0e\x32\x1c.qsc.common.v1.NamespaceCall\x12\x12\n\nnamespaces\x18\x02 \x03(\t\x12\r\n\x05\x66lags\x18\x03 \x01(\x04\x12\n\n\x02\x66\x64\x18\x04 \x01(\x05\x12\x11\n\tchild_pid\x18\x05 \x01(\r\x12\x0e\n\x06result\x18\x06 \x01(\x03\"\x91\x01\n\x0b\x45nforcement\x12\x30\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32 .qsc.common.v1.EnforcementAction\x12\r\n\x05\x63heck\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\x10\n\x08rule_ids\x18\x04 \x03(\t\x12\x0e\n\x06signal\x18\x05 \x01(\x05\x12\x0e\n\x06result\x18\x06 \x01(\x03*\xf7\x01\n\x0e\x44\x65scriptorKind\x12\x1f\n\x1b\x44\x45SCRIPTOR_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45SCRIPTOR_KIND_CLOSED\x10\x01\x12\x18\n\x14\x44\x45SCRIPTOR_KIND_FILE\x10\x02\x12\x17\n\x13\x44\x45SCRIPTOR_KIND_TTY\x10\x03\x12\x18\n\x14\x44\x45SCRIPTOR_KIND_PIPE\x10\x04\x12\x1f\n\x1b\x44\x45SCRIPTOR_KIND_INET_SOCKET\x10\x05\x12\x1f\n\x1b\x44\x45SCRIPTOR_KIND_UNIX_SOCKET\x10\x06\x12\x19\n\x15\x44\x45SCRIPTOR_KIND_OTHER\x10\x07*\xdc\x01\n\rPtraceRequest\x12\x1e\n\x1aPTRACE_REQUEST_UNSPECIFIED\x10\x00\x12\x19\n\x15PTRACE_REQUEST_ATTACH\x10\x01\x12\x18\n\x14PTRACE_REQUEST_SEIZE\x10\x02\x12\x1a\n\x16PTRACE_REQUEST_TRACEME\x10\x03\x12\x1e\n\x1aPTRACE_REQUEST_POKE_MEMORY\x10\x04\x12 \n\x1cPTRACE_REQUEST_SET_REGISTERS\x10\x05\x12\x18\n\x14PTRACE_REQUEST_OTHER\x10\x06*\x95\x02\n\rPrivilegeCall\x12\x1e\n\x1aPRIVILEGE_CALL_UNSPECIFIED\x10\x00\x12\x19\n\x15PRIVILEGE_CALL_SETUID\x10\x01\x12\x1b\n\x17PRIVILEGE_CALL_SETREUID\x10\x02\x12\x1c\n\x18PRIVILEGE_CALL_SETRESUID\x10\x03\x12\x1b\n\x17PRIVILEGE_CALL_SETFSUID\x10\x04\x12\x19\n\x15PRIVILEGE_CALL_SETGID\x10\x05\x12\x1b\n\x17PRIVILEGE_CALL_SETREGID\x10\x06\x12\x1c\n\x18PRIVILEGE_CALL_SETRESGID\x10\x07\x12\x1b\n\x17PRIVILEGE_CALL_SETFSGID\x10\x08*\x7f\n\rNamespaceCall\x12\x1e\n\x1aNAMESPACE_CALL_UNSPECIFIED\x10\x00\x12\x1a\n\x16NAMESPACE_CALL_UNSHARE\x10\x01\x12\x18\n\x14NAMESPACE_CALL_SETNS\x10\x02\x12\x18\n\x14NAMESPACE_CALL_CLONE\x10\x03*T\n\x11\x45nforcementAction\x12\"\n\x1e\x45NFORCEMENT_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45NFORCEMENT_ACTION_KILL\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#qsc/common/v1/process_details.proto\x12\rqsc.common.v1\x1a\x1egoogle/protobuf/duration.proto\x1a#qsc/common/v1/network_details.proto\x1a\x1bqsc/common/v1/process.proto\"s\n\x0fStdioDescriptor\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.qsc.common.v1.DescriptorKind\x12\x0c\n\x04path\x18\x02 \x01(\t\x12%\n\x04peer\x18\x03 \x01(\x0b\x32\x17.qsc.common.v1.Endpoint\"\x91\x03\n\x0bProcessExec\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x13\n\x0b\x65xe_deleted\x18\x02 \x01(\x08\x12\x11\n\texe_memfd\x18\x03 \x01(\x08\x12\x17\n\x0f\x65xe_upper_layer\x18\x04 \x01(\x08\x12\x13\n\x0bsetuid_exec\x18\x05 \x01(\x08\x12-\n\x05stdin\x18\x06 \x01(\x0b\x32\x1e.qsc.common.v1.StdioDescriptor\x12.\n\x06stdout\x18\x07 \x01(\x0b\x32\x1e.qsc.common.v1.StdioDescriptor\x12.\n\x06stderr\x18\x08 \x01(\x0b\x32\x1e.qsc.common.v1.StdioDescriptor\x12\x1e\n\x16\x65\x66\x66\x65\x63tive_capabilities\x18\t \x03(\t\x12\x1e\n\x16permitted_capabilities\x18\n \x03(\t\x12\x18\n\x10\x61ll_capabilities\x18\x0b \x01(\x08\x12\x13\n\x0b\x65nvironment\x18\x0c \x03(\t\x12\x1c\n\x14\x65nvironment_complete\x18\r \x01(\x08\"r\n\x0bProcessExit\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x13\n\x0b\x63ore_dumped\x18\x03 \x01(\x08\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x87\x01\n\x06Ptrace\x12-\n\x07request\x18\x01 \x01(\x0e\x32\x1c.qsc.common.v1.PtraceRequest\x12\x13\n\x0braw_request\x18\x02 \x01(\r\x12)\n\x06target\x18\x03 \x01(\x0b\x32\x19.qsc.common.v1.ProcessRef\x12\x0e\n\x06result\x18\x04 \x01(\x03\"}\n\x0b\x43redentials\x12\x0b\n\x03uid\x18\x01 \x01(\r\x12\x0c\n\x04\x65uid\x18\x02 \x01(\r\x12\x0c\n\x04suid\x18\x03 \x01(\r\x12\r\n\x05\x66suid\x18\x04 \x01(\r\x12\x0b\n\x03gid\x18\x05 \x01(\r\x12\x0c\n\x04\x65gid\x18\x06 \x01(\r\x12\x0c\n\x04sgid\x18\x07 \x01(\r\x12\r\n\x05\x66sgid\x18\x08 \x01(\r\"\xb7\x01\n\x0fPrivilegeChange\x12*\n\x04\x63\x61ll\x18\x01 \x01(\x0e\x32\x1c.qsc.common.v1.PrivilegeCall\x12\x33\n\x0fold_credentials\x18\x02 \x01(\x0b\x32\x1a.qsc.common.v1.Credentials\x12\x33\n\x0fnew_credentials\x18\x03 \x01(\x0b\x32\x1a.qsc.common.v1.Credentials\x12\x0e\n\x06result\x18\x04 \x01(\x03\":\n\x0bMemfdCreate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66lags\x18\x02 \x01(\r\x12\x0e\n\x06result\x18\x03 \x01(\x03\"|\n\x12ProcessMemoryWrite\x12)\n\x06target\x18\x01 \x01(\x0b\x32\x19.qsc.common.v1.ProcessRef\x12\x14\n\x0clocal_iovecs\x18\x02 \x01(\x04\x12\x15\n\rremote_iovecs\x18\x03 \x01(\x04\x12\x0e\n\x06result\x18\x04 \x01(\x03\"\x8f\x01\n\x0fNamespaceChange\x12*\n\x04\x63\x61ll\x18\x01 \x01(\x0e\x32\x1c.qsc.common.v1.NamespaceCall\x12\x12\n\nnamespaces\x18\x02 \x03(\t\x12\r\n\x05\x66lags\x18\x03 \x01(\x04\x12\n\n\x02\x66\x64\x18\x04 \x01(\x05\x12\x11\n\tchild_pid\x18\x05 \x01(\r\x12\x0e\n\x06result\x18\x06 \x01(\x03\"\x91\x01\n\x0b\x45nforcement\x12\x30\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32 .qsc.common.v1.EnforcementAction\x12\r\n\x05\x63heck\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\x10\n\x08rule_ids\x18\x04 \x03(\t\x12\x0e\n\x06signal\x18\x05 \x01(\x05\x12\x0e\n\x06result\x18\x06 \x01(\x03*\xf7\x01\n\x0e\x44\x65scriptorKind\x12\x1f\n\x1b\x44\x45SCRIPTOR_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45SCRIPTOR_KIND_CLOSED\x10\x01\x12\x18\n\x14\x44\x45SCRIPTOR_KIND_FILE\x10\x02\x12\x17\n\x13\x44\x45SCRIPTOR_KIND_TTY\x10\x03\x12\x18\n\x14\x44\x45SCRIPTOR_KIND_PIPE\x10\x04\x12\x1f\n\x1b\x44\x45SCRIPTOR_KIND_INET_SOCKET\x10\x05\x12\x1f\n\x1b\x44\x45SCRIPTOR_KIND_UNIX_SOCKET\x10\x06\x12\x19\n\x15\x44\x45SCRIPTOR_KIND_OTHER\x10\x07*\xdc\x01\n\rPtraceRequest\x12\x1e\n\x1aPTRACE_REQUEST_UNSPECIFIED\x10\x00\x12\x19\n\x15PTRACE_REQUEST_ATTACH\x10\x01\x12\x18\n\x14PTRACE_REQUEST_SEIZE\x10\x02\x12\x1a\n\x16PTRACE_REQUEST_TRACEME\x10\x03\x12\x1e\n\x1aPTRACE_REQUEST_POKE_MEMORY\x10\x04\x12 \n\x1cPTRACE_REQUEST_SET_REGISTERS\x10\x05\x12\x18\n\x14PTRACE_REQUEST_OTHER\x10\x06*\x95\x02\n\rPrivilegeCall\x12\x1e\n\x1aPRIVILEGE_CALL_UNSPECIFIED\x10\x00\x12\x19\n\x15PRIVILEGE_CALL_SETUID\x10\x01\x12\x1b\n\x17PRIVILEGE_CALL_SETREUID\x10\x02\x12\x1c\n\x18PRIVILEGE_CALL_SETRESUID\x10\x03\x12\x1b\n\x17PRIVILEGE_CALL_SETFSUID\x10\x04\x12\x19\n\x15PRIVILEGE_CALL_SETGID\x10\x05\x12\x1b\n\x17PRIVILEGE_CALL_SETREGID\x10\x06\x12\x1c\n\x18PRIVILEGE_CALL_SETRESGID\x10\x07\x12\x1b\n\x17PRIVILEGE_CALL_SETFSGID\x10\x08*\x7f\n\rNamespaceCall\x12\x1e\n\x1aNAMESPACE_CALL_UNSPECIFIED\x10\x00\x12\x1a\n\x16NAMESPACE_CALL_UNSHARE\x10\x01\x12\x18\n\x14NAMESPACE_CALL_SETNS\x10\x02\x12\x18\n\x14NAMESPACE_CALL_CLONE\x10\x03*T\n\x11\x45nforcementAction\x12\"\n\x1e\x45NFORCEMENT_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45NFORCEMENT_ACTION_KILL\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qsc.common.v1.process_details_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DESCRIPTORKIND']._serialized_start=1670
-  _globals['_DESCRIPTORKIND']._serialized_end=1917
-  _globals['_PTRACEREQUEST']._serialized_start=1920
-  _globals['_PTRACEREQUEST']._serialized_end=2140
-  _globals['_PRIVILEGECALL']._serialized_start=2143
-  _globals['_PRIVILEGECALL']._serialized_end=2420
-  _globals['_NAMESPACECALL']._serialized_start=2422
-  _globals['_NAMESPACECALL']._serialized_end=2549
-  _globals['_ENFORCEMENTACTION']._serialized_start=2551
-  _globals['_ENFORCEMENTACTION']._serialized_end=2635
+  _globals['_DESCRIPTORKIND']._serialized_start=1721
+  _globals['_DESCRIPTORKIND']._serialized_end=1968
+  _globals['_PTRACEREQUEST']._serialized_start=1971
+  _globals['_PTRACEREQUEST']._serialized_end=2191
+  _globals['_PRIVILEGECALL']._serialized_start=2194
+  _globals['_PRIVILEGECALL']._serialized_end=2471
+  _globals['_NAMESPACECALL']._serialized_start=2473
+  _globals['_NAMESPACECALL']._serialized_end=2600
+  _globals['_ENFORCEMENTACTION']._serialized_start=2602
+  _globals['_ENFORCEMENTACTION']._serialized_end=2686
   _globals['_STDIODESCRIPTOR']._serialized_start=152
   _globals['_STDIODESCRIPTOR']._serialized_end=267
   _globals['_PROCESSEXEC']._serialized_start=270
-  _globals['_PROCESSEXEC']._serialized_end=620
-  _globals['_PROCESSEXIT']._serialized_start=622
-  _globals['_PROCESSEXIT']._serialized_end=736
-  _globals['_PTRACE']._serialized_start=739
-  _globals['_PTRACE']._serialized_end=874
-  _globals['_CREDENTIALS']._serialized_start=876
-  _globals['_CREDENTIALS']._serialized_end=1001
-  _globals['_PRIVILEGECHANGE']._serialized_start=1004
-  _globals['_PRIVILEGECHANGE']._serialized_end=1187
-  _globals['_MEMFDCREATE']._serialized_start=1189
-  _globals['_MEMFDCREATE']._serialized_end=1247
-  _globals['_PROCESSMEMORYWRITE']._serialized_start=1249
-  _globals['_PROCESSMEMORYWRITE']._serialized_end=1373
-  _globals['_NAMESPACECHANGE']._serialized_start=1376
-  _globals['_NAMESPACECHANGE']._serialized_end=1519
-  _globals['_ENFORCEMENT']._serialized_start=1522
-  _globals['_ENFORCEMENT']._serialized_end=1667
+  _globals['_PROCESSEXEC']._serialized_end=671
+  _globals['_PROCESSEXIT']._serialized_start=673
+  _globals['_PROCESSEXIT']._serialized_end=787
+  _globals['_PTRACE']._serialized_start=790
+  _globals['_PTRACE']._serialized_end=925
+  _globals['_CREDENTIALS']._serialized_start=927
+  _globals['_CREDENTIALS']._serialized_end=1052
+  _globals['_PRIVILEGECHANGE']._serialized_start=1055
+  _globals['_PRIVILEGECHANGE']._serialized_end=1238
+  _globals['_MEMFDCREATE']._serialized_start=1240
+  _globals['_MEMFDCREATE']._serialized_end=1298
+  _globals['_PROCESSMEMORYWRITE']._serialized_start=1300
+  _globals['_PROCESSMEMORYWRITE']._serialized_end=1424
+  _globals['_NAMESPACECHANGE']._serialized_start=1427
+  _globals['_NAMESPACECHANGE']._serialized_end=1570
+  _globals['_ENFORCEMENT']._serialized_start=1573
+  _globals['_ENFORCEMENT']._serialized_end=1718
 # @@protoc_insertion_point(module_scope)

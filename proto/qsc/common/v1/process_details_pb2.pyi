@@ -259,6 +259,8 @@ class ProcessExec(_message.Message):
     EFFECTIVE_CAPABILITIES_FIELD_NUMBER: _builtins.int
     PERMITTED_CAPABILITIES_FIELD_NUMBER: _builtins.int
     ALL_CAPABILITIES_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_COMPLETE_FIELD_NUMBER: _builtins.int
     filename: _builtins.str
     """The path passed to the system call, before symlinks were resolved (the resolved path is
     `process.exe`). For execveat with an empty path, `fd:<n>`.
@@ -276,6 +278,10 @@ class ProcessExec(_message.Message):
     all_capabilities: _builtins.bool
     """True when the effective set holds every capability the kernel has (a privileged
     container's init, a root process).
+    """
+    environment_complete: _builtins.bool
+    """False when the environment could not be read whole (more than 128 entries, one longer than
+    4 KiB, or unreadable): an entry after that point may be missing from `environment`.
     """
     @_builtins.property
     def stdin(self) -> Global___StdioDescriptor:
@@ -299,6 +305,13 @@ class ProcessExec(_message.Message):
     def permitted_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The new image's permitted capabilities, by name."""
 
+    @_builtins.property
+    def environment(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The environment entries the sensor watches (`[sensor] exec_env`: LD_PRELOAD,
+        GLIBC_TUNABLES, proxy variables...) as "NAME=value", read from the new image's own copy of
+        its environment at exec; values are cut at 191 bytes.
+        """
+
     def __init__(
         self,
         *,
@@ -313,10 +326,12 @@ class ProcessExec(_message.Message):
         effective_capabilities: _abc.Iterable[_builtins.str] | None = ...,
         permitted_capabilities: _abc.Iterable[_builtins.str] | None = ...,
         all_capabilities: _builtins.bool = ...,
+        environment: _abc.Iterable[_builtins.str] | None = ...,
+        environment_complete: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["stderr", b"stderr", "stdin", b"stdin", "stdout", b"stdout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_capabilities", b"all_capabilities", "effective_capabilities", b"effective_capabilities", "exe_deleted", b"exe_deleted", "exe_memfd", b"exe_memfd", "exe_upper_layer", b"exe_upper_layer", "filename", b"filename", "permitted_capabilities", b"permitted_capabilities", "setuid_exec", b"setuid_exec", "stderr", b"stderr", "stdin", b"stdin", "stdout", b"stdout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_capabilities", b"all_capabilities", "effective_capabilities", b"effective_capabilities", "environment", b"environment", "environment_complete", b"environment_complete", "exe_deleted", b"exe_deleted", "exe_memfd", b"exe_memfd", "exe_upper_layer", b"exe_upper_layer", "filename", b"filename", "permitted_capabilities", b"permitted_capabilities", "setuid_exec", b"setuid_exec", "stderr", b"stderr", "stdin", b"stdin", "stdout", b"stdout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
