@@ -34,7 +34,8 @@
 #define KIND_UTIMES 23
 #define KIND_ENFORCE 24
 #define KIND_OPEN_RESOLVED 25
-#define KIND_MAX 26
+#define KIND_DUP 26
+#define KIND_MAX 27
 
 /* Which syscall produced a record (rec_hdr.syscall): our own numbering, so that userspace does
  * not depend on the architecture's syscall table. */
@@ -92,6 +93,8 @@
 #define SC_UTIMENSAT 51
 #define SC_UTIMES 52
 #define SC_UTIME 53
+#define SC_DUP2 54
+#define SC_DUP3 55
 
 /* Per-CPU counters besides the per-kind loss array. */
 #define CNT_FILTERED 0      /* dropped by an in-kernel filter (path, comm, family, request) */
@@ -334,6 +337,19 @@ struct rec_xattr {
     u32 at_flags; /* setxattrat, lsetxattr: AT_SYMLINK_NOFOLLOW */
     char name[XATTR_NAME_LEN];
     char path[PATH_LEN]; /* empty for fsetxattr */
+};
+
+/* dup2/dup3 onto fds 0-2 that left an inet socket there: stdio redirected to the network, with
+ * or without an exec after it. */
+struct rec_dup {
+    struct rec_hdr hdr;
+    s32 oldfd;
+    s32 newfd;
+    u32 flags; /* dup3 flags (O_CLOEXEC) */
+    u8 kind; /* FD_* of newfd after the call */
+    u8 _pad;
+    u16 port; /* the peer's port, network byte order */
+    u8 addr[16]; /* the peer's address (4 bytes for FD_INET) */
 };
 
 /* unshare(2) with CLONE_NEW* flags, and setns(2). */

@@ -55,6 +55,7 @@ struct inflight {
         struct rec_vm_write vm;
         struct rec_xattr xattr;
         struct rec_ns ns;
+        struct rec_dup dup;
     };
 };
 
@@ -150,6 +151,8 @@ static __always_inline int output(struct inflight *r, u32 kind) {
         size = sizeof(struct rec_xattr);
     } else if (kind == KIND_NAMESPACE) {
         size = sizeof(struct rec_ns);
+    } else if (kind == KIND_DUP) {
+        size = sizeof(struct rec_dup);
     }
     if (events.ringbuf_output(r, size, 0) != 0)
         count_lost(kind);
@@ -1479,6 +1482,56 @@ TRACEPOINT_PROBE(syscalls, sys_enter_setns) {
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_setns) { return finish(args->ret, KIND_NAMESPACE); }
 #endif /* PROBE_NAMESPACE */
+
+/* ---- stdio redirected: dup2/dup3 onto fds 0-2 ------------------------------------------- */
+#if defined(PROBE_DUP) && defined(KERNEL_LAYOUT)
+static __always_inline int dup_enter(u32 sc, int oldfd, int newfd, u32 flags) {
+    if ((u32)newfd > 2 || oldfd == newfd) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    if (is_self())
+        return 0;
+    struct inflight *r = scratch_get();
+    if (!r)
+        return 0;
+    r->dup.oldfd = oldfd;
+    r->dup.newfd = newfd;
+    r->dup.flags = flags;
+    return stash(r, KIND_DUP, sc, 1);
+}
+
+/* Judged after the call, from the fd table: what newfd is now, not what the caller claimed. */
+static __always_inline int dup_exit(s64 ret) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inflight *r = inflight.lookup(&tid);
+    if (!r)
+        return 0;
+    if (r->hdr.kind == KIND_DUP && ret >= 0) {
+        fd_kind(r->dup.newfd, &r->dup.kind, &r->dup.port, r->dup.addr);
+        r->dup._pad = 0;
+        if (stdio_inet(r->dup.kind)) {
+            r->hdr.ret = ret;
+            output(r, KIND_DUP);
+        } else {
+            count(CNT_FILTERED);
+        }
+    }
+    inflight.delete(&tid);
+    return 0;
+}
+
+#ifdef HAVE_sys_enter_dup2
+TRACEPOINT_PROBE(syscalls, sys_enter_dup2) {
+    return dup_enter(SC_DUP2, (int)args->oldfd, (int)args->newfd, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_dup2) { return dup_exit(args->ret); }
+#endif
+TRACEPOINT_PROBE(syscalls, sys_enter_dup3) {
+    return dup_enter(SC_DUP3, (int)args->oldfd, (int)args->newfd, (u32)args->flags);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_dup3) { return dup_exit(args->ret); }
+#endif /* PROBE_DUP */
 
 /* ---- file times set explicitly: utimensat, utimes, utime -------------------------------- */
 #ifdef PROBE_UTIMES

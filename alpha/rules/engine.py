@@ -33,6 +33,7 @@ KIND_CATEGORY: Mapping[str, int] = {
     "memfd_create": cls.CATEGORY_PROCESS,
     "process_memory_write": cls.CATEGORY_PROCESS,
     "namespace_change": cls.CATEGORY_PRIVILEGE,
+    "descriptor_redirect": cls.CATEGORY_PROCESS,
     "enforcement": cls.CATEGORY_SYSTEM,
     "privilege_change": cls.CATEGORY_PRIVILEGE,
     "file_access": cls.CATEGORY_FILE,

@@ -24,6 +24,7 @@ from alpha.sensors.model import (
     BpfDetail,
     ChmodDetail,
     ChownDetail,
+    DupDetail,
     EnforceDetail,
     ExecDetail,
     ExitDetail,
@@ -232,8 +233,10 @@ def process_to_proto(obs: Observation, boot_epoch_ns: int) -> process_pb2.Proces
     )
     if info.start_boot_ns:
         proc.start_time.FromNanoseconds(boot_epoch_ns + info.start_boot_ns)
-    for anc in info.ancestry:
-        proc.ancestry.add(pid=anc.pid, exec_id=anc.exec_id, comm=anc.comm, exe=anc.exe)
+    for i, anc in enumerate(info.ancestry):
+        ref = proc.ancestry.add(pid=anc.pid, exec_id=anc.exec_id, comm=anc.comm, exe=anc.exe)
+        if i == 0:  # the parent's command line only: enough for proc.pcmdline, events stay small
+            ref.args.extend(anc.args)
     return proc
 
 
@@ -595,6 +598,20 @@ def _xattr(event: Event, obs: Observation, d: XattrDetail) -> str:
     return f"{event.process.comm or '?'} set {d.name} on {msg.path or f'fd {d.dfd}'}"
 
 
+_STREAMS: Final = ("stdin", "stdout", "stderr")
+
+
+def _dup(event: Event, obs: Observation, d: DupDetail) -> str:
+    msg = event.descriptor_redirect
+    msg.old_fd = d.oldfd
+    msg.new_fd = d.newfd
+    msg.call = obs.syscall
+    _stdio(msg.target, d.target)
+    stream = _STREAMS[d.newfd] if 0 <= d.newfd < 3 else f"fd {d.newfd}"
+    peer = f"{d.target.peer_address}:{d.target.peer_port}"
+    return f"{event.process.comm or '?'} pointed its {stream} at a socket to {peer}"
+
+
 def _namespace(event: Event, obs: Observation, d: NamespaceDetail) -> str:
     msg = event.namespace_change
     msg.call = _NS_CALL[d.call]
@@ -690,6 +707,8 @@ def observation_to_event(
         summary = _xattr(event, obs, d)
     elif isinstance(d, NamespaceDetail):
         summary = _namespace(event, obs, d)
+    elif isinstance(d, DupDetail):
+        summary = _dup(event, obs, d)
     elif isinstance(d, UtimesDetail):
         summary = _utimes(event, obs, d)
     elif isinstance(d, ForkDetail) and d.clone_flags & CLONE_NEW_MASK:

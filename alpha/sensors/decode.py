@@ -45,7 +45,8 @@ KIND_NAMESPACE: Final = 22
 KIND_UTIMES: Final = 23
 KIND_ENFORCE: Final = 24
 KIND_OPEN_RESOLVED: Final = 25
-KIND_MAX: Final = 26
+KIND_DUP: Final = 26
+KIND_MAX: Final = 27
 
 KIND_NAMES: Final[dict[int, str]] = {
     KIND_EXEC: "exec",
@@ -73,6 +74,7 @@ KIND_NAMES: Final[dict[int, str]] = {
     KIND_UTIMES: "utimes",
     KIND_ENFORCE: "enforce",
     KIND_OPEN_RESOLVED: "open_resolved",
+    KIND_DUP: "dup",
 }
 
 # records.h SC_*: index = our syscall number.
@@ -131,6 +133,8 @@ SYSCALL_NAMES: Final[tuple[str, ...]] = (
     "utimensat",
     "utimes",
     "utime",
+    "dup2",
+    "dup3",
 )
 
 CNT_FILTERED: Final = 0
@@ -296,6 +300,15 @@ PAYLOAD_FIELDS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("path", f"{PATH_LEN}s"),
     ),
     "rec_ns": (("flags", "Q"), ("fd", "i"), ("_pad", "I")),
+    "rec_dup": (
+        ("oldfd", "i"),
+        ("newfd", "i"),
+        ("flags", "I"),
+        ("kind", "B"),
+        ("_pad", "B"),
+        ("port", "H"),
+        ("addr", "16s"),
+    ),
     "rec_utimes": (
         ("dfd", "i"),
         ("at_flags", "I"),
@@ -585,6 +598,15 @@ class RawNamespace:
     fd: int  # setns only
 
 
+@dataclass(slots=True)
+class RawDup:
+    hdr: Header  # syscall: dup2 or dup3
+    oldfd: int
+    newfd: int  # 0-2
+    flags: int
+    stdio: tuple[str, str, int]  # what newfd is after the call: (kind, peer address, port)
+
+
 UTIME_NOW: Final = (1 << 30) - 1
 UTIME_OMIT: Final = (1 << 30) - 2
 
@@ -633,6 +655,7 @@ RawRecord = (
     | RawVmWrite
     | RawXattr
     | RawNamespace
+    | RawDup
     | RawUtimes
     | RawEnforce
 )
@@ -937,6 +960,11 @@ def _namespace(h: Header, buf: bytes) -> RawNamespace:
     return RawNamespace(h, flags, fd)
 
 
+def _dup(h: Header, buf: bytes) -> RawDup:
+    oldfd, newfd, flags, kind, _, port, addr = _need(buf, "rec_dup").unpack_from(buf, HEADER_SIZE)
+    return RawDup(h, oldfd, newfd, flags, _fd(kind, port, addr))
+
+
 def _time_ns(sec: int, nsec: int) -> int | None:
     if nsec in (UTIME_NOW, UTIME_OMIT):
         return None
@@ -996,6 +1024,7 @@ _DECODERS: Final[dict[int, Callable[[Header, bytes], RawRecord]]] = {
     KIND_UTIMES: _utimes,
     KIND_ENFORCE: _enforce,
     KIND_OPEN_RESOLVED: _resolved,
+    KIND_DUP: _dup,
 }
 
 

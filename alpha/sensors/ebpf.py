@@ -40,6 +40,7 @@ from alpha.sensors.model import (
     ChownDetail,
     Delivery,
     Detail,
+    DupDetail,
     EnforceDetail,
     ExecDetail,
     ExitDetail,
@@ -158,6 +159,7 @@ REQUIRED: Final[dict[str, tuple[str, ...]]] = {
         f"syscalls/sys_{d}_{s}" for s in ("unshare", "setns") for d in ("enter", "exit")
     ),
     "utimes": ("syscalls/sys_enter_utimensat", "syscalls/sys_exit_utimensat"),
+    "dup": ("syscalls/sys_enter_dup3", "syscalls/sys_exit_dup3"),  # dup2 too where it exists
     "memprot": (
         "syscalls/sys_enter_mmap",
         "syscalls/sys_exit_mmap",
@@ -186,6 +188,7 @@ OPTIONAL: Final = (
     "syscalls/sys_enter_setxattrat",
     "syscalls/sys_enter_utimes",
     "syscalls/sys_enter_utime",
+    "syscalls/sys_enter_dup2",
     "task/task_newtask",
 )
 _MODULE_TPS: Final = (
@@ -273,6 +276,12 @@ class ProgramConfig:
                 missing.append(
                     "probe tcp: the kernel's tcp_sock layout is unknown (no BTF): transfers "
                     "are counted only by socket polls, which miss short connections"
+                )
+                continue
+            if probe == "dup" and layout is None:
+                missing.append(
+                    "probe dup: the kernel's fd table layout is unknown (no BTF): stdio "
+                    "redirected to a socket is seen only at a later exec"
                 )
                 continue
             absent = [tp for tp in REQUIRED[probe] if tp not in present]
@@ -774,6 +783,11 @@ class Enricher:
                 resolved = _readlink(self._proc / str(h.tgid) / "fd" / str(rec.dfd)) or ""
             return Kind.XATTR, XattrDetail(
                 rec.path, resolved, rec.name, rec.size, rec.flags, rec.dfd
+            )
+        if isinstance(rec, d.RawDup):
+            kind_, address, port = rec.stdio
+            return Kind.DUP, DupDetail(
+                rec.oldfd, rec.newfd, Stdio(kind_, "", address, port), rec.flags
             )
         if isinstance(rec, d.RawNamespace):
             call = "setns" if h.syscall == "setns" else "unshare"

@@ -49,6 +49,7 @@ class Kind(enum.StrEnum):
     NAMESPACE = "namespace"
     UTIMES = "utimes"
     ENFORCE = "enforce"
+    DUP = "dup"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Ancestor:
     pid: int
     comm: str
     exe: str
+    args: tuple[str, ...] = ()  # argv at its exec
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +306,16 @@ class NamespaceDetail:
 
 
 @dataclass(slots=True)
+class DupDetail:
+    """dup2/dup3 that left an inet socket on fd 0, 1 or 2 (judged in the kernel after the call)."""
+
+    oldfd: int
+    newfd: int
+    target: Stdio  # what newfd now is: the socket and its peer
+    flags: int = 0  # dup3 flags
+
+
+@dataclass(slots=True)
 class UtimesDetail:
     path: str  # as passed ("" for futimens)
     resolved: str  # absolute: named in the kernel at the call when it was relative
@@ -347,6 +359,7 @@ Detail = (
     | NamespaceDetail
     | UtimesDetail
     | EnforceDetail
+    | DupDetail
 )
 
 
@@ -404,6 +417,7 @@ PROBES: Final = (
     "xattr",  # setxattr family, security.* names (file capabilities)
     "namespace",  # unshare with CLONE_NEW*, setns
     "utimes",  # utimensat/utimes/utime with explicit times
+    "dup",  # dup2/dup3 leaving an inet socket on fds 0-2 (needs the kernel's BTF)
 )
 
 AF_PACKET: Final = 17

@@ -502,7 +502,7 @@ class ProcessTable:
     def _ancestry(self, parent: ProcessInfo | None) -> tuple[Ancestor, ...]:
         if parent is None or self._depth == 0:
             return ()
-        head = Ancestor(parent.exec_id, parent.pid, parent.comm, parent.exe)
+        head = Ancestor(parent.exec_id, parent.pid, parent.comm, parent.exe, parent.args)
         return (head, *parent.ancestry)[: self._depth]
 
     def _from_snapshot(self, snap: ProcSnapshot) -> ProcessInfo:

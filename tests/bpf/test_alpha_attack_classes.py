@@ -287,6 +287,60 @@ def test_a_reverse_shell_gone_at_once_is_still_seen(alpha: SealedStream) -> None
     assert event.process_exec.stdin.peer.address == "127.0.0.1"
 
 
+# A shell without a shell: commands read from the socket on stdin, run by the interpreter
+# itself. No exec follows the dup2, so no exec-time rule can see it.
+NO_EXEC_SHELL = """
+import os, socket, subprocess, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for fd in (0, 1):
+    os.dup2(s.fileno(), fd, inheritable=(fd == 0))  # dup2, then dup3 with O_CLOEXEC
+line = sys.stdin.readline()
+sys.stdout.write(line.upper())
+sys.stdout.flush()
+"""
+
+# The same moves with a pipe and a socket kept off the standard streams: quiet in the kernel.
+NOT_A_SHELL = """
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+r, w = os.pipe()
+os.dup2(w, 1)
+os.dup2(s.fileno(), 7)
+"""
+
+
+def test_stdio_redirected_to_a_socket_without_an_exec(alpha: SealedStream) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        benign = subprocess.Popen([sys.executable, "-c", NOT_A_SHELL, str(port)])
+        conn, _ = srv.accept()
+        conn.close()
+        assert benign.wait(timeout=30) == 0
+        child = subprocess.Popen([sys.executable, "-c", NO_EXEC_SHELL, str(port)])
+        conn, _ = srv.accept()
+        with conn:
+            conn.sendall(b"id\n")
+            assert conn.makefile().readline() == "ID\n"
+        assert child.wait(timeout=30) == 0
+    for call, fd in (("dup2", 0), ("dup3", 1)):
+        event = alpha.wait_for(
+            lambda e, call=call: (
+                e.process.pid == child.pid  # type: ignore[misc]
+                and e.rule.id == "alpha.stdio_redirected_to_socket"
+                and e.descriptor_redirect.call == call
+            ),
+            f"the {call} onto fd {fd}",
+            WAIT,
+        )
+        assert event.descriptor_redirect.new_fd == fd
+        assert event.descriptor_redirect.target.peer.port == port
+        assert event.descriptor_redirect.target.peer.address == "127.0.0.1"
+    assert not [
+        e for e in list(alpha.events)
+        if e.process.pid == benign.pid and e.WhichOneof("detail") == "descriptor_redirect"
+    ]  # fmt: skip
+
+
 # --- paths below /proc, /dev and home directories ----------------------------------------------
 
 
@@ -350,3 +404,26 @@ def test_symlink_in_tmp_to_a_top_directory(
     event = alert(alpha, "alpha.sensitive_file_link", p.pid)
     assert event.file_link.target == target
     assert not [e for e in list(alpha.events) if e.process.pid == benign.pid]
+
+
+SPAWN_SHELL = "import subprocess, sys; subprocess.run(['sh', '-c', 'true'], check=True)"
+
+
+def test_shell_below_a_java_hosted_server(alpha: SealedStream, tmp_path: Path) -> None:
+    """The parent's command line travels with the child's exec: a JVM running Kafka is a
+    server, the same JVM running a build tool is not."""
+    java = tool(tmp_path, "java")
+    build = subprocess.Popen([str(java), "-c", SPAWN_SHELL, "-jar", "gradle-wrapper.jar"])
+    assert build.wait(timeout=30) == 0
+    kafka = subprocess.Popen([str(java), "-c", SPAWN_SHELL, "-cp", "libs/*", "kafka.Kafka"])
+    assert kafka.wait(timeout=30) == 0
+    event = alpha.wait_for(
+        lambda e: e.rule.id == "alpha.shell_by_server" and e.process.ppid == kafka.pid,
+        "a shell below java kafka.Kafka",
+        WAIT,
+    )
+    assert "kafka.Kafka" in list(event.process.ancestry[0].args)
+    assert not [
+        e for e in list(alpha.events)
+        if e.rule.id == "alpha.shell_by_server" and e.process.ppid == build.pid
+    ]  # fmt: skip

@@ -29,6 +29,7 @@ from alpha.sensors.model import (
     UNKNOWN_STDIO,
     ChmodDetail,
     ChownDetail,
+    DupDetail,
     ExecDetail,
     Kind,
     LinkDetail,
@@ -429,6 +430,22 @@ def path_rec(kind: int, sc: int, path: str, *, dfd: int = -100, mode: int = 0, f
     return d.decode_record(
         hdr(kind, sc, tgid=100) + payload("rec_path", dfd, mode, flags, uid, gid, len(raw), 0) + raw
     )
+
+
+def test_dup_onto_stdio(enricher: Enricher) -> None:
+    port = int.from_bytes((4444).to_bytes(2, "big"), "little")
+    rec = d.decode_record(
+        hdr(d.KIND_DUP, 54, tgid=100, ret=1)
+        + payload("rec_dup", 3, 1, 0, 5, 0, port, bytes([10, 0, 0, 9]) + bytes(12))
+    )
+    assert isinstance(rec, d.RawDup)
+    assert (rec.oldfd, rec.newfd, rec.hdr.syscall) == (3, 1, "dup2")
+    assert rec.stdio == ("inet_socket", "10.0.0.9", 4444)
+    obs = enricher.observe(rec, wall_offset_ns=0)
+    assert obs is not None
+    assert obs.kind is Kind.DUP
+    assert isinstance(obs.detail, DupDetail)
+    assert (obs.detail.target.peer_address, obs.detail.target.peer_port) == ("10.0.0.9", 4444)
 
 
 def test_observe_open_named_by_the_kernel(enricher: Enricher) -> None:

@@ -1219,6 +1219,32 @@ def traversal(requested: str, path: str, **kw: object) -> Event:
 
 
 TUNABLES = "GLIBC_TUNABLES=glibc.malloc.mxfast=glibc.malloc.mxfast=A"
+
+
+def below_java(*argv: str) -> Event:
+    e = exec_("sh", ["sh", "-c", "id"], ancestors=(("java", "/usr/lib/jvm/bin/java"),))
+    e.process.ancestry[0].args.extend(argv)
+    return e
+
+
+CASES["alpha.shell_by_server"][0].extend(
+    [
+        below_java(
+            "java", "-Xmx1G", "-cp", "/opt/kafka/libs/*", "kafka.Kafka", "server.properties"
+        ),
+        below_java(
+            "java", "-cp", "/usr/share/es/lib/*", "org.elasticsearch.bootstrap.Elasticsearch"
+        ),
+        exec_("bash", ancestors=(("exim4", "/usr/sbin/exim4"),)),
+    ]
+)
+CASES["alpha.shell_by_server"][1].extend(
+    [
+        below_java("java", "-jar", "/opt/build/gradle-wrapper.jar"),  # a build, not a server
+        below_java(),  # command line unknown
+    ]
+)
+
 CASES["alpha.glibc_tunables_setuid"] = (
     [suid_exec(TUNABLES), suid_exec("LANG=C", "GLIBC_TUNABLES=")],
     [
@@ -1274,6 +1300,29 @@ CASES["alpha.directory_traversal_read"] = (
         traversal("../index.html", "/var/www/index.html"),
         traversal("shadow", "/etc/shadow"),  # relative, no climb
         traversal("../../etc/cron.d/x", "/etc/cron.d/x", write=True),  # a write
+    ],
+)
+
+
+def redirected(name: str = "python3", exe: str | None = None, fd: int = 0, **kw: object) -> Event:
+    e = ev(name, exe, **kw)  # type: ignore[arg-type]
+    r = e.descriptor_redirect
+    r.old_fd, r.new_fd, r.call = 3, fd, "dup2"
+    r.target.kind = process_details_pb2.DESCRIPTOR_KIND_INET_SOCKET
+    r.target.peer.address, r.target.peer.port = "203.0.113.66", 4444
+    return e
+
+
+CASES["alpha.stdio_redirected_to_socket"] = (
+    [
+        redirected(),
+        redirected("bash", fd=1),
+        redirected("xinetd", "/tmp/xinetd"),  # a copy outside system directories
+    ],
+    [
+        redirected("xinetd", "/usr/sbin/xinetd"),
+        redirected("systemd", "/usr/lib/systemd/systemd", fd=2),
+        stdio_socket(exec_("python3")),  # the exec rule's business
     ],
 )
 

@@ -93,6 +93,7 @@ EXPECTED_DETAIL_KINDS = {
     "process_memory_write",
     "namespace_change",
     "enforcement",
+    "descriptor_redirect",
     "file_access",
     "permission_change",
     "ownership_change",

@@ -71,6 +71,23 @@ add_field(
     generic=_cmdline,
     cost=1,
 )
+
+
+def _pcmdline(ev: Event) -> Value:
+    chain = ev.process.ancestry
+    if not chain or not chain[0].comm:
+        return None
+    return " ".join([chain[0].comm, *chain[0].args[1:]])
+
+
+add_field(
+    "proc.pcmdline",
+    STRING,
+    "The parent's name and arguments, as proc.cmdline (Falco's proc.pcmdline): a java parent "
+    "running Kafka or Elasticsearch shows its main class here.",
+    generic=_pcmdline,
+    cost=1,
+)
 add_field(
     "proc.argv",
     STRING,

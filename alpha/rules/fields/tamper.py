@@ -1,11 +1,11 @@
-"""`vmwrite.*`, `xattr.*`, `ns.*`, `utimes.*`, `enforce.*`: writes to another process's memory,
-security attributes (file capabilities), namespaces, explicitly set file times, and the
-kernel's enforcement."""
+"""`vmwrite.*`, `xattr.*`, `ns.*`, `utimes.*`, `enforce.*`, `redirect.*`: writes to another
+process's memory, security attributes (file capabilities), namespaces, explicitly set file
+times, the kernel's enforcement, and standard streams pointed at a socket."""
 
 from __future__ import annotations
 
 from alpha.rules.fields.extractors import enum_at, enum_names, int_at, sequence_at, string_at
-from alpha.rules.fields.table import BOOL, ENUM, INT, STRING, Event, Value, add_field
+from alpha.rules.fields.table import ADDR, BOOL, ENUM, INT, STRING, Event, Value, add_field
 from qsc.common.v1 import process_details_pb2
 
 add_field(
@@ -93,4 +93,30 @@ add_field(
     "The rules with action kill that armed the check, as a list.",
     per_kind={"enforcement": sequence_at("enforcement.rule_ids")},
     is_list=True,
+)
+
+_REDIRECT = "descriptor_redirect"
+add_field(
+    "redirect.fd",
+    INT,
+    "The standard stream dup2/dup3 replaced with a network socket: 0, 1 or 2; Falco's fd.num.",
+    per_kind={_REDIRECT: int_at(f"{_REDIRECT}.new_fd")},
+)
+add_field(
+    "redirect.oldfd",
+    INT,
+    "The socket's own descriptor, duplicated onto the stream.",
+    per_kind={_REDIRECT: int_at(f"{_REDIRECT}.old_fd")},
+)
+add_field(
+    "redirect.raddr",
+    ADDR,
+    "The remote address of the socket now on the stream.",
+    per_kind={_REDIRECT: string_at(f"{_REDIRECT}.target.peer.address")},
+)
+add_field(
+    "redirect.rport",
+    INT,
+    "The remote port of the socket now on the stream.",
+    per_kind={_REDIRECT: int_at(f"{_REDIRECT}.target.peer.port")},
 )

@@ -60,6 +60,8 @@ class _DetailKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailKind
     """`namespace_change`."""
     DETAIL_KIND_ENFORCEMENT: _DetailKind.ValueType  # 107
     """`enforcement`."""
+    DETAIL_KIND_DESCRIPTOR_REDIRECT: _DetailKind.ValueType  # 108
+    """`descriptor_redirect`."""
     DETAIL_KIND_FILE_ACCESS: _DetailKind.ValueType  # 110
     """`file_access`."""
     DETAIL_KIND_PERMISSION_CHANGE: _DetailKind.ValueType  # 111
@@ -134,6 +136,8 @@ DETAIL_KIND_NAMESPACE_CHANGE: DetailKind.ValueType  # 106
 """`namespace_change`."""
 DETAIL_KIND_ENFORCEMENT: DetailKind.ValueType  # 107
 """`enforcement`."""
+DETAIL_KIND_DESCRIPTOR_REDIRECT: DetailKind.ValueType  # 108
+"""`descriptor_redirect`."""
 DETAIL_KIND_FILE_ACCESS: DetailKind.ValueType  # 110
 """`file_access`."""
 DETAIL_KIND_PERMISSION_CHANGE: DetailKind.ValueType  # 111
@@ -233,6 +237,7 @@ class Event(_message.Message):
     PROCESS_MEMORY_WRITE_FIELD_NUMBER: _builtins.int
     NAMESPACE_CHANGE_FIELD_NUMBER: _builtins.int
     ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    DESCRIPTOR_REDIRECT_FIELD_NUMBER: _builtins.int
     FILE_ACCESS_FIELD_NUMBER: _builtins.int
     PERMISSION_CHANGE_FIELD_NUMBER: _builtins.int
     OWNERSHIP_CHANGE_FIELD_NUMBER: _builtins.int
@@ -327,6 +332,10 @@ class Event(_message.Message):
     @_builtins.property
     def enforcement(self) -> _process_details_pb2.Enforcement:
         """A process killed (or, in dry run, reported) by kernel enforcement."""
+
+    @_builtins.property
+    def descriptor_redirect(self) -> _process_details_pb2.DescriptorRedirect:
+        """A standard stream (fd 0, 1 or 2) was pointed at a network socket with dup2/dup3."""
 
     @_builtins.property
     def file_access(self) -> _file_details_pb2.FileAccess:
@@ -450,6 +459,7 @@ class Event(_message.Message):
         process_memory_write: _process_details_pb2.ProcessMemoryWrite | None = ...,
         namespace_change: _process_details_pb2.NamespaceChange | None = ...,
         enforcement: _process_details_pb2.Enforcement | None = ...,
+        descriptor_redirect: _process_details_pb2.DescriptorRedirect | None = ...,
         file_access: _file_details_pb2.FileAccess | None = ...,
         permission_change: _file_details_pb2.PermissionChange | None = ...,
         ownership_change: _file_details_pb2.OwnershipChange | None = ...,
@@ -476,11 +486,11 @@ class Event(_message.Message):
         sensor_health: _pipeline_details_pb2.SensorHealth | None = ...,
         assessment_change: _assessment_details_pb2.AssessmentChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "certificate_status", b"certificate_status", "detail", b"detail", "enforcement", b"enforcement", "file_access", b"file_access", "file_attribute_change", b"file_attribute_change", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "file_timestamp_change", b"file_timestamp_change", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "host_telemetry", b"host_telemetry", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "namespace_change", b"namespace_change", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "process_memory_write", b"process_memory_write", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "socket_create", b"socket_create", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "certificate_status", b"certificate_status", "descriptor_redirect", b"descriptor_redirect", "detail", b"detail", "enforcement", b"enforcement", "file_access", b"file_access", "file_attribute_change", b"file_attribute_change", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "file_timestamp_change", b"file_timestamp_change", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "host_telemetry", b"host_telemetry", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "namespace_change", b"namespace_change", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "process_memory_write", b"process_memory_write", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "socket_create", b"socket_create", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "category", b"category", "certificate_status", b"certificate_status", "detail", b"detail", "enforcement", b"enforcement", "file_access", b"file_access", "file_attribute_change", b"file_attribute_change", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "file_timestamp_change", b"file_timestamp_change", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "host_telemetry", b"host_telemetry", "id", b"id", "labels", b"labels", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "namespace_change", b"namespace_change", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "process_memory_write", b"process_memory_write", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "seq", b"seq", "severity", b"severity", "socket_create", b"socket_create", "summary", b"summary", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_score", b"anomaly_score", "assessment_change", b"assessment_change", "auth_event", b"auth_event", "backup_integrity", b"backup_integrity", "bpf_program_load", b"bpf_program_load", "category", b"category", "certificate_status", b"certificate_status", "descriptor_redirect", b"descriptor_redirect", "detail", b"detail", "enforcement", b"enforcement", "file_access", b"file_access", "file_attribute_change", b"file_attribute_change", "file_delete", b"file_delete", "file_integrity", b"file_integrity", "file_link", b"file_link", "file_rename", b"file_rename", "file_timestamp_change", b"file_timestamp_change", "gap", b"gap", "guardian", b"guardian", "heal_action", b"heal_action", "host_telemetry", b"host_telemetry", "id", b"id", "labels", b"labels", "memfd_create", b"memfd_create", "memory_threat", b"memory_threat", "module_load", b"module_load", "namespace_change", b"namespace_change", "network_connection", b"network_connection", "observed_time", b"observed_time", "ownership_change", b"ownership_change", "permission_change", b"permission_change", "port_scan", b"port_scan", "privilege_change", b"privilege_change", "process", b"process", "process_exec", b"process_exec", "process_exit", b"process_exit", "process_memory_write", b"process_memory_write", "ptrace", b"ptrace", "rule", b"rule", "sensor_health", b"sensor_health", "seq", b"seq", "severity", b"severity", "socket_create", b"socket_create", "summary", b"summary", "time", b"time", "transfer_volume", b"transfer_volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["process_exec", "process_exit", "ptrace", "privilege_change", "memfd_create", "process_memory_write", "namespace_change", "enforcement", "file_access", "permission_change", "ownership_change", "file_delete", "file_rename", "file_link", "file_attribute_change", "file_timestamp_change", "network_connection", "socket_create", "port_scan", "transfer_volume", "memory_threat", "module_load", "bpf_program_load", "auth_event", "file_integrity", "backup_integrity", "certificate_status", "heal_action", "anomaly_score", "host_telemetry", "gap", "sensor_health", "assessment_change"]  # noqa: Y015
+    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["process_exec", "process_exit", "ptrace", "privilege_change", "memfd_create", "process_memory_write", "namespace_change", "enforcement", "descriptor_redirect", "file_access", "permission_change", "ownership_change", "file_delete", "file_rename", "file_link", "file_attribute_change", "file_timestamp_change", "network_connection", "socket_create", "port_scan", "transfer_volume", "memory_threat", "module_load", "bpf_program_load", "auth_event", "file_integrity", "backup_integrity", "certificate_status", "heal_action", "anomaly_score", "host_telemetry", "gap", "sensor_health", "assessment_change"]  # noqa: Y015
     _WhichOneofArgType_detail: _TypeAlias = _typing.Literal["detail", b"detail"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_detail) -> _WhichOneofReturnType_detail | None: ...
 

@@ -568,6 +568,44 @@ class ProcessMemoryWrite(_message.Message):
 Global___ProcessMemoryWrite: _TypeAlias = ProcessMemoryWrite  # noqa: Y015
 
 @_typing.final
+class DescriptorRedirect(_message.Message):
+    """dup2/dup3 that left an inet socket on fd 0, 1 or 2: the step of a reverse shell, whether or
+    not a program is exec'd after it. Judged in the kernel from the fd table after the call.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_FD_FIELD_NUMBER: _builtins.int
+    NEW_FD_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    old_fd: _builtins.int
+    """The descriptor duplicated."""
+    new_fd: _builtins.int
+    """The standard stream it replaced: 0, 1 or 2."""
+    call: _builtins.str
+    """dup2 or dup3."""
+    @_builtins.property
+    def target(self) -> Global___StdioDescriptor:
+        """What new_fd refers to now: the socket and its peer."""
+
+    def __init__(
+        self,
+        *,
+        old_fd: _builtins.int = ...,
+        new_fd: _builtins.int = ...,
+        target: Global___StdioDescriptor | None = ...,
+        call: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "new_fd", b"new_fd", "old_fd", b"old_fd", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescriptorRedirect: _TypeAlias = DescriptorRedirect  # noqa: Y015
+
+@_typing.final
 class NamespaceChange(_message.Message):
     """Namespaces created or entered: container runtimes do it, and so does an escape or a
     privilege trick with a user namespace mapped to root (T1611).

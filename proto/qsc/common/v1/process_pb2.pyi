@@ -145,6 +145,7 @@ class ProcessRef(_message.Message):
     EXE_FIELD_NUMBER: _builtins.int
     UID_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     """Process ID in the host's initial PID namespace."""
     exec_id: _builtins.str
@@ -159,6 +160,12 @@ class ProcessRef(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When this execution started."""
 
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The command line (argv) as the kernel read it at exec. Set for the parent only (the first
+        entry of `Process.ancestry`): Falco's proc.pcmdline, which tells a java-hosted server apart.
+        """
+
     def __init__(
         self,
         *,
@@ -168,10 +175,11 @@ class ProcessRef(_message.Message):
         exe: _builtins.str = ...,
         uid: _builtins.int = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
+        args: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comm", b"comm", "exe", b"exe", "exec_id", b"exec_id", "pid", b"pid", "start_time", b"start_time", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "comm", b"comm", "exe", b"exe", "exec_id", b"exec_id", "pid", b"pid", "start_time", b"start_time", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
