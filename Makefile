@@ -88,8 +88,8 @@ unit: $(STAMP)/venv-unit
 bench: setup bpf-setup
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
-demo: setup bpf-setup
-	$(PY) -m demo
+demo: $(STAMP)/system setup bpf-setup
+	$(PY) -m demo $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(STAMP) $(NPM_DIR)/node_modules $(N8N_DIR)/node_modules build \

@@ -32,6 +32,7 @@ from alpha.sources.telemetry import (
     unobserved_features,
 )
 from mesh.guardian import Guardian
+from mesh.metrics import EventCounts, MetricsExporter, guardian_collectors
 
 
 class Alpha:
@@ -40,13 +41,16 @@ class Alpha:
         # Rules first: a broken rule file stops the start before anything is opened.
         self.engine = RuleEngine.default(config.rules.files)
         self.guardian = Guardian(config.guardian_config())
+        # Prometheus ([metrics]): events counted where the pipeline hands them to the outbox.
+        self.event_counts = EventCounts()
+        self.metrics = MetricsExporter(config.metrics, component="alpha")
         try:
             registry = self.guardian.sensors
             rules_health = registry.register("rules", mode="yaml")
             self.lookup = LateLookup()
             self.pipeline = Pipeline(
                 self.engine,
-                self.guardian.emit_many,
+                self.event_counts.wrap(self.guardian.emit_many),
                 emit_unmatched=config.rules.emit_unmatched,
                 lookups=Lookups(process=self.lookup, protocol=socket_protocol),
                 rules_health=rules_health,
@@ -102,9 +106,14 @@ class Alpha:
         return thread
 
     async def start(self) -> int:
-        """Serve, then start the workers in the order above; return the bound port."""
+        """Metrics (when configured), serve, then start the workers in the order above; return
+        the bound port."""
+        self.metrics.start(guardian_collectors(self.guardian, self.event_counts))
         return await self.guardian.start()
 
     async def stop(self) -> None:
         """Drain, stop the workers in reverse, close the outbox. Idempotent."""
-        await self.guardian.stop()
+        try:
+            await self.guardian.stop()
+        finally:
+            self.metrics.stop()

@@ -7,6 +7,7 @@
     [network]   socket poller and detectors        (alpha.network.NetworkDetectConfig + enabled)
     [auth]      sshd log follower and detectors    (alpha.auth.AuthDetectConfig + the follower)
     [telemetry] host telemetry windows             (alpha.telemetry.TelemetryConfig)
+    [metrics]   the Prometheus endpoint, off unless set (mesh.metrics.MetricsConfig)
 
 `qsc-alpha --config alpha.toml`; `QSC_ALPHA_SENSOR__DISABLE_EBPF=1` forces the fallback sensor.
 See deploy/alpha.toml for a documented example.
@@ -28,6 +29,7 @@ from alpha.telemetry import TelemetryConfig
 from mesh.config import load_config
 from mesh.errors import ConfigError
 from mesh.guardian.config import EmbeddedGuardianSections, GuardianRole, GuardianSection
+from mesh.metrics import MetricsConfig
 
 COMPONENT: Final = "alpha"
 
@@ -93,6 +95,7 @@ class AlphaConfig(EmbeddedGuardianSections):
     network: NetworkSection = field(default_factory=NetworkSection)
     auth: AuthSection = field(default_factory=AuthSection)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def network_detect(self, *, ebpf_connections: bool) -> NetworkDetectConfig:
         """The detector's settings, with connects taken from the eBPF sensor when it runs."""

@@ -23,6 +23,7 @@ from crypto.errors import KeyringError
 from crypto.keyring import KeyManager
 from mesh.errors import ConfigError
 from mesh.guardian import Guardian
+from mesh.metrics import EventCounts, MetricsExporter, guardian_collectors
 
 
 def open_keys(config: BetaConfig) -> KeyManager:
@@ -46,9 +47,12 @@ class Beta:
         # The keyring first: without it no baseline or manifest can be trusted.
         self.keys = open_keys(config)
         self.guardian = Guardian(config.guardian_config())
+        # Prometheus ([metrics]): events counted where the sources hand them to the outbox.
+        self.event_counts = EventCounts()
+        self.metrics = MetricsExporter(config.metrics, component="beta")
         try:
             registry = self.guardian.sensors
-            emit_many = self.guardian.emit_many
+            emit_many = self.event_counts.wrap(self.guardian.emit_many)
             state = config.state.directory
             self.fim = FimSource(
                 with_heal_exclude(config.fim),
@@ -74,9 +78,14 @@ class Beta:
             raise
 
     async def start(self) -> int:
-        """Serve, then start the workers in the order above; return the bound port."""
+        """Metrics (when configured), serve, then start the workers in the order above; return
+        the bound port."""
+        self.metrics.start(guardian_collectors(self.guardian, self.event_counts))
         return await self.guardian.start()
 
     async def stop(self) -> None:
         """Drain, stop the workers in reverse, close the outbox. Idempotent."""
-        await self.guardian.stop()
+        try:
+            await self.guardian.stop()
+        finally:
+            self.metrics.stop()

@@ -7,6 +7,7 @@
     [backups]   backup sets and their verification schedule
     [certs]     watched certificates, trust store, thresholds, revocation
     [heal]      the vault and heal validators (the policy is per path: [[fim.paths]] heal)
+    [metrics]   the Prometheus endpoint, off unless set (mesh.metrics.MetricsConfig)
 
 `qsc-beta run --config beta.toml`; see deploy/beta.toml for a documented example.
 `qsc-beta baseline --config beta.toml` reads only `[fim]` and `[keys]` (`BaselineToolConfig`).
@@ -29,6 +30,7 @@ from beta.fim.config import FimConfig, compile_glob
 from mesh.config import load_config, load_sections
 from mesh.errors import ConfigError
 from mesh.guardian.config import EmbeddedGuardianSections, GuardianRole, GuardianSection
+from mesh.metrics import MetricsConfig
 
 __all__ = [
     "COMPONENT",
@@ -307,6 +309,7 @@ class BetaConfig(EmbeddedGuardianSections):
     backups: BackupsSection = field(default_factory=BackupsSection)
     certs: CertsSection = field(default_factory=CertsSection)
     heal: HealSection = field(default_factory=HealSection)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def _with_key_dir_alias(env: Mapping[str, str]) -> dict[str, str]:

@@ -33,6 +33,7 @@ from cortex.config import COMPONENT, CortexConfig, GuardianSection, load_cortex_
 from cortex.correlation import CorrelationRuntime
 from cortex.guardian_view import GuardianDirectory
 from cortex.ingest import Ingest, OwnIdentity
+from cortex.metrics import CortexCollector, IngestCounts
 from cortex.playbooks.runtime import PlaybookRuntime
 from cortex.record_filter import RecordFilter
 from cortex.service import SERVICE, CortexServicer
@@ -41,6 +42,7 @@ from mesh.channel import ChannelConfig, open_channel
 from mesh.errors import MeshError
 from mesh.identity import load_tls_of_role
 from mesh.logs import log_event
+from mesh.metrics import MetricsExporter, TransportCollector
 from mesh.server import ComponentServer
 from mesh.stream.subscriber import Dialer
 from qsc.common.v1 import event_pb2
@@ -78,6 +80,8 @@ class Cortex:
         material = load_tls_of_role(config.server.tls, COMPONENT)
         self.identity = material.identity
         self.store = open_store(config, CheckpointSigner.from_tls(material))
+        self.counts = IngestCounts()  # Prometheus ([metrics]): what nothing else counts
+        self.metrics = MetricsExporter(config.metrics, component=COMPONENT)
         try:
             self.correlation = (
                 CorrelationRuntime(config.correlation) if config.correlation.enabled else None
@@ -142,6 +146,7 @@ class Cortex:
 
     async def _stored(self, events: Sequence[event_pb2.Event]) -> None:
         """Every stored batch: host windows to the scorer, everything to correlation."""
+        self.counts.stored(events)
         if self.scorer is not None:
             self.scorer.observe(events)
         if self.correlation is not None:
@@ -171,6 +176,7 @@ class Cortex:
         return self.server.port
 
     async def start(self) -> int:
+        self.metrics.start([CortexCollector(self, self.counts), TransportCollector(self.server)])
         if self.playbooks is not None:
             # First: runs left due by a crash go out now, and what the restore below raises
             # again is suppressed against the runs already stored.
@@ -196,9 +202,11 @@ class Cortex:
         playbooks = self.playbooks
         if playbooks is None:
             await self.ingest.record(events)
+            self.counts.changed(changes)
             return
         pairs = [(a, e.id) for a, e in zip(changes, events, strict=True)]
         await self.ingest.record(events, runs=lambda: playbooks.plan(pairs))
+        self.counts.changed(changes)
         playbooks.wake()
 
     async def stop(self) -> None:
@@ -221,6 +229,7 @@ class Cortex:
                 if self.ml_client is not None:
                     await self.ml_client.close()
             finally:
+                self.metrics.stop()
                 await asyncio.to_thread(self.store.close)
 
     def reload(self) -> None:

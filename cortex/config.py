@@ -11,6 +11,7 @@
     [ml]           the ML service scoring host telemetry windows
     [playbooks]    playbook files, the endpoints deliveries may go to (nowhere else), retries
     [log]          level, format
+    [metrics]      the Prometheus endpoint, off unless set (mesh.metrics.MetricsConfig)
 
 `qsc-cortex run --config cortex.toml`; see deploy/cortex.toml for a documented example.
 `QSC_CORTEX_INGEST__SILENCE_DEADLINE=1m` overrides one key; the guardian list is a TOML array
@@ -34,6 +35,7 @@ from cortex.store import StoreConfig
 from mesh.config import load_config
 from mesh.errors import ConfigError
 from mesh.logs import LogConfig
+from mesh.metrics import MetricsConfig
 from mesh.server import ServerConfig
 
 __all__ = [
@@ -343,6 +345,7 @@ class CortexConfig:
     ml: MlSection = field(default_factory=MlSection)
     playbooks: PlaybooksSection = field(default_factory=PlaybooksSection)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         ids = [g.id for g in self.guardians]

@@ -237,9 +237,8 @@ async def _score(workdir: Path, port: int, batch: ScoreBatch) -> BatchScores:
         return await client.score(batch)
 
 
-def ml(workdir: Path) -> None:
-    step("ML: Isolation Forest anomaly scores over mTLS (cortex -> ml)")
-    base = workdir / "ml"
+def train_ml(workdir: Path, base: Path) -> Path:
+    """Synthetic history, a keyring and a signed 50-tree model in `base`; the service's config."""
     base.mkdir(mode=0o700)
     data = base / "train.csv"
     run_tool("ml", "generate", "--out", str(data), "--hosts", "3", "--days", "2", "--seed", "1")
@@ -250,9 +249,17 @@ def ml(workdir: Path) -> None:
         "--keyring", str(base / "keys"), "--n-estimators", "50", "--quiet",
     )  # fmt: skip
     rows = sum(1 for _ in data.open()) - 1
-    print(f"  trained 50 trees on {rows} synthetic windows in {time.monotonic() - started:.1f}s")
+    took = time.monotonic() - started
+    print(f"  ML: Isolation Forest of 50 trees trained on {rows} synthetic windows in {took:.1f}s")
     config = base / "ml.toml"
     config.write_text(ML_CONFIG.format(pki=workdir / "pki", base=base))
+    return config
+
+
+def ml(workdir: Path) -> None:
+    step("ML: Isolation Forest anomaly scores over mTLS (cortex -> ml)")
+    base = workdir / "ml"
+    config = train_ml(workdir, base)
     proc, port = start_process("qsc-ml", ["ml", "serve", "--config", str(config)], base)
     try:
         batch = ScoreBatch(

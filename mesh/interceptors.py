@@ -35,6 +35,7 @@ from mesh.authz import HEALTH_SERVICE, AuthzTable
 from mesh.errors import PolicyViolationError, ResourceExhaustedError, UnimplementedError
 from mesh.identity import bind_peer, identity_from_auth_context, unbind_peer
 from mesh.logs import log_event
+from mesh.metrics import observe_rpc
 from mesh.policy import PolicyCounters, PqPolicy, Transport, enforce, transport_of
 from mesh.ratelimit import KeyedBuckets
 from mesh.status import to_status
@@ -174,6 +175,9 @@ class MeshInterceptor(_Interceptor):
             with contextlib.suppress(ValueError):
                 unbind_peer(call.token)
         code = call.code or call.context.code() or grpc.StatusCode.OK
+        # Every call, before the rate limit on log lines below (metrics are never suppressed).
+        known = bool(self.authz.roles_for(call.method))
+        observe_rpc(call.method, code.name, time.monotonic() - call.started, known=known)
         transport = call.transport
         quiet = code in _QUIET_CODES
         suppressed = 0

@@ -3,6 +3,7 @@
     [server]   listen, TLS files, limits          (mesh.server.ServerConfig)
     [model]    model directory, keyring, reload, batch cap, onnxruntime threads
     [log]      level, format
+    [metrics]  the Prometheus endpoint, off unless set (mesh.metrics.MetricsConfig)
 
 `qsc-ml serve --config ml.toml`; `QSC_ML_MODEL__DIRECTORY=/srv/models` overrides one key. See
 deploy/ml.toml for a documented example.
@@ -19,6 +20,7 @@ from typing import Final
 from mesh.config import load_config
 from mesh.errors import ConfigError
 from mesh.logs import LogConfig
+from mesh.metrics import MetricsConfig
 from mesh.server import ServerConfig
 
 COMPONENT: Final = "ml"
@@ -58,6 +60,7 @@ class MlConfig:
     server: ServerConfig
     model: ModelSection
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         if self.model.max_batch_rows * _MIN_ROW_BYTES > self.server.max_message_bytes:

@@ -31,6 +31,15 @@ have_cmd nft || need+=(nftables)
 have_cmd setcap || need+=(libcap2-bin)
 have_cmd unshare || need+=(util-linux)
 have_cmd ip || need+=(iproute2)
+# docs/integrator-guide.md's snippets (tests/integration/test_integrator_snippets.py) generate
+# clients with protoc and build the Go one offline from Debian's Go packages (GOPATH mode);
+# golang-google-grpc-dev accepts either golang/protobuf, and only 1.5 reads generated APIv2 code.
+for pkg in golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+    golang-github-golang-protobuf-1-5-dev; do
+    have_pkg "$pkg" || need+=("$pkg")
+done
+# The deployment tests check deploy/systemd/*.service with systemd-analyze verify and security.
+have_cmd systemd-analyze || need+=(systemd)
 
 if ((${#need[@]} == 0)); then
     echo "system packages: all present"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from mesh.cli import keys, pki, tail
+from mesh.cli import doctor, keys, pki, tail
 from mesh.command import command_parser, run_cli
 
 PROG = "qsc"
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     pki.register(groups)
     keys.register(groups)
     tail.register(groups)
+    doctor.register(groups)
     return parser
 
 

@@ -9,7 +9,7 @@ and asserts nothing. About two minutes on 2 vCPUs (1m50s here).
   [playbooks] defaults) follows a guardian in this process that appends a pair of trigger
   events for a fresh user every ``--every`` seconds; each pair raises one CREATED assessment
   and one playbook run whose single step POSTs it (json, Standard Webhooks signed) to an
-  HTTPS ``tests/webhook_receiver.py`` in this process, which verifies the signature. Latency
+  HTTPS ``demo/webhook_receiver.py`` in this process, which verifies the signature. Latency
   of a delivery is to the moment the receiver has the verified POST, from: the assessment's
   update_time (the `timestamp` of the body: the revision as the correlation made it, just
   before its transaction), the run's create_time (planned inside that transaction, read back
@@ -74,11 +74,11 @@ from cortex.store import CheckpointSigner, SqliteEventStore, StoreConfig
 from cortex.store.runs import NewRun, StepResult
 from crypto import pki as cpki
 from crypto.keyring import KeyManager
+from demo.webhook_receiver import Received, WebhookReceiver
 from mesh.config import config_from_dict
 from mesh.ids import uuid7
 from mesh.stream.cursor import StoredCursor
 from qsc.common.v1 import classification_pb2, event_pb2, identity_pb2
-from tests.webhook_receiver import Received, WebhookReceiver
 
 OWN = "cortex-bench"  # the guardian id of the Cortex's own records (outbox and endpoints)
 ENDPOINTS = 100
@@ -281,6 +281,7 @@ class TimedReceiver(WebhookReceiver):
 
 
 async def latency(n: int, every: float, load_rate: float) -> None:
+    from demo.webhook_receiver import receiver_leaf
     from mesh.channel import ChannelConfig, open_channel
     from mesh.config import TlsFiles
     from qsc.cortex.v1 import cortex_service_pb2 as pb
@@ -296,7 +297,6 @@ async def latency(n: int, every: float, load_rate: float) -> None:
     from tests.bench.bench_cortex_ingest import cortex_toml
     from tests.bench.guardian_proc import ROOT, GuardianProcess
     from tests.integration.playbook_harness import playbook_file, secret_file
-    from tests.webhook_receiver import receiver_leaf
 
     with tempfile.TemporaryDirectory(prefix="qsc-bench-playbooks-") as tmp:
         base = Path(tmp)

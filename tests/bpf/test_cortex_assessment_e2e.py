@@ -15,7 +15,7 @@ and `qsc-cortex run` processes on 127.0.0.1 over mTLS, read back through CortexS
 
 Each test has its own mesh (fresh guardians, fresh Cortex store): Alpha's login history, the
 Cortex's correlation state and its assessments start empty. The sshd, its user and every file
-are removed afterwards (tests/sshd_helpers.py, tmp_path).
+are removed afterwards (demo/sshd.py, tmp_path).
 
 The test's Alpha counts loopback as leaving the host (`transfer_ignore_networks = []`): loopback
 is all this test has, and the product default ignores it by design (alpha/network/detect.py).
@@ -26,38 +26,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from crypto import pki
-from crypto.keyring import KeyManager
-from demo.components import ALPHA_CONFIG, BETA_CONFIG
-from demo.harness import HOST, channel_to, run_tool
+from demo.harness import HOST, channel_to
+from demo.intrusion import NEW_SOURCE, corrupt_backup, exfil_tool, failed_login_burst
+from demo.site import ALPHA_ID, BETA_ID, Proc
+from demo.sshd import Sshd, login, running_sshd, temporary_user
+from demo.story import BACKUP_SET, alpha_following, beta_with_backup
 from mesh.channel import open_channel
-from qsc.beta.v1 import beta_service_pb2 as bpb
-from qsc.beta.v1 import beta_service_pb2_grpc as bpb_grpc
-from qsc.common.v1 import event_pb2, integrity_details_pb2
+from qsc.common.v1 import event_pb2
 from qsc.cortex.v1 import assessment_pb2
 from qsc.cortex.v1 import cortex_service_pb2 as pb
 from qsc.guardian.v1 import guardian_service_pb2 as gpb
 from qsc.guardian.v1 import guardian_service_pb2_grpc as gpb_grpc
 from tests.bpf.test_cortex_e2e import (
-    ALPHA_ID,
-    BETA_ID,
     Mesh,
-    Proc,
     connected,
     cortex_call,
     events,
@@ -65,7 +58,6 @@ from tests.bpf.test_cortex_e2e import (
     guardian,
     start_cortex,
 )
-from tests.sshd_helpers import Sshd, login, running_sshd, temporary_user
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -73,41 +65,6 @@ RULE = "cortex.credential_stuffing_exfiltration"
 STEPS = ("failed_login_burst", "login_from_new_address", "large_outbound_transfer")
 BACKUP_STEP = "backup_corrupted"
 THRESHOLD = 0.7  # the rule's threshold (cortex/correlate/default/10_intrusion.yaml)
-NEW_SOURCE = "127.0.0.2"  # another loopback address: on `lo` (127.0.0.0/8) without setup
-MiB = 1 << 20
-TRANSFER = 160 * MiB  # over the default 100 MiB of alpha.large_outbound_transfer
-BACKUP_SET = "db"
-
-# The demo's Alpha with its socket poller and sshd log follower on, pointed at this test's sshd.
-_OFF = "[network]\nenabled = false\n\n[auth]\nenabled = false\n"
-_ON = """[network]
-poll_interval = "200ms"
-# Loopback is all this test has: count it as leaving the host (the default ignores 127.0.0.0/8).
-transfer_ignore_networks = []
-
-[auth]
-source = "file"
-log_path = "{auth_log}"
-state_directory = "{base}/state"
-poll_interval = "100ms"
-"""
-assert _OFF in ALPHA_CONFIG, "demo.components.ALPHA_CONFIG changed: update this test"
-ALPHA_AUTH_CONFIG = ALPHA_CONFIG.replace(_OFF, _ON)
-
-# The demo's Beta with one backup set, verified on demand only.
-BETA_BACKUP_CONFIG = (
-    BETA_CONFIG
-    + """
-[backups]
-workers = 1
-
-[[backups.sets]]
-name = "{name}"
-root = "{root}"
-manifest = "{manifest}"
-schedule = "0s"
-"""
-)
 
 
 @dataclass
@@ -125,50 +82,17 @@ def running_mesh(work: Path, auth_log: Path) -> Iterator[Site]:
         pki.write_leaf(pki.issue_leaf(ca, role, HOST), work / "pki", ca.cert)
     procs: list[Proc] = []
     try:
-        a_base = work / "alpha"
-        a_base.mkdir(mode=0o700)
-        text = ALPHA_AUTH_CONFIG.format(pki=work / "pki", base=a_base, auth_log=auth_log)
-        (a_base / "alpha.toml").write_text(text)
-        alpha = Proc("qsc-alpha", ["alpha", "--config", str(a_base / "alpha.toml")], a_base)
+        # The demo's Alpha (with its minute-long telemetry window) and Beta, as it builds them.
+        alpha = alpha_following(work, auth_log, telemetry="")
         alpha.start()
         procs.append(alpha)
-
-        b_base = work / "beta"
-        etc = b_base / "etc"
-        etc.mkdir(parents=True, mode=0o700)
-        (etc / "app.conf").write_text("listen = 443\nadmin = false\n")
-        (etc / "sshd_like.conf").write_text("PermitRootLogin no\n")
-        root = b_base / "backups" / BACKUP_SET
-        (root / "sub").mkdir(parents=True)
-        (root / "base.dump").write_bytes(bytes(range(256)) * 256)
-        (root / "sub" / "wal.dump").write_bytes(b"w" * 20_000)
-        manifest = b_base / "backups" / f"{BACKUP_SET}.manifest"
-        text = BETA_BACKUP_CONFIG.format(
-            pki=work / "pki", base=b_base, name=BACKUP_SET, root=root, manifest=manifest
-        )
-        (b_base / "beta.toml").write_text(text)
-        KeyManager.create(b_base / "keys", "beta")
-        run_tool("beta", "baseline", "init", "--config", str(b_base / "beta.toml"))
-        run_tool(
-            "beta",
-            "manifest",
-            "create",
-            str(root),
-            "--name",
-            BACKUP_SET,
-            "-m",
-            str(manifest),
-            "--keys",
-            str(b_base / "keys"),
-            "--no-progress",
-        )
-        beta = Proc("qsc-beta", ["beta", "run", "--config", str(b_base / "beta.toml")], b_base)
+        beta, root = beta_with_backup(work)
         beta.start()
         procs.append(beta)
 
         cortex = start_cortex(work, alpha.port, beta.port)
         procs.append(cortex)
-        mesh = Mesh(work, alpha, beta, cortex, etc)
+        mesh = Mesh(work, alpha, beta, cortex, work / "beta" / "etc")
         for gid in (ALPHA_ID, BETA_ID):
             eventually(f"{gid} connected", lambda gid=gid: connected(mesh, gid))  # type: ignore[misc]
         yield Site(mesh, root)
@@ -183,92 +107,6 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
     (tmp_path / "sshd").mkdir()
     with temporary_user() as user, running_sshd(tmp_path / "sshd", *user) as server:
         yield server
-
-
-# --- actions ------------------------------------------------------------------------------------
-
-
-def failed_login_burst(s: Sshd) -> None:
-    """10 failures from 127.0.0.1: 6 wrong passwords for the real user, 4 made-up users (the
-    5th distinct user and the 10th failure are both alpha.credential_stuffing)."""
-    attempts = [(s.user, "wrong-" + secrets.token_hex(4)) for _ in range(6)]
-    attempts += [(f"nosuch{i}", "guess") for i in range(4)]
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        codes = list(pool.map(lambda a: login(s, *a), attempts))
-    assert all(code != 0 for code in codes), codes
-
-
-def corrupt_backup(site: Site) -> None:
-    """A bit flipped in the backup, then found by an operator's on-demand VerifyBackup."""
-    target = site.backup_root / "sub" / "wal.dump"
-    data = bytearray(target.read_bytes())
-    data[4321] ^= 0x01
-    target.write_bytes(bytes(data))
-
-    async def body() -> bpb.VerifyBackupResponse:
-        config = channel_to(site.mesh.workdir, site.mesh.beta.port, "operator")
-        async with open_channel(config) as channel:
-            request = bpb.VerifyBackupRequest(
-                backup_set=BACKUP_SET, depth=integrity_details_pb2.VERIFY_DEPTH_FULL
-            )
-            response: bpb.VerifyBackupResponse = await bpb_grpc.BetaServiceStub(
-                channel
-            ).VerifyBackup(request)
-            return response
-
-    result = asyncio.run(body()).result
-    assert not result.passed
-    assert [f.path for f in result.failures] == ["sub/wal.dump"]
-
-
-# Run by a copy of the interpreter outside the system program directories: a system program
-# (/usr/bin/...) is one of alpha.large_outbound_transfer's exceptions, an intruder's tool is not.
-SEND = """
-import socket, sys
-c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-chunk = bytes(1 << 20)
-for _ in range(int(sys.argv[2]) >> 20):
-    c.sendall(chunk)
-print("sent", flush=True)
-sys.stdin.read()
-"""
-
-
-@contextlib.contextmanager
-def large_transfer(tools: Path) -> Iterator[int]:
-    """TRANSFER bytes sent by a child to a local receiver; the connection is held open (the
-    socket poller sees its counters) until the block ends. Yields the sender's pid."""
-    tools.mkdir(exist_ok=True)
-    exe = tools / "exfil"
-    shutil.copy(os.path.realpath(sys.executable), exe)
-    received = 0
-    with socket.create_server((HOST, 0)) as server:
-
-        def receive() -> None:
-            nonlocal received
-            conn, _ = server.accept()
-            with conn:
-                while chunk := conn.recv(1 << 20):
-                    received += len(chunk)
-
-        thread = threading.Thread(target=receive, daemon=True)
-        thread.start()
-        port = server.getsockname()[1]
-        child = subprocess.Popen(
-            [str(exe), "-I", "-c", SEND, str(port), str(TRANSFER)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert child.stdout is not None
-            assert child.stdout.readline().strip() == "sent"
-            yield child.pid
-        finally:
-            child.kill()
-            child.wait(timeout=10)
-            thread.join(10)
-    assert received == TRANSFER
 
 
 # --- reading the Cortex -------------------------------------------------------------------------
@@ -327,9 +165,9 @@ def takeover_and_theft(site: Site, s: Sshd, tools: Path) -> None:
     waited for in the Cortex's store before the next (the sequence's order)."""
     assert login(s, s.user, s.password, source=NEW_SOURCE) == 0
     eventually("the login from the new address", lambda: from_new_source(site, s.user))
-    corrupt_backup(site)
+    corrupt_backup(site.mesh.workdir, site.mesh.beta.port, site.backup_root, BACKUP_SET)
     eventually("the corrupted backup", lambda: backup_events(site))
-    with large_transfer(tools) as pid:
+    with exfil_tool(tools) as pid:
         eventually(
             "the large outbound transfer",
             lambda: [

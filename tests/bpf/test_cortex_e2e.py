@@ -11,9 +11,7 @@ resumes it where it stopped. The processes are started as `make demo` starts the
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,86 +25,17 @@ import pytest
 from crypto import pki
 from crypto.keyring import KeyManager
 from demo.components import ALPHA_CONFIG, BETA_CONFIG, _attack
-from demo.harness import HOST, channel_to, run_tool, start_process
-from mesh.channel import open_channel
+from demo.harness import HOST, run_tool
+from demo.site import ALPHA_ID, BETA_ID, CORTEX_CONFIG, CortexView, Proc
+from demo.site import eventually as _eventually
 from qsc.common.v1 import event_pb2
-from qsc.cortex.v1 import cortex_service_pb2 as pb
-from qsc.cortex.v1 import cortex_service_pb2_grpc as pb_grpc
 from qsc.cortex.v1 import guardian_pb2
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 T = TypeVar("T")
-ALPHA_ID, BETA_ID = f"alpha-{HOST}", f"beta-{HOST}"
 SILENCE = 3.0  # the Cortex's silence deadline in this test, seconds
 WAIT = 45.0
-
-CORTEX_CONFIG = """
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace = "1s"
-
-[server.tls]
-cert = "{pki}/cortex-127.0.0.1.crt"
-key = "{pki}/cortex-127.0.0.1.key"
-ca = "{pki}/ca.crt"
-
-[store]
-directory = "{base}/store"
-checkpoint_interval = "1s"
-
-[keyring]
-directory = "{base}/keys"
-
-[ingest]
-silence_deadline = "{silence}s"
-heartbeat_interval = "500ms"
-idle_timeout = "2s"
-reconnect_initial = "100ms"
-reconnect_max = "1s"
-watch_interval = "200ms"
-
-[[guardians]]
-id = "{alpha_id}"
-address = "127.0.0.1:{alpha_port}"
-role = "alpha"
-host = "127.0.0.1"
-
-[[guardians]]
-id = "{beta_id}"
-address = "127.0.0.1:{beta_port}"
-role = "beta"
-host = "127.0.0.1"
-
-[log]
-format = "text"
-"""
-
-
-@dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    base: Path
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
-
-    def start(self) -> None:
-        (self.base / "port").unlink(missing_ok=True)
-        self.proc, self.port = start_process(self.name, self.argv, self.base)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @dataclass
@@ -177,38 +106,23 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 def cortex_call(mesh: Mesh, method: str, request: Any) -> Any:
-    async def body() -> Any:
-        async with open_channel(channel_to(mesh.workdir, mesh.cortex.port, "soar")) as channel:
-            return await getattr(pb_grpc.CortexServiceStub(channel), method)(request)
-
-    return asyncio.run(body())
+    return CortexView(mesh.workdir, mesh.cortex.port).call(method, request)
 
 
 def events(mesh: Mesh, filter_text: str) -> list[event_pb2.Event]:
-    resp = cortex_call(mesh, "ListEvents", pb.ListEventsRequest(filter=filter_text, page_size=1000))
-    return list(resp.events)
+    return CortexView(mesh.workdir, mesh.cortex.port).events(filter_text)
 
 
 def eventually(what: str, probe: Callable[[], T | None], wait: float = WAIT) -> T:
-    deadline = time.monotonic() + wait
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {wait:.0f}s waiting for {what}")
-        time.sleep(0.25)
+    return _eventually(what, probe, wait)
 
 
 def guardian(mesh: Mesh, guardian_id: str) -> guardian_pb2.Guardian:
-    resp = cortex_call(mesh, "GetGuardian", pb.GetGuardianRequest(name=f"guardians/{guardian_id}"))
-    g: guardian_pb2.Guardian = resp.guardian
-    return g
+    return CortexView(mesh.workdir, mesh.cortex.port).guardian(guardian_id)
 
 
 def connected(mesh: Mesh, guardian_id: str) -> guardian_pb2.Guardian | None:
-    g = guardian(mesh, guardian_id)
-    return g if g.state == guardian_pb2.CONNECTION_STATE_CONNECTED else None
+    return CortexView(mesh.workdir, mesh.cortex.port).connected(guardian_id)
 
 
 # --- tests -------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The Cortex is a real `python -m cortex run` process with a `[playbooks]` section: two playbooks
 (`notify`, one webhook step; `ticket`, two) trigger on every created and updated revision of
-the credential-stuffing correlation and POST to `tests/webhook_receiver.py` over HTTPS
+the credential-stuffing correlation and POST to `demo/webhook_receiver.py` over HTTPS
 (Standard Webhooks signatures checked). Six guardians (hosts h1..h6, in this loop) report the
 attack's three steps.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from crypto.keyring import KeyManager
+from demo.webhook_receiver import Action, Hang, Reply, WebhookReceiver, receiver_leaf
 from mesh.channel import ChannelConfig, open_channel
 from mesh.config import TlsFiles
 from qsc.cortex.v1 import assessment_pb2
@@ -47,7 +48,6 @@ from tests.integration.test_cortex_correlation_crash import (
 )
 from tests.integration.test_cortex_crash import CONFIG, GUARDIAN, start_cortex
 from tests.integration.test_cortex_ingest import HOST, TD
-from tests.webhook_receiver import Action, Hang, Reply, WebhookReceiver, receiver_leaf
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 dead-lettered, replayed, approved, suppressed; runs read back over mTLS.
 
 A real guardian's sealed stream carries a credential-stuffing attack; the Cortex raises the
-assessment and its playbooks POST it to `tests/webhook_receiver.py` (its own certificate, the
+assessment and its playbooks POST it to `demo/webhook_receiver.py` (its own certificate, the
 Standard Webhooks signature checked with the `standardwebhooks` package, scripted answers).
 Retries use a schedule shortened to tenths of a second; everything else is the real path.
 """
@@ -21,6 +21,7 @@ import pytest
 from cortex.app import Cortex
 from cortex.errors import PlaybookDefinitionError, PlaybookSecretError
 from crypto.keyring import KeyManager
+from demo.webhook_receiver import Reply, WebhookReceiver, receiver_leaf
 from mesh.channel import ChannelConfig, open_channel
 from qsc.cortex.v1 import assessment_pb2
 from qsc.cortex.v1 import cortex_service_pb2 as pb
@@ -37,7 +38,6 @@ from tests.integration.test_cortex_assessment_api import RULE, client_leaf
 from tests.integration.test_cortex_ingest import HOST, Node, cortex_config, pki
 from tests.integration.test_cortex_read_api import error_info
 from tests.integration.test_cortex_subscribe import attack
-from tests.webhook_receiver import Reply, WebhookReceiver, receiver_leaf
 
 __all__ = ["pki"]
 TP = assessment_pb2.VERDICT_TRUE_POSITIVE
@@ -249,7 +249,7 @@ def test_429_retry_after_410_disables_4xx_fails_and_a_dead_letter_is_replayed(
 def test_a_hang_times_out_and_a_receiver_down_then_up_gets_it_once(
     pki: Path, tmp_path: Path
 ) -> None:
-    from tests.webhook_receiver import Hang
+    from demo.webhook_receiver import Hang
 
     cert, key, ca = receiver_leaf(tmp_path / "rx-pki")
     s, value = secret_file(tmp_path / "secrets", "s.whsec")

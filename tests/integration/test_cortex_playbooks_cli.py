@@ -17,6 +17,7 @@ from pathlib import Path
 from cortex.app import Cortex
 from cortex.config import load_cortex_config
 from crypto.keyring import KeyManager
+from demo.webhook_receiver import Reply, WebhookReceiver, receiver_leaf
 from mesh.channel import ChannelConfig, open_channel
 from qsc.cortex.v1 import cortex_service_pb2_grpc as pb_grpc
 from qsc.cortex.v1 import playbook_run_pb2 as rpb
@@ -25,7 +26,6 @@ from tests.integration.test_cortex_assessment_api import RULE, client_leaf
 from tests.integration.test_cortex_crash import CONFIG, GUARDIAN
 from tests.integration.test_cortex_ingest import HOST, Node, pki
 from tests.integration.test_cortex_subscribe import attack
-from tests.webhook_receiver import Reply, WebhookReceiver, receiver_leaf
 
 __all__ = ["pki"]
 

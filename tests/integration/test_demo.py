@@ -12,7 +12,7 @@ def test_demo_runs_every_step_for_real(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     # A relative --dir, as `make demo` passes it.
     done = subprocess.run(
-        [sys.executable, "-m", "demo", "--dir", "demo"],
+        [sys.executable, "-m", "demo", "--tour", "--dir", "demo"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

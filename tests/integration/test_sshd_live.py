@@ -3,7 +3,7 @@ parsed and detected end to end, then through the default rules.
 
 The test starts its own sshd (own host key, config, log file via -E, pid in the foreground),
 creates a temporary local user with a random password and removes both afterwards, even on
-failure (tests/sshd_helpers.py). It needs root and the Debian packages openssh-server and
+failure (demo/sshd.py). It needs root and the Debian packages openssh-server and
 sshpass: without them it fails (never skips) and says what to install.
 """
 
@@ -26,7 +26,7 @@ from alpha.auth import (
     finding_to_event,
 )
 from alpha.rules import RuleEngine
-from tests.sshd_helpers import Sshd, login, running_sshd, temporary_user
+from demo.sshd import Sshd, login, running_sshd, temporary_user
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from standardwebhooks import Webhook
 
-from tests.webhook_receiver import MAX_BODY, Drop, Hang, Reply, WebhookReceiver, receiver_leaf
+from demo.webhook_receiver import MAX_BODY, Drop, Hang, Reply, WebhookReceiver, receiver_leaf
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 OTHER = "whsec_" + base64.b64encode(os.urandom(24)).decode()

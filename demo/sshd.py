@@ -1,10 +1,12 @@
-"""A real OpenSSH server on 127.0.0.1 for the tests that log in to it (tests/integration/
-test_sshd_live.py, tests/bpf/test_cortex_assessment_e2e.py): a temporary local user with a random
-password, an sshd with its own host key, config and log file (-E), and real password logins.
+"""A real OpenSSH server on 127.0.0.1 that the demo's intruder (and the tests that log in:
+tests/integration/test_sshd_live.py, tests/bpf/test_cortex_assessment_e2e.py) logs in to: a
+temporary local user with a random password, an sshd with its own host key, config and log file
+(-E), and real password logins.
 
 Both are context managers that put everything back (the user removed, sshd stopped, /run/sshd
 removed when they made it), even on failure. They need root and the Debian packages
-openssh-server and sshpass: without them the test fails (never skips) and says what to install.
+openssh-server and sshpass: without them they raise SshdError saying what to install (a test
+fails, never skips).
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 PACKAGES = "openssh-server openssh-client sshpass"
+
+
+class SshdError(RuntimeError):
+    """sshd cannot run here: what is missing, or why it did not start."""
 
 
 def tool(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
     if found is None:
-        pytest.fail(
-            f"{name} not found: this test needs the Debian packages {PACKAGES}"
-            f" (apt-get install -y {PACKAGES})",
-            pytrace=False,
+        raise SshdError(
+            f"{name} not found: this needs the Debian packages {PACKAGES}"
+            f" (apt-get install -y {PACKAGES})"
         )
     return found
 
@@ -56,7 +59,7 @@ class Sshd:
 def temporary_user() -> Iterator[tuple[str, str]]:
     """A new local user with a random password: (name, password); removed afterwards."""
     if os.geteuid() != 0:
-        pytest.fail("needs root: it creates a local user and runs sshd", pytrace=False)
+        raise SshdError("needs root: it creates a local user and runs sshd")
     user = f"qsct{secrets.token_hex(4)}"
     password = secrets.token_urlsafe(18)
     subprocess.run(
@@ -70,7 +73,8 @@ def temporary_user() -> Iterator[tuple[str, str]]:
     finally:
         # -f: even if a session process of the user were still there.
         subprocess.run(["userdel", "--remove", "--force", user], capture_output=True)
-        assert subprocess.run(["id", user], capture_output=True).returncode != 0
+        if subprocess.run(["id", user], capture_output=True).returncode == 0:
+            raise SshdError(f"user {user} could not be removed")
 
 
 @contextlib.contextmanager
@@ -120,7 +124,7 @@ def running_sshd(directory: Path, user: str, password: str) -> Iterator[Sshd]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 text = log.read_text() if log.exists() else ""
-                pytest.fail(f"sshd did not start ({proc.returncode}): {err} {text}")
+                raise SshdError(f"sshd did not start ({proc.returncode}): {err} {text}")
             time.sleep(0.02)
         yield Sshd(port, log, user, password, ssh, sshpass)
     finally:
