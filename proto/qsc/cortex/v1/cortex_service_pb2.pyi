@@ -114,7 +114,7 @@ class ListAssessmentsRequest(_message.Message):
     page_token: _builtins.str
     """`next_page_token` of a previous call, to get the next page; empty for the first page."""
     filter: _builtins.str
-    """AIP-160 filter, for example `state = OPEN AND confidence >= 0.8 AND hosts:"web-1"`."""
+    """AIP-160 filter, for example `state = OPEN AND confidence >= 0.8 AND host = "web-1"`."""
     order_by: _builtins.str
     """Sort order, for example `confidence desc, update_time desc`."""
     def __init__(

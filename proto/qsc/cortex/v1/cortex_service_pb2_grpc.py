@@ -145,7 +145,8 @@ class CortexServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitVerdict(self, request, context):
-        """Records a verdict on an assessment and resolves it. A later verdict replaces an earlier one.
+        """Records a verdict on an assessment and resolves it. One verdict per assessment: a second is
+        refused with FAILED_PRECONDITION (reason ASSESSMENT_RESOLVED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

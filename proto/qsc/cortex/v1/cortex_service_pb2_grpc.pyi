@@ -52,7 +52,9 @@ class CortexServiceStub:
     `include_existing`.
     """
     SubmitVerdict: _grpc.UnaryUnaryMultiCallable[_cortex_service_pb2.SubmitVerdictRequest, _cortex_service_pb2.SubmitVerdictResponse]
-    """Records a verdict on an assessment and resolves it. A later verdict replaces an earlier one."""
+    """Records a verdict on an assessment and resolves it. One verdict per assessment: a second is
+    refused with FAILED_PRECONDITION (reason ASSESSMENT_RESOLVED).
+    """
     GetGuardian: _grpc.UnaryUnaryMultiCallable[_cortex_service_pb2.GetGuardianRequest, _cortex_service_pb2.GetGuardianResponse]
     """Returns one guardian the Cortex follows. NOT_FOUND when it does not exist."""
     ListGuardians: _grpc.UnaryUnaryMultiCallable[_cortex_service_pb2.ListGuardiansRequest, _cortex_service_pb2.ListGuardiansResponse]
@@ -99,7 +101,9 @@ class CortexServiceAsyncStub(CortexServiceStub):
     `include_existing`.
     """
     SubmitVerdict: _aio.UnaryUnaryMultiCallable[_cortex_service_pb2.SubmitVerdictRequest, _cortex_service_pb2.SubmitVerdictResponse]  # type: ignore[assignment]
-    """Records a verdict on an assessment and resolves it. A later verdict replaces an earlier one."""
+    """Records a verdict on an assessment and resolves it. One verdict per assessment: a second is
+    refused with FAILED_PRECONDITION (reason ASSESSMENT_RESOLVED).
+    """
     GetGuardian: _aio.UnaryUnaryMultiCallable[_cortex_service_pb2.GetGuardianRequest, _cortex_service_pb2.GetGuardianResponse]  # type: ignore[assignment]
     """Returns one guardian the Cortex follows. NOT_FOUND when it does not exist."""
     ListGuardians: _aio.UnaryUnaryMultiCallable[_cortex_service_pb2.ListGuardiansRequest, _cortex_service_pb2.ListGuardiansResponse]  # type: ignore[assignment]
@@ -167,7 +171,9 @@ class CortexServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cortex_service_pb2.SubmitVerdictRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cortex_service_pb2.SubmitVerdictResponse, _abc.Awaitable[_cortex_service_pb2.SubmitVerdictResponse]]:
-        """Records a verdict on an assessment and resolves it. A later verdict replaces an earlier one."""
+        """Records a verdict on an assessment and resolves it. One verdict per assessment: a second is
+        refused with FAILED_PRECONDITION (reason ASSESSMENT_RESOLVED).
+        """
 
     @_abc_1.abstractmethod
     def GetGuardian(
