@@ -72,7 +72,9 @@ def generate(out: Path) -> None:
             for suffix in ("_pb2_grpc.py", "_pb2_grpc.pyi"):
                 Path(f"{stem}{suffix}").unlink(missing_ok=True)
     # Packages need __init__.py so setuptools and mypy see them; py.typed marks the stubs.
-    for folder in [out / PACKAGE, *(p for p in (out / PACKAGE).rglob("*") if p.is_dir())]:
+    # Not into the __pycache__ folders Python leaves next to the generated modules.
+    folders = (p for p in (out / PACKAGE).rglob("*") if p.is_dir() and "__pycache__" not in p.parts)
+    for folder in [out / PACKAGE, *folders]:
         (folder / "__init__.py").write_text(INIT_TEXT)
     (out / PACKAGE / "py.typed").write_text("")
 
@@ -83,6 +85,7 @@ def _generated_files(base: Path) -> set[Path]:
         p.relative_to(base)
         for p in root.rglob("*")
         if p.is_file()
+        and "__pycache__" not in p.parts
         and (p.name.endswith(GENERATED_SUFFIXES) or p.name in ("__init__.py", "py.typed"))
     }
 
