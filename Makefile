@@ -13,7 +13,7 @@ BUF := $(NPM_DIR)/node_modules/.bin/buf
 STAMP := .stamp
 PYTEST_ARGS ?=
 
-.PHONY: help setup bpf-setup test unit lint proto demo bench clean
+.PHONY: help setup bpf-setup test unit lint proto demo bench clean fuzz
 
 help:
 	@echo "make demo    run QSC on embedded defaults (installs what is missing first)"
@@ -73,9 +73,9 @@ ifeq ($(strip $(PYTEST_ARGS)),)
 test: $(STAMP)/system
 	$(MAKE) --no-print-directory $(STAMP)/n8n > $(STAMP)/n8n.log 2>&1 & n8n=$$!; \
 	$(MAKE) --no-print-directory lint bpf-setup; \
-	$(PY) -m pytest tests/unit tests/vectors; \
+	$(PY) -m pytest tests/unit tests/vectors tests/fuzz; \
 	wait $$n8n || { cat $(STAMP)/n8n.log; exit 1; }; \
-	$(PY) -m pytest --ignore=tests/unit --ignore=tests/vectors
+	$(PY) -m pytest --ignore=tests/unit --ignore=tests/vectors --ignore=tests/fuzz
 else
 test: lint bpf-setup $(STAMP)/n8n
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -84,6 +84,12 @@ endif
 # Tests that need root or a system tool skip themselves when it is missing (`make test` has both).
 unit: $(STAMP)/venv-unit
 	$(PY) -m pytest -q tests/unit tests/vectors $(PYTEST_ARGS)
+
+# The fuzz tests with a campaign budget (`make test` runs them beside the unit tests, with a
+# budget of a few hundred examples each).
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)/venv-unit
+	QSC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/fuzz $(PYTEST_ARGS)
 
 bench: setup bpf-setup
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done

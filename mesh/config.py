@@ -101,16 +101,27 @@ def parse_duration(text: str) -> timedelta:
     else:
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"{_DURATION_HELP}, got {text!r}")
-        return timedelta(seconds=seconds)
+        return _seconds(seconds, text)
     pos, total = 0, timedelta()
     for match in _DURATION_PART.finditer(s):
         if match.start() != pos:
             break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
+        try:
+            total += float(match.group(1)) * _UNITS[match.group(2)]
+        except OverflowError:
+            raise ValueError(f"{_DURATION_HELP}: {text!r} is longer than timedelta holds") from None
         pos = match.end()
     if pos == 0 or pos != len(s):
         raise ValueError(f"{_DURATION_HELP}, got {text!r}")
     return total
+
+
+def _seconds(seconds: float, text: object) -> timedelta:
+    """timedelta(seconds=...), ValueError (not OverflowError) past its 999,999,999 days."""
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{_DURATION_HELP}: {text!r} is longer than timedelta holds") from None
 
 
 def format_duration(value: timedelta) -> str:
@@ -309,6 +320,8 @@ def _read_toml(path: Path | str | None) -> tuple[dict[str, Any], str]:
         raise ConfigLoadError(source, "", f"invalid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigLoadError(source, "", "invalid TOML: not UTF-8") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise ConfigLoadError(source, "", "invalid TOML: nested too deeply") from None
 
 
 def config_from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "<dict>") -> T:
@@ -606,7 +619,10 @@ def _scalar(tp: Any, raw: Any, secret: bool, *, text: bool) -> Any:
         if isinstance(raw, int | float):
             if not math.isfinite(raw) or raw < 0:
                 raise _InvalidError(f"{_DURATION_HELP}, {got}")
-            return timedelta(seconds=raw)
+            try:
+                return _seconds(raw, raw)
+            except ValueError as exc:
+                raise _InvalidError(str(exc)) from None
         if isinstance(raw, timedelta):
             return raw
         if not isinstance(raw, str):

@@ -91,9 +91,10 @@ class SyslogHeader:
 
 # User names are attacker-chosen and may contain spaces and a fake " from ADDR port N": the
 # patterns take the user greedily and anchor the fixed tail sshd writes at the end of the
-# line, so the address is always the last one, the one sshd wrote.
+# line, so the address is always the last one, the one sshd wrote. Numbers are bounded to what
+# sshd writes: a line with a longer one is no sshd line (int() refuses over 4300 digits).
 _ADDR: Final = r"(?P<addr>[0-9A-Za-z.:%_-]+)"
-_TAIL: Final = rf"{_ADDR} port (?P<port>\d+)"
+_TAIL: Final = rf"{_ADDR} port (?P<port>\d{{1,5}})"
 _KEY: Final = r"(?: ssh2)?(?:: (?P<keytype>\S+) (?P<fp>\S+))?\s*$"
 _FAILED: Final = re.compile(
     rf"^Failed (?P<method>\S+) for (?P<invalid>invalid user )?(?P<user>.*) from {_TAIL}{_KEY}"
@@ -116,10 +117,10 @@ _PAM_FAIL: Final = re.compile(
     r"(?:\s+user=(?P<user>.*))?$"
 )
 _PAM_MORE: Final = re.compile(
-    r"^PAM (?P<count>\d+) more authentication failures?;.*?\brhost=(?P<addr>\S*)"
+    r"^PAM (?P<count>\d{1,9}) more authentication failures?;.*?\brhost=(?P<addr>\S*)"
     r"(?:\s+user=(?P<user>.*))?$"
 )
-_REPEATED: Final = re.compile(r"^message repeated (?P<n>\d+) times: \[ ?(?P<msg>.*?) ?\]$")
+_REPEATED: Final = re.compile(r"^message repeated (?P<n>\d{1,9}) times: \[ ?(?P<msg>.*?) ?\]$")
 
 _RFC3164: Final = re.compile(
     r"^(?P<mon>[A-Z][a-z]{2}) {1,2}(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d) (?P<rest>.*)$"
@@ -128,7 +129,7 @@ _RFC3339: Final = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)) (?P<rest>.*)$"
 )
 _PROGRAM: Final = re.compile(
-    r"^(?P<host>\S+) (?P<prog>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: (?P<msg>.*)$"
+    r"^(?P<host>\S+) (?P<prog>[^\s\[:]+)(?:\[(?P<pid>\d{1,10})\])?: (?P<msg>.*)$"
 )
 _MONTHS: Final = {
     name: i + 1

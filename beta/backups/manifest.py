@@ -233,7 +233,7 @@ def _authenticate(path: Path, body: bytes, trailer: bytes, keys: Mapping[str, Ae
         doc = json.loads(trailer)
         tag = base64.b64decode(doc["auth"], validate=True)
         key_id = sealed_key_id(tag)
-    except (ValueError, KeyError, TypeError, binascii.Error, DecryptionError):
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error, DecryptionError):
         raise ManifestTamperedError(path, "has no valid authentication line") from None
     if key_id not in keys:
         raise ManifestTamperedError(
@@ -263,7 +263,7 @@ def _int(value: object) -> int | None:
 def _parse_header(path: Path, line: bytes) -> dict[str, Any]:
     try:
         header = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ManifestTamperedError(path, "has a malformed header") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ManifestTamperedError(path, "is not a QSC backup manifest")
@@ -283,7 +283,7 @@ def _parse_entries(path: Path, lines: list[bytes]) -> tuple[ManifestEntry, ...]:
         try:
             item = json.loads(line)
             rel, size, digest = item["path"], _int(item["size"]), bytes.fromhex(item["sha3_256"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise ManifestTamperedError(path, f"has a malformed entry on line {number}") from None
         if not _valid_rel(rel) or size is None or len(digest) != 32:
             raise ManifestTamperedError(path, f"has an invalid entry on line {number}")

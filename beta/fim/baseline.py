@@ -70,6 +70,8 @@ __all__ = [
 ]
 
 PURPOSE: Final = "baseline"
+# A baseline inflates to at most this (1 GiB): a sealed zlib bomb stops there.
+MAX_INFLATED: Final = 1 << 30
 FORMAT_VERSION: Final = 1
 _MAGIC: Final = b"QSC-FIM-BASELINE"
 _HEADER_RE: Final = re.compile(
@@ -331,7 +333,11 @@ def decode(data: bytes, keys: KeyManager, *, where: Path | str) -> Baseline:
     except DecryptionError:
         raise BaselineTamperedError(where, "authentication failed") from None
     try:
-        doc = json.loads(zlib.decompress(plain))
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(plain, MAX_INFLATED)
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise ValueError("inflates past MAX_INFLATED, or truncated")
+        doc = json.loads(raw)
         if doc["format"] != "qsc-fim-baseline" or doc["format_version"] != FORMAT_VERSION:
             raise ValueError("format")
         version, revision = doc["version"], doc["revision"]
@@ -351,7 +357,7 @@ def decode(data: bytes, keys: KeyManager, *, where: Path | str) -> Baseline:
             config_digest=str(doc["config_digest"]),
             key_id=key_id,
         )
-    except (ValueError, KeyError, TypeError, zlib.error, binascii.Error):
+    except (ValueError, KeyError, TypeError, RecursionError, zlib.error, binascii.Error):
         # Authentic but unreadable: written by a buggy or foreign writer holding our key.
         raise BaselineTamperedError(where, "authentic but malformed content") from None
 
