@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from demo import components, foundations, story
-from demo.site import DemoError
+from demo.harness import DemoError
 from demo.sshd import SshdError
 
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from crypto.keyring import KeyManager
-from demo.harness import HOST, channel_to, run_tool, start_process, step, stop_process, watch
+from demo.harness import HOST, Proc, channel_to, run_tool, step, watch
 from ml.api import BatchScores, ScoreBatch, Verdict
 from ml.client import AnomalyClient, AnomalyClientConfig
 from ml.schema import FEATURES, SCHEMA_VERSION
@@ -116,6 +116,10 @@ NORMAL_ROW = (20.0, 45.0, 2e7, 6e7, 1.0, 250.0, 1.5, 20.0, 10.0, 1.0, 0.0, 2.0)
 ANOMALOUS_ROW = (99.0, 95.0, 9e9, 6e7, 400.0, 5000.0, 300.0, 400.0, 900.0, 30.0, 5.0, 60.0)
 
 
+def _stop(proc: Proc) -> None:
+    print(f"  {proc.name} stopped with exit code {proc.stop()}; its log: {proc.log}")
+
+
 def _attack(workdir: Path) -> None:
     """Real actions an intruder takes, each one a default rule."""
     scratch = workdir / "intruder"
@@ -145,7 +149,9 @@ def alpha(workdir: Path) -> None:
     base.mkdir(mode=0o700)
     config = base / "alpha.toml"
     config.write_text(ALPHA_CONFIG.format(pki=workdir / "pki", base=base))
-    proc, port = start_process("qsc-alpha", ["alpha", "--config", str(config)], base)
+    proc = Proc("qsc-alpha", ["alpha", "--config", str(config)], base)
+    proc.start()
+    port = proc.port
     seen: list[event_pb2.Event] = []
     me = os.getpid()
 
@@ -167,7 +173,7 @@ def alpha(workdir: Path) -> None:
             print(f"  seq {event.seq:<4} {severity:<8} {event.rule.id:<28} {techniques}")
             print(f"           {event.summary[:100]}")
     finally:
-        stop_process("qsc-alpha", proc, base)
+        _stop(proc)
 
 
 def _names(names: list[str]) -> str:
@@ -190,7 +196,9 @@ def beta(workdir: Path) -> None:
     KeyManager.create(base / "keys", "beta")
     run_tool("beta", "baseline", "init", "--config", str(config))
     print(f"  baseline of {etc.relative_to(workdir)}/ sealed; {healable.name} heals automatically")
-    proc, port = start_process("qsc-beta", ["beta", "run", "--config", str(config)], base)
+    proc = Proc("qsc-beta", ["beta", "run", "--config", str(config)], base)
+    proc.start()
+    port = proc.port
     ready: set[str] = set()
     seen_other, healed = False, False
 
@@ -227,7 +235,7 @@ def beta(workdir: Path) -> None:
         restored = healable.read_bytes() == original
         print(f"  on disk: {healable.name} has its original content again: {restored}")
     finally:
-        stop_process("qsc-beta", proc, base)
+        _stop(proc)
 
 
 async def _score(workdir: Path, port: int, batch: ScoreBatch) -> BatchScores:
@@ -260,7 +268,9 @@ def ml(workdir: Path) -> None:
     step("ML: Isolation Forest anomaly scores over mTLS (cortex -> ml)")
     base = workdir / "ml"
     config = train_ml(workdir, base)
-    proc, port = start_process("qsc-ml", ["ml", "serve", "--config", str(config)], base)
+    proc = Proc("qsc-ml", ["ml", "serve", "--config", str(config)], base)
+    proc.start()
+    port = proc.port
     try:
         batch = ScoreBatch(
             SCHEMA_VERSION, FEATURES, ["normal", "exfiltration"], [NORMAL_ROW, ANOMALOUS_ROW]
@@ -273,4 +283,4 @@ def ml(workdir: Path) -> None:
             shown = "normal" if verdict is Verdict.NORMAL else "ANOMALY"
             print(f"  {key:<13} score {score:+.3f} confidence {confidence:.2f} {shown}")
     finally:
-        stop_process("qsc-ml", proc, base)
+        _stop(proc)

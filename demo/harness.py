@@ -1,6 +1,6 @@
-"""What the demo's component steps share: section titles, running a QSC command line, starting a
-component process and stopping it, the identity files of a role, and subscribing to a guardian
-as `cortex`."""
+"""What the demo's steps share: section titles, running a QSC command line, a component process
+(`Proc`: started, waited for, stopped), the identity files of a role, and subscribing to a
+guardian as `cortex`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Final
@@ -35,28 +36,75 @@ def run_tool(*args: str) -> str:
     return done.stdout
 
 
-def start_process(name: str, argv: list[str], base: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """`python -m <argv> --port-file`, logging to base/<name>.log, once it listens."""
-    port_file, log = base / "port", base / f"{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", *argv, "--port-file", str(port_file)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 90
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"{name} did not start; its log:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return proc, int(port_file.read_text())
+START_WAIT: Final = 90.0  # seconds: bcc compiles Alpha's program at start
 
 
-def stop_process(name: str, proc: subprocess.Popen[bytes], base: Path) -> None:
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=30)
-    print(f"  {name} stopped with exit code {code}; its log: {base / f'{name}.log'}")
+class DemoError(RuntimeError):
+    """A step of the demo could not be carried out: what and why."""
+
+
+@dataclass
+class Proc:
+    """A QSC component as a child process (`python -m <argv> --port-file`), logging to
+    base/<name>.log. `spawn` returns at once, `wait_ready` once it listens."""
+
+    name: str
+    argv: list[str]
+    base: Path
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    _started: float = field(default=0.0, repr=False)
+
+    @property
+    def log(self) -> Path:
+        return self.base / f"{self.name}.log"
+
+    def spawn(self) -> None:
+        port_file = self.base / "port"
+        port_file.unlink(missing_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", *self.argv, "--port-file", str(port_file)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the demo only: it stops them in order
+            )
+        self._started = time.monotonic()
+
+    def wait_ready(self, wait: float = START_WAIT) -> int:
+        port_file = self.base / "port"
+        assert self.proc is not None, "spawn() first"
+        while not port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() - self._started > wait:
+                self.kill()
+                raise DemoError(f"{self.name} did not start; its log:\n{self.tail()}")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        return self.port
+
+    def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 30 s; the exit code (None: never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
 
 
 def tls(workdir: Path, role: str) -> TlsFiles:

@@ -21,8 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from demo.harness import HOST, channel_to
-from demo.site import DemoError
+from demo.harness import HOST, DemoError, channel_to
 from demo.sshd import Sshd, login
 from mesh.channel import open_channel
 from qsc.beta.v1 import beta_service_pb2 as bpb

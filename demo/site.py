@@ -1,6 +1,6 @@
 """One host's whole mesh on loopback, as `make demo` runs it and the end-to-end tests reuse it:
-component processes (`Proc`), the guardians' and the Cortex's configurations, and reading the
-Cortex back as a `soar` client.
+the guardians' and the Cortex's configurations, and reading the Cortex back as a `soar` client
+(the processes are demo.harness's `Proc`).
 
 Every process listens on 127.0.0.1 port 0 and reports the port it got (`--port-file`); each one
 lives in a directory of its own below the workspace, with its log next to its state.
@@ -9,17 +9,14 @@ lives in a directory of its own below the workspace, with its log next to its st
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from demo.components import ALPHA_CONFIG, BETA_CONFIG
-from demo.harness import HOST, channel_to
+from demo.harness import HOST, DemoError, channel_to
 from mesh.channel import open_channel
 from qsc.common.v1 import event_pb2
 from qsc.cortex.v1 import cortex_service_pb2 as pb
@@ -29,75 +26,6 @@ from qsc.cortex.v1 import guardian_pb2
 T = TypeVar("T")
 ALPHA_ID: Final = f"alpha-{HOST}"
 BETA_ID: Final = f"beta-{HOST}"
-START_WAIT: Final = 90.0  # seconds: bcc compiles Alpha's program at start
-
-
-class DemoError(RuntimeError):
-    """A step of the demo could not be carried out: what and why."""
-
-
-@dataclass
-class Proc:
-    """A QSC component as a child process (`python -m <argv> --port-file`), logging to
-    base/<name>.log. `spawn` returns at once, `wait_ready` once it listens."""
-
-    name: str
-    argv: list[str]
-    base: Path
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
-    _started: float = field(default=0.0, repr=False)
-
-    @property
-    def log(self) -> Path:
-        return self.base / f"{self.name}.log"
-
-    def spawn(self) -> None:
-        port_file = self.base / "port"
-        port_file.unlink(missing_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", *self.argv, "--port-file", str(port_file)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the demo only: it stops them in order
-            )
-        self._started = time.monotonic()
-
-    def wait_ready(self, wait: float = START_WAIT) -> int:
-        port_file = self.base / "port"
-        assert self.proc is not None, "spawn() first"
-        while not port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() - self._started > wait:
-                self.kill()
-                raise DemoError(f"{self.name} did not start; its log:\n{self.tail()}")
-            time.sleep(0.05)
-        self.port = int(port_file.read_text())
-        return self.port
-
-    def start(self) -> None:
-        self.spawn()
-        self.wait_ready()
-
-    def tail(self, n: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after 30 s; the exit code (None: never started)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
 
 
 # --- configurations -----------------------------------------------------------------------------
@@ -193,8 +121,10 @@ class CortexView:
 
         return asyncio.run(body())
 
-    def events(self, filter_text: str = "", page_size: int = 1000) -> list[event_pb2.Event]:
-        request = pb.ListEventsRequest(filter=filter_text, page_size=page_size)
+    def events(
+        self, filter_text: str = "", page_size: int = 1000, order_by: str = ""
+    ) -> list[event_pb2.Event]:
+        request = pb.ListEventsRequest(filter=filter_text, page_size=page_size, order_by=order_by)
         return list(self.call("ListEvents", request).events)
 
     def guardian(self, guardian_id: str) -> guardian_pb2.Guardian:

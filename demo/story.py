@@ -26,7 +26,7 @@ from typing import Final
 from crypto import pki
 from crypto.keyring import KeyManager
 from demo import components, intrusion
-from demo.harness import HOST, run_tool, step
+from demo.harness import HOST, DemoError, Proc, run_tool, step
 from demo.site import (
     ALPHA_AUTH_CONFIG,
     ALPHA_ID,
@@ -34,8 +34,6 @@ from demo.site import (
     BETA_ID,
     CORTEX_CONFIG,
     CortexView,
-    DemoError,
-    Proc,
     eventually,
 )
 from demo.sshd import Sshd, running_sshd, temporary_user
@@ -254,7 +252,9 @@ class Feed:
         return bool(e.rule.id) or e.WhichOneof("detail") not in _QUIET_KINDS
 
     def poll(self) -> None:
-        fresh = [e for e in self.view.events() if e.id not in self.seen]
+        # The newest page: a busy host may have stored more than a page since the start.
+        newest = self.view.events(order_by="time desc")
+        fresh = [e for e in newest if e.id not in self.seen]
         fresh.sort(key=lambda e: (e.time.seconds, e.time.nanos))
         shown: list[tuple[event_pb2.Event, int]] = []
         for e in fresh:

@@ -38,9 +38,9 @@ from pathlib import Path
 import pytest
 
 from crypto import pki
-from demo.harness import HOST, channel_to
+from demo.harness import HOST, Proc, channel_to
 from demo.intrusion import NEW_SOURCE, corrupt_backup, exfil_tool, failed_login_burst
-from demo.site import ALPHA_ID, BETA_ID, Proc
+from demo.site import ALPHA_ID, BETA_ID
 from demo.sshd import Sshd, login, running_sshd, temporary_user
 from demo.story import BACKUP_SET, alpha_following, beta_with_backup
 from mesh.channel import open_channel

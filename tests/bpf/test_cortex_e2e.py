@@ -25,8 +25,8 @@ import pytest
 from crypto import pki
 from crypto.keyring import KeyManager
 from demo.components import ALPHA_CONFIG, BETA_CONFIG, _attack
-from demo.harness import HOST, run_tool
-from demo.site import ALPHA_ID, BETA_ID, CORTEX_CONFIG, CortexView, Proc
+from demo.harness import HOST, Proc, run_tool
+from demo.site import ALPHA_ID, BETA_ID, CORTEX_CONFIG, CortexView
 from demo.site import eventually as _eventually
 from qsc.common.v1 import event_pb2
 from qsc.cortex.v1 import guardian_pb2

@@ -18,8 +18,7 @@ import pytest
 from crypto import pki
 from crypto.keyring import KeyManager
 from demo.components import BETA_CONFIG, ML_CONFIG
-from demo.harness import HOST, run_tool
-from demo.site import Proc
+from demo.harness import HOST, Proc, run_tool
 
 CORTEX = """
 [server]
