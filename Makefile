@@ -13,7 +13,7 @@ BUF := $(NPM_DIR)/node_modules/.bin/buf
 STAMP := .stamp
 PYTEST_ARGS ?=
 
-.PHONY: help setup bpf-setup test unit lint proto demo bench clean fuzz
+.PHONY: help setup bpf-setup test unit lint proto demo bench clean fuzz campaign
 
 help:
 	@echo "make demo    run QSC on embedded defaults (installs what is missing first)"
@@ -22,6 +22,7 @@ help:
 	@echo "make lint    ruff, mypy, buf lint/format/breaking, generated-code drift"
 	@echo "make proto   regenerate the Python code beside the .proto files"
 	@echo "make bench   benchmarks; they print their figures"
+	@echo "make campaign  the hardening campaign in full (make test runs it bounded)"
 
 $(STAMP)/system: tools/install-system-deps.sh
 	tools/install-system-deps.sh
@@ -90,6 +91,15 @@ unit: $(STAMP)/venv-unit
 FUZZ_EXAMPLES ?= 20000
 fuzz: $(STAMP)/venv-unit
 	QSC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/fuzz $(PYTEST_ARGS)
+
+# The hardening campaign in full (`make test` runs tests/campaign bounded): every round the
+# issue names, its figures printed and written to $(CAMPAIGN_REPORT) as JSON lines.
+CAMPAIGN_REPORT ?= campaign-report.jsonl
+campaign: setup bpf-setup
+	rm -f $(CAMPAIGN_REPORT)
+	QSC_CAMPAIGN=full QSC_CAMPAIGN_REPORT=$(abspath $(CAMPAIGN_REPORT)) \
+		$(PY) -m pytest -q -s tests/campaign $(PYTEST_ARGS)
+	@echo "campaign figures: $(CAMPAIGN_REPORT)"
 
 bench: setup bpf-setup
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
