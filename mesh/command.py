@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 from crypto.errors import CryptoError
+from mesh.coredump import forbid_core_dumps
 from mesh.errors import ConfigError, MeshError
 
 __all__ = [
@@ -95,8 +96,10 @@ def command_parser(
 
 
 def run_command(prog: str, body: Callable[[], int], *, errors: Sequence[ErrorExit] = ()) -> int:
-    """Run `body` and return its exit code, or the code the mapping gives its error."""
+    """Run `body` and return its exit code, or the code the mapping gives its error. Core dumps
+    are off first (`mesh.coredump`): every command may hold a key."""
     try:
+        forbid_core_dumps()
         code = body()
         sys.stdout.flush()  # surface a closed pipe here, not at interpreter exit
     except BrokenPipeError:

@@ -239,7 +239,7 @@ def delete_ended(conn: sqlite3.Connection, before_ns: int) -> int:
     ended = (
         "SELECT run_id FROM playbook_runs WHERE state IN ('succeeded', 'cancelled') AND end_ns < ?"
     )
-    conn.execute(f"DELETE FROM playbook_steps WHERE run_id IN ({ended})", (before_ns,))  # noqa: S608
+    conn.execute(f"DELETE FROM playbook_steps WHERE run_id IN ({ended})", (before_ns,))  # noqa: S608 - table and column names are module constants; values are bound
     return int(
         conn.execute(
             "DELETE FROM playbook_runs WHERE state IN ('succeeded', 'cancelled') AND end_ns < ?",
@@ -286,17 +286,17 @@ class RunTable:
         return _run(rows[0], self._steps(run_id))
 
     def _steps(self, run_id: str) -> tuple[StepRecord, ...]:
-        sql = f"SELECT {_STEP_COLUMNS} FROM playbook_steps WHERE run_id = ? ORDER BY idx"  # noqa: S608
+        sql = f"SELECT {_STEP_COLUMNS} FROM playbook_steps WHERE run_id = ? ORDER BY idx"  # noqa: S608 - table and column names are module constants; values are bound
         rows = self._read(sql, (run_id,))
         return tuple(_step(r) for r in rows)
 
     def list_all(self, *, with_steps: bool = False) -> Iterator[RunRecord]:
         """Every run, oldest first (ListPlaybookRuns filters and pages them in memory)."""
-        sql = f"SELECT {_RUN_COLUMNS} FROM playbook_runs ORDER BY create_ns, run_id"  # noqa: S608
+        sql = f"SELECT {_RUN_COLUMNS} FROM playbook_runs ORDER BY create_ns, run_id"  # noqa: S608 - table and column names are module constants; values are bound
         rows = self._read(sql)
         steps: dict[str, list[StepRecord]] = {}
         if with_steps:
-            sql = f"SELECT {_STEP_COLUMNS} FROM playbook_steps ORDER BY run_id, idx"  # noqa: S608
+            sql = f"SELECT {_STEP_COLUMNS} FROM playbook_steps ORDER BY run_id, idx"  # noqa: S608 - table and column names are module constants; values are bound
             for r in self._read(sql):
                 steps.setdefault(r[0], []).append(_step(r))
         for row in rows:

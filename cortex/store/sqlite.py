@@ -931,7 +931,7 @@ class SqliteEventStore:
     def get(self, event_id: str) -> event_pb2.Event | None:
         with self._read_lock:
             row = self._reader.execute(
-                f"SELECT {schema.EVENT_COLUMNS_SQL} FROM events WHERE event_id = ?",  # noqa: S608
+                f"SELECT {schema.EVENT_COLUMNS_SQL} FROM events WHERE event_id = ?",  # noqa: S608 - table and column names are module constants; values are bound
                 (event_id,),
             ).fetchone()
         return None if row is None else self._event(row)
@@ -955,7 +955,7 @@ class SqliteEventStore:
             params.extend(keyset_params)
         direction = "DESC" if descending else "ASC"
         # Constants, and the filter compiler's fragment, whose values are all `?` parameters.
-        sql = f"SELECT {schema.EVENT_COLUMNS_SQL} FROM events"  # noqa: S608
+        sql = f"SELECT {schema.EVENT_COLUMNS_SQL} FROM events"  # noqa: S608 - table and column names are module constants; values are bound
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += f" ORDER BY events.time_ns {direction}, events.rowid {direction} LIMIT ?"

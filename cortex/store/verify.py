@@ -135,7 +135,7 @@ class _Verifier:
         self, where: str = "", params: tuple[Any, ...] = ()
     ) -> Iterator[tuple[int, Checkpoint]]:
         cursor = self.conn.execute(
-            "SELECT id, kind, count, head, time_ns, key_id, signature FROM checkpoints "  # noqa: S608
+            "SELECT id, kind, count, head, time_ns, key_id, signature FROM checkpoints "  # noqa: S608 - table and column names are module constants; values are bound
             f"{where} ORDER BY count, id",
             params,
         )
@@ -211,7 +211,7 @@ class _Verifier:
         next_term = next(terms, None)
         events = _rows(
             self.conn.execute(
-                f"SELECT {schema.EVENT_COLUMNS_SQL}, chain FROM events ORDER BY rowid"  # noqa: S608
+                f"SELECT {schema.EVENT_COLUMNS_SQL}, chain FROM events ORDER BY rowid"  # noqa: S608 - table and column names are module constants; values are bound
             )
         )
 

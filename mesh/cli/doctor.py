@@ -316,7 +316,7 @@ def peers_of(component: str, config: Any) -> list[Peer]:
     if not listen.endswith(":0"):
         host = listen.rsplit(":", 1)[0]
         # A wildcard listener is dialled on loopback.
-        dial = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "[::]": "[::1]"}.get(host, host)  # noqa: S104
+        dial = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "[::]": "[::1]"}.get(host, host)  # noqa: S104 - maps a wildcard listen address to loopback, binds nothing
         port = listen.rsplit(":", 1)[1]
         peers.append(Peer("own listener", f"{dial}:{port}", component, None, optional=True))
     return peers

@@ -1,9 +1,10 @@
 """Every file each component writes is private: regular files 0600 (or 0400), directories 0700.
 
 Each component runs for real, as a deployment runs it (the `qsc`, `qsc-ml`, `qsc-beta`,
-`qsc-alpha` and `mesh.guardian` entry points as processes), under umask 022: a file that comes
-out 0644 was created world-readable and only the umask would have saved it. Then every directory
-the component wrote is walked without following symlinks.
+`qsc-alpha` and `mesh.guardian` entry points as processes), under umask 000, the most
+permissive one: nothing is masked, so a file is private only if it was created so, and what is
+private here is private under any umask a deployment has. Then every directory the component
+wrote is walked without following symlinks.
 
 The exceptions are files meant to be public, listed in PUBLIC with the reason. Nothing else may
 be group- or world-accessible, or anything but a regular file or directory.
@@ -101,9 +102,9 @@ def test_the_walk_reports_what_it_should(tmp_path: Path) -> None:
 
 
 @pytest.fixture(autouse=True)
-def umask022() -> Iterator[None]:
-    """The usual umask, inherited by every process the test starts."""
-    old = os.umask(0o022)
+def permissive_umask() -> Iterator[None]:
+    """Umask 000, inherited by every process the test starts: nothing is masked for us."""
+    old = os.umask(0o000)
     try:
         yield
     finally:
@@ -432,8 +433,8 @@ def test_ml_train_tune_and_serve(base: Path) -> None:
 # --- missing parent directories -----------------------------------------------------------------
 
 # `Path.mkdir(mode=0o700, parents=True)` applies the mode to the last directory only: the parents
-# it creates get the umask's 0755. The contents stay private (the last directory is 0700), but the
-# deployment's tree is not. Each writer below still does that; remove the mark once it is fixed.
+# it creates would get what the umask leaves (0777 here). Each writer below creates every missing
+# parent 0700 itself.
 
 
 def _pki_issue_out(base: Path) -> None:
