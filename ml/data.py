@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from crypto.files import write_file_atomic
 from crypto.hashing import blake3_256
 from crypto.kdf import encode_fields
 from ml.errors import DataFormatError
@@ -382,6 +383,7 @@ def encode_windows(windows: Windows, *, jsonl: bool) -> bytes:
 
 
 def write_windows(path: Path, windows: Windows) -> None:
-    """Write CSV or JSON lines after the suffix (see the module docstring)."""
+    """Write CSV or JSON lines after the suffix (see the module docstring), atomically and 0600
+    whatever the umask: exported windows describe real hosts' behaviour."""
     jsonl = path.suffix.lower() in JSONL_SUFFIXES
-    path.write_bytes(encode_windows(windows, jsonl=jsonl))
+    write_file_atomic(path, encode_windows(windows, jsonl=jsonl), overwrite=True)

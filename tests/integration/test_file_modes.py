@@ -44,7 +44,6 @@ PRIVATE_DIR = 0o700
 PUBLIC: dict[str, str] = {
     "*.crt": "certificates are public by design (the CA's and every leaf's)",
     "run/port": "the bound port, for supervisors and tests that are not the service's user",
-    "ml-in/windows.csv": "`qsc-ml generate` output: seeded synthetic demo data, asked for by path",
 }
 
 
