@@ -13,7 +13,7 @@ BUF := $(NPM_DIR)/node_modules/.bin/buf
 STAMP := .stamp
 PYTEST_ARGS ?=
 
-.PHONY: help setup bpf-setup test unit lint proto demo bench clean fuzz campaign
+.PHONY: help setup bpf-setup test unit lint proto demo bench clean fuzz campaign lock audit
 
 help:
 	@echo "make demo    run QSC on embedded defaults (installs what is missing first)"
@@ -23,20 +23,21 @@ help:
 	@echo "make proto   regenerate the Python code beside the .proto files"
 	@echo "make bench   benchmarks; they print their figures"
 	@echo "make campaign  the hardening campaign in full (make test runs it bounded)"
+	@echo "make audit   pip-audit over requirements.lock (make lock rewrites it)"
 
 $(STAMP)/system: tools/install-system-deps.sh
 	tools/install-system-deps.sh
 	@mkdir -p $(STAMP) && touch $@
 
 # The runtime dependencies and pytest, from PyPI alone: enough for `make unit`, no apt, no root.
-$(STAMP)/venv-unit: pyproject.toml
+$(STAMP)/venv-unit: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[all,test]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[all,test]'
 	@mkdir -p $(STAMP) && touch $@
 
-$(STAMP)/venv: pyproject.toml $(STAMP)/system $(STAMP)/venv-unit
-	$(PY) -m pip install --quiet -e '.[all,dev]'
+$(STAMP)/venv: pyproject.toml requirements.lock $(STAMP)/system $(STAMP)/venv-unit
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[all,dev]'
 	@touch $@
 
 $(STAMP)/npm: $(NPM_DIR)/package.json $(NPM_DIR)/package-lock.json $(STAMP)/system
@@ -69,14 +70,15 @@ lint: setup
 
 # n8n's npm install (minutes: downloads and a native build of sqlite3) runs beside the lint
 # gates and the unit tests (pure Python in temporary directories); the tests that start real
-# servers and touch the system wait for it (its native build failed once beside them).
+# servers and touch the system wait for it (its native build failed once beside them), then run
+# in two lanes at once (tools/test-lanes.sh).
 ifeq ($(strip $(PYTEST_ARGS)),)
 test: $(STAMP)/system
 	$(MAKE) --no-print-directory $(STAMP)/n8n > $(STAMP)/n8n.log 2>&1 & n8n=$$!; \
 	$(MAKE) --no-print-directory lint bpf-setup; \
 	$(PY) -m pytest tests/unit tests/vectors tests/fuzz; \
 	wait $$n8n || { cat $(STAMP)/n8n.log; exit 1; }; \
-	$(PY) -m pytest --ignore=tests/unit --ignore=tests/vectors --ignore=tests/fuzz
+	tools/test-lanes.sh $(PY)
 else
 test: lint bpf-setup $(STAMP)/n8n
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -100,6 +102,16 @@ campaign: setup bpf-setup
 	QSC_CAMPAIGN=full QSC_CAMPAIGN_REPORT=$(abspath $(CAMPAIGN_REPORT)) \
 		$(PY) -m pytest -q -s tests/campaign $(PYTEST_ARGS)
 	@echo "campaign figures: $(CAMPAIGN_REPORT)"
+
+# requirements.lock: the exact versions installed above, from a venv made from pyproject.toml.
+lock: $(STAMP)/venv
+	{ echo "# The exact versions \`make setup\` installs (as pip constraints), and what \`make audit\` checks."; \
+	  echo "# Regenerate with \`make lock\` after changing the dependencies in pyproject.toml."; \
+	  $(PY) -m pip freeze --exclude-editable; } > requirements.lock
+
+# Known vulnerabilities in the locked versions (needs PyPI's JSON API or OSV over the network).
+audit: $(STAMP)/venv
+	$(VENV)/bin/pip-audit --strict --progress-spinner off -r requirements.lock
 
 bench: setup bpf-setup
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done

@@ -131,6 +131,8 @@ def leaks(root: Path, secrets: list[Secret], workdir: Path) -> dict[Path, list[s
             piece = _searchable(needle)
             if piece is not None:
                 owner.setdefault(piece, secret)
+    if not owner:
+        return {}  # an empty pattern would match every file
     patterns = workdir / "needles"
     patterns.write_bytes(b"\n".join(owner) + b"\n")
     # -a binary as text, -l names only, -r below root; LC_ALL=C: bytes, not characters.
