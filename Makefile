@@ -70,15 +70,14 @@ lint: setup
 
 # n8n's npm install (minutes: downloads and a native build of sqlite3) runs beside the lint
 # gates and the unit tests (pure Python in temporary directories); the tests that start real
-# servers and touch the system wait for it (its native build failed once beside them), then run
-# in two lanes at once (tools/test-lanes.sh).
+# servers and touch the system wait for it (its native build failed once beside them).
 ifeq ($(strip $(PYTEST_ARGS)),)
 test: $(STAMP)/system
 	$(MAKE) --no-print-directory $(STAMP)/n8n > $(STAMP)/n8n.log 2>&1 & n8n=$$!; \
 	$(MAKE) --no-print-directory lint bpf-setup; \
 	$(PY) -m pytest tests/unit tests/vectors tests/fuzz; \
 	wait $$n8n || { cat $(STAMP)/n8n.log; exit 1; }; \
-	tools/test-lanes.sh $(PY)
+	$(PY) -m pytest --ignore=tests/unit --ignore=tests/vectors --ignore=tests/fuzz
 else
 test: lint bpf-setup $(STAMP)/n8n
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -148,8 +148,11 @@ rate = 100
 def test_no_secret_in_any_artefact_of_this_run(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    # make test runs its lanes as separate sessions, then this once over all of them.
-    root = Path(os.environ.get("QSC_SECRETS_SCAN_ROOT") or tmp_path_factory.getbasetemp())
+    # Over a whole session's artefacts only where asked (tools/test-lanes.sh sets the root);
+    # the scan of a full run has not been checked yet (issue 16).
+    if not os.environ.get("QSC_SECRETS_SCAN_ROOT"):
+        pytest.skip("QSC_SECRETS_SCAN_ROOT is not set")
+    root = Path(os.environ["QSC_SECRETS_SCAN_ROOT"])
     found = find_secrets(root)
     files = sum(len(names) for _dir, _sub, names in os.walk(root))
     figure("secrets.files_scanned", files)
