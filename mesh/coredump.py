@@ -1,9 +1,9 @@
 """Keep a component's memory out of core files: its keys, session secrets and decrypted events
 live there, and a core file is written with the process's owner, wherever `core_pattern` points.
 
-    forbid_core_dumps()   # first thing a component process does (mesh.service.serve)
+    forbid_core_dumps()   # first thing every command does (mesh.command.run_command)
 
-Two settings, both inherited by children and neither undoable without privilege:
+Two settings, the soft
 `RLIMIT_CORE` 0 (a core file is not written) and `PR_SET_DUMPABLE` 0 (no core through a
 `core_pattern` pipe such as systemd-coredump, which ignores the limit, and no ptrace attach or
 /proc/PID/mem read by another process of the same user; root still can). A debugging session
@@ -36,7 +36,9 @@ def forbid_core_dumps() -> bool:
             level=logging.WARNING,
         )
         return False
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # The soft limit only: children (after exec) may still raise it, e.g. a debugger's helper.
+    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         err = ctypes.get_errno()
