@@ -1,11 +1,9 @@
-"""Secrets never reach logs, errors, run records or core files.
+"""Secrets never reach logs, errors or core files.
 
-The scan runs last in the session (tests/campaign/conftest.py orders it): by then every test of
-the run has written its artefacts below the session's temporary root (component logs and
-captured output, configurations, stores, outboxes, vaults, playbook run records, the demo's
-workspace), and every secret file the run made is there too. Each secret is looked for in every
-other file (tests/campaign/secrets_scan.py). A component that crashes on a host with core dumps
-on leaves no core file (mesh.coredump).
+The scan (tests/campaign/secrets_scan.py) finds every secret file below a root (master keys,
+private keys, webhook secrets, tokens) and looks for each one, raw, hex and base64, in every
+other file; here it is proven on planted leaks. A component that crashes on a host with core
+dumps on leaves no core file (mesh.coredump).
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from crypto.pki import init_ca, issue_leaf, write_leaf
-from tests.campaign.report import figure
 from tests.campaign.secrets_scan import find_secrets, leaks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,20 +139,3 @@ rate = 100
             guardian.wait()
     time.sleep(0.3)  # a core file is written before the parent sees the exit; be generous
     assert sorted(p.name for p in core_dir.iterdir()) == [f"core.{control.pid}"]
-
-
-@pytest.mark.last_in_session
-def test_no_secret_in_any_artefact_of_this_run(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
-) -> None:
-    # Over a whole session's artefacts only where asked (tools/test-lanes.sh sets the root);
-    # the scan of a full run has not been checked yet (issue 16).
-    if not os.environ.get("QSC_SECRETS_SCAN_ROOT"):
-        pytest.skip("QSC_SECRETS_SCAN_ROOT is not set")
-    root = Path(os.environ["QSC_SECRETS_SCAN_ROOT"])
-    found = find_secrets(root)
-    files = sum(len(names) for _dir, _sub, names in os.walk(root))
-    figure("secrets.files_scanned", files)
-    figure("secrets.secret_files", len(found))
-    hits = leaks(root, found, tmp_path)
-    assert hits == {}, "\n".join(f"{path}: {', '.join(what)}" for path, what in hits.items())
